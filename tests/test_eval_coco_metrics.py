@@ -1,0 +1,152 @@
+"""Results-file scoring against published COCOeval numbers, error handling, and the script's results mode."""
+
+import contextlib
+import copy
+import importlib.util
+import io
+import json
+import pathlib
+
+import numpy as np
+import pytest
+from pycocotools.cocoeval import COCOeval
+
+from maskrcnn_jax.evaluation.coco_metrics import STAT_NAMES, evaluate_results, load_coco_ground_truth
+from conftest import shared_data_path
+
+# scripts/ is not a package: load the script as a module to call its main().
+_SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "evaluate.py"
+_spec = importlib.util.spec_from_file_location("evaluate_script", _SCRIPT)
+evaluate_script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(evaluate_script)
+
+
+def _load_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def _assert_stats_equal(metrics: dict, expected: dict, tolerance: float = 1e-12):
+    for name in STAT_NAMES:
+        assert metrics[name] == pytest.approx(expected[name], abs=tolerance), name
+
+
+def test_detectron2_tiny_reproduces_published_bbox_and_segm():
+    folder = shared_data_path("cocoeval", "detectron2_tiny")
+    expected = _load_json(folder / "expected.json")
+    scores = evaluate_results(load_coco_ground_truth(folder / "gt.json"), _load_json(folder / "dt.json"))
+    assert set(scores.metrics) == {"bbox", "segm"}
+    for iou_type in ("bbox", "segm"):
+        _assert_stats_equal(scores.metrics[iou_type], expected[iou_type])
+        assert "Average Precision" in scores.tables[iou_type]
+
+
+def test_fce_small_rle_without_bbox_reproduces_published_segm():
+    folder = shared_data_path("cocoeval", "fce_small")
+    expected = _load_json(folder / "expected.json")
+    scores = evaluate_results(
+        load_coco_ground_truth(folder / "gt_dataset.json"), _load_json(folder / "dt_dataset_rle_nobbox.json")
+    )
+    assert set(scores.metrics) == {"segm"}  # no entry has a box, so there is nothing to score for bbox
+    _assert_stats_equal(scores.metrics["segm"], expected["segm"])
+
+
+def test_val2014_100_reproduces_published_cocoapi_numbers():
+    folder = shared_data_path("cocoeval", "val2014_100")
+    expected = _load_json(folder / "expected.json")
+    results = _load_json(folder / "instances_val2014_fakebbox100_results.json") + _load_json(
+        folder / "instances_val2014_fakesegm100_results.json"
+    )
+    scores = evaluate_results(load_coco_ground_truth(folder / "instances_val2014_100.json"), results)
+    for iou_type in ("bbox", "segm"):
+        _assert_stats_equal(scores.metrics[iou_type], expected[iou_type])
+
+
+@pytest.fixture(scope="module")
+def tiny_folder():
+    return shared_data_path("cocoeval", "detectron2_tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny_gt(tiny_folder):
+    return load_coco_ground_truth(tiny_folder / "gt.json")
+
+
+def test_per_category_ap_equals_cocoeval_restricted_to_that_category(tiny_gt, tiny_folder):
+    detections = _load_json(tiny_folder / "dt.json")
+    scores = evaluate_results(tiny_gt, detections, iou_types=("bbox",))
+    for category_id in tiny_gt.getCatIds():
+        coco_eval = COCOeval(tiny_gt, tiny_gt.loadRes(copy.deepcopy(detections)), "bbox")
+        coco_eval.params.catIds = [category_id]
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco_eval.evaluate()
+            coco_eval.accumulate()
+            coco_eval.summarize()
+        name = tiny_gt.cats[category_id]["name"]
+        assert scores.per_category_ap["bbox"][name] == pytest.approx(coco_eval.stats[0], abs=1e-12)
+    assert scores.per_category_ap["bbox"]["bed"] == -1.0  # category 65 has no GT
+
+
+def test_empty_results_score_zero_not_crash(tiny_gt):
+    scores = evaluate_results(tiny_gt, [])
+    # The two GT persons are small and medium; no GT is large, so those entries are -1.
+    for iou_type in ("bbox", "segm"):
+        for name in STAT_NAMES:
+            assert scores.metrics[iou_type][name] == (-1.0 if name in ("APl", "ARl") else 0.0), (iou_type, name)
+
+
+def test_unknown_image_id_is_a_clear_error(tiny_gt, tiny_folder):
+    detections = _load_json(tiny_folder / "dt.json")
+    detections[1]["image_id"] = 999
+    with pytest.raises(ValueError, match=r"image ids .* not in the ground truth.*999"):
+        evaluate_results(tiny_gt, detections)
+
+
+def test_unknown_category_id_is_a_clear_error(tiny_gt, tiny_folder):
+    detections = _load_json(tiny_folder / "dt.json")
+    detections[2]["category_id"] = 3  # a contiguous label, not one of the dataset's ids {1, 65}
+    with pytest.raises(ValueError, match=r"category ids \[3\]"):
+        evaluate_results(tiny_gt, detections)
+
+
+def test_mask_of_the_wrong_size_is_a_clear_error(tiny_gt, tiny_folder):
+    detections = _load_json(tiny_folder / "dt.json")
+    detections[0]["segmentation"]["size"] = [320, 480]
+    with pytest.raises(ValueError, match="original resolution"):
+        evaluate_results(tiny_gt, detections)
+
+
+def test_asking_segm_of_box_only_results_is_a_clear_error(tiny_gt, tiny_folder):
+    boxes_only = [{k: v for k, v in d.items() if k != "segmentation"} for d in _load_json(tiny_folder / "dt.json")]
+    with pytest.raises(ValueError, match="cannot score segm"):
+        evaluate_results(tiny_gt, boxes_only, iou_types=("bbox", "segm"))
+
+
+def test_script_results_mode_writes_metrics_json(tiny_folder, tmp_path, capsys):
+    expected = _load_json(tiny_folder / "expected.json")
+    boxes_only = [{k: v for k, v in d.items() if k != "segmentation"} for d in _load_json(tiny_folder / "dt.json")]
+    (tmp_path / "boxes.json").write_text(json.dumps(boxes_only))
+    argv = ["--annotations", str(tiny_folder / "gt.json"), "--output", str(tmp_path / "out")]
+
+    assert evaluate_script.main(argv + ["--results", str(tiny_folder / "dt.json"), "--per-category"]) == 0
+    metrics = _load_json(tmp_path / "out" / "metrics.json")
+    assert set(metrics) == {"bbox", "segm"} and all(list(metrics[t]) == list(STAT_NAMES) for t in metrics)
+    for iou_type in ("bbox", "segm"):
+        _assert_stats_equal(metrics[iou_type], expected[iou_type])
+    assert "person" in capsys.readouterr().out
+
+    assert evaluate_script.main(argv + ["--results", str(tmp_path / "boxes.json")]) == 0
+    metrics = _load_json(tmp_path / "out" / "metrics.json")
+    assert set(metrics) == {"bbox"}
+    _assert_stats_equal(metrics["bbox"], expected["bbox"])
+
+    (tmp_path / "empty.json").write_text("[]")
+    assert evaluate_script.main(argv + ["--results", str(tmp_path / "empty.json")]) == 0
+    assert np.all(np.array(list(_load_json(tmp_path / "out" / "metrics.json")["bbox"].values())) <= 0)
+    assert "no detections" in capsys.readouterr().err
+
+    unknown = _load_json(tiny_folder / "dt.json")
+    unknown[0]["image_id"] = 4
+    (tmp_path / "unknown.json").write_text(json.dumps(unknown))
+    with pytest.raises(SystemExit, match="not in the ground truth"):
+        evaluate_script.main(argv + ["--results", str(tmp_path / "unknown.json")])
