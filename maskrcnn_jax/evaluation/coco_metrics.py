@@ -124,11 +124,13 @@ def _per_category_ap(coco_eval: COCOeval, coco_gt: COCO) -> dict:
     return per_category
 
 
-def evaluate_results(coco_gt: COCO, results: list, iou_types=None) -> CocoScores:
+def evaluate_results(coco_gt: COCO, results: list, iou_types=None, image_ids=None) -> CocoScores:
     """Scores a COCO results list against `coco_gt` with COCOeval.
 
     iou_types: which of ("bbox", "segm") to score; by default those the results carry. An empty
     results list is valid (a model that found nothing): every AP and AR is 0 (-1 where no GT).
+    image_ids: score only these images (e.g. the part of a dataset a model was run on); default all
+    of `coco_gt`'s, so an image without results counts its GT as missed.
     Raises ValueError for results that cannot be scored (see `validate_results`).
     """
     validate_results(coco_gt, results)
@@ -141,6 +143,8 @@ def evaluate_results(coco_gt: COCO, results: list, iou_types=None) -> CocoScores
             raise ValueError(f"no result carries a {_FIELD_OF_IOU_TYPE[iou_type]!r}: cannot score {iou_type}")
         coco_dt = _results_index(coco_gt, selected)
         coco_eval = COCOeval(coco_gt, coco_dt, iou_type)
+        if image_ids is not None:
+            coco_eval.params.imgIds = sorted(image_ids)
         with contextlib.redirect_stdout(io.StringIO()):
             coco_eval.evaluate()
             coco_eval.accumulate()
