@@ -9,13 +9,16 @@ from maskrcnn_jax.ops.boxes import (
     encode_boxes,
     small_boxes_valid,
 )
+from maskrcnn_jax.ops.nms import batched_nms, nms
 
 __all__ = [
     "anchor_grid",
+    "batched_nms",
     "box_area",
     "box_iou",
     "clip_boxes",
     "decode_boxes",
     "encode_boxes",
+    "nms",
     "small_boxes_valid",
 ]
