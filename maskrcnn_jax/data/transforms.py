@@ -8,9 +8,11 @@ torchvision's `GeneralizedRCNNTransform`: resize with scale = min(min_size/short
 bilinear with align_corners=False, normalise with ImageNet statistics, zero-pad bottom/right.
 """
 
+import dataclasses
 import math
 
 import numpy as np
+from absl import logging
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -50,13 +52,24 @@ def _source_coordinates(in_size: int, out_size: int) -> tuple[np.ndarray, np.nda
 def resize_image(image: np.ndarray, out_height: int, out_width: int) -> np.ndarray:
     """Bilinear resize, matching torch `F.interpolate(mode='bilinear', align_corners=False)`.
 
-    Args: image float [H, W, C] (any C, e.g. 3 for RGB or N for stacked masks).
+    Args: image uint8 or float [H, W, C] (any C, e.g. 3 for RGB or N for stacked masks).
     Returns: float32 [out_height, out_width, C].
+    """
+    return resize_image_window(image, out_height, out_width, 0, 0, out_height, out_width)
+
+
+def resize_image_window(image: np.ndarray, out_height: int, out_width: int,
+                        top: int, left: int, window_height: int, window_width: int) -> np.ndarray:
+    """The window [top:top+window_height, left:left+window_width] of `resize_image`'s output.
+
+    Computes only the window, so a large-scale-jitter crop never materialises the full upscaled image.
+    Args: image uint8 or float [H, W, C].
+    Returns: float32 [window_height, window_width, C].
     """
     image = np.asarray(image, dtype=np.float32)
     height, width = image.shape[:2]
-    y_low, y_high, y_weight = _source_coordinates(height, out_height)
-    x_low, x_high, x_weight = _source_coordinates(width, out_width)
+    y_low, y_high, y_weight = (a[top:top + window_height] for a in _source_coordinates(height, out_height))
+    x_low, x_high, x_weight = (a[left:left + window_width] for a in _source_coordinates(width, out_width))
     # Separable: interpolate rows first, then columns (the same weights torch applies).
     rows = (image[y_low] * (1.0 - y_weight)[:, None, None]
             + image[y_high] * y_weight[:, None, None])
@@ -85,3 +98,185 @@ def pad_image(image: np.ndarray, canvas_height: int, canvas_width: int) -> np.nd
     if height > canvas_height or width > canvas_width:
         raise ValueError(f"image {height}x{width} does not fit the canvas {canvas_height}x{canvas_width}")
     return np.pad(image, ((0, canvas_height - height), (0, canvas_width - width), (0, 0)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+    """Where an example's image lands: resize by (scale_y, scale_x), crop a window, maybe flip.
+
+    The window [top:top+height, left:left+width] of the resized image (resized_height x
+    resized_width) is what the canvas shows at its top-left; (height, width) is `image_size`.
+    """
+
+    original_height: int
+    original_width: int
+    resized_height: int
+    resized_width: int
+    top: int
+    left: int
+    height: int
+    width: int
+    flip: bool
+
+    @property
+    def scale_y(self) -> float:
+        return self.resized_height / self.original_height
+
+    @property
+    def scale_x(self) -> float:
+        return self.resized_width / self.original_width
+
+
+def evaluation_geometry(height: int, width: int, *, canvas_size: tuple[int, int],
+                        min_size: float, max_size: float) -> Geometry:
+    """torchvision's deterministic resize; raises if the resized image does not fit the canvas."""
+    resized_height, resized_width = resized_shape(height, width, min_size, max_size)
+    if resized_height > canvas_size[0] or resized_width > canvas_size[1]:
+        raise ValueError(f"{height}x{width} resizes to {resized_height}x{resized_width}, larger than "
+                         f"the canvas {canvas_size}: raise the canvas or lower max_size")
+    return Geometry(height, width, resized_height, resized_width, 0, 0, resized_height, resized_width, False)
+
+
+def training_geometry(rng: np.random.Generator, height: int, width: int, *,
+                      canvas_size: tuple[int, int], min_size: float, max_size: float,
+                      jitter_range: tuple[float, float] = (1.0, 1.0), large_scale_jitter: bool = False,
+                      flip_probability: float = 0.5) -> Geometry:
+    """Random scale jitter, crop to the canvas when the image outgrows it, and horizontal flip.
+
+    Base scale: torchvision's min/max-size scale, or with `large_scale_jitter` the scale that fits
+    the image inside the canvas (Ghiasi et al. 2021 use jitter_range (0.1, 2.0) with it). The base is
+    multiplied by a factor drawn uniformly from `jitter_range`; (1, 1) is torchvision's recipe.
+    """
+    if large_scale_jitter:
+        base_scale = min(canvas_size[0] / height, canvas_size[1] / width)
+    else:
+        base_scale = resize_scale(height, width, min_size, max_size)
+    scale = base_scale * rng.uniform(jitter_range[0], jitter_range[1])
+    resized_height, resized_width = scaled_shape(height, width, scale)
+    window_height = min(resized_height, canvas_size[0])
+    window_width = min(resized_width, canvas_size[1])
+    top = int(rng.integers(0, resized_height - window_height + 1))
+    left = int(rng.integers(0, resized_width - window_width + 1))
+    flip = bool(rng.uniform() < flip_probability)
+    return Geometry(height, width, resized_height, resized_width, top, left, window_height, window_width, flip)
+
+
+def transform_image(image: np.ndarray, geometry: Geometry, canvas_size: tuple[int, int]) -> np.ndarray:
+    """Resize, crop, flip, normalise and pad one image.
+
+    Args: image uint8 [H, W, 3] RGB.
+    Returns: float32 [Hc, Wc, 3], zero outside the (height, width) window.
+    """
+    window = resize_image_window(image, geometry.resized_height, geometry.resized_width,
+                                 geometry.top, geometry.left, geometry.height, geometry.width)
+    if geometry.flip:
+        window = window[:, ::-1]
+    return pad_image(normalize_image(window), canvas_size[0], canvas_size[1])
+
+
+def transform_boxes(boxes: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """Original-pixel boxes to window pixels: scale, shift by the crop, clip to the window, flip.
+
+    Args: boxes float [N, 4] xyxy in original pixels.
+    Returns: float32 [N, 4] xyxy in resized-window pixels (may have zero area after clipping).
+    """
+    scale = np.array([geometry.scale_x, geometry.scale_y] * 2, np.float32)
+    offset = np.array([geometry.left, geometry.top] * 2, np.float32)
+    limit = np.array([geometry.width, geometry.height] * 2, np.float32)
+    boxes = np.clip(np.asarray(boxes, np.float32).reshape(-1, 4) * scale - offset, 0.0, limit)
+    if geometry.flip:
+        boxes = np.stack([geometry.width - boxes[:, 2], boxes[:, 1],
+                          geometry.width - boxes[:, 0], boxes[:, 3]], axis=1)
+    return boxes
+
+
+def unflipped_boxes_in_original(boxes: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """Inverse of `transform_boxes` (without the clip): window pixels back to original pixels.
+
+    Args: boxes float [N, 4] xyxy in window pixels. Returns: float32 [N, 4] in original pixels.
+    """
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    if geometry.flip:
+        boxes = np.stack([geometry.width - boxes[:, 2], boxes[:, 1],
+                          geometry.width - boxes[:, 0], boxes[:, 3]], axis=1)
+    offset = np.array([geometry.left, geometry.top] * 2, np.float32)
+    scale = np.array([geometry.scale_x, geometry.scale_y] * 2, np.float32)
+    return (boxes + offset) / scale
+
+
+def crop_masks_to_boxes(masks: np.ndarray, boxes: np.ndarray, mask_size: int) -> np.ndarray:
+    """Bilinear samples of each full-image mask on a mask_size^2 grid over its box, thresholded at 0.5.
+
+    Equals resizing the full mask to any scale and cropping the same box (up to the interpolation
+    of the resize), without ever resizing full-image masks. Sample points are bin centres.
+    Args: masks uint8 [N, H, W] binary; boxes float [N, 4] xyxy in the masks' pixels.
+    Returns: uint8 [N, Sm, Sm] binary, Sm = mask_size.
+    """
+    count, height, width = masks.shape
+    if count == 0:
+        return np.zeros((0, mask_size, mask_size), np.uint8)
+    bins = (np.arange(mask_size, dtype=np.float32) + 0.5) / mask_size
+    # Continuous coordinates (pixel i spans [i, i+1)) minus 0.5 give array positions of pixel centres.
+    ys = boxes[:, 1:2] + bins[None] * (boxes[:, 3:4] - boxes[:, 1:2]) - 0.5
+    xs = boxes[:, 0:1] + bins[None] * (boxes[:, 2:3] - boxes[:, 0:1]) - 0.5
+    ys = np.clip(ys, 0.0, height - 1)
+    xs = np.clip(xs, 0.0, width - 1)
+    y_low = np.floor(ys).astype(np.int64)
+    x_low = np.floor(xs).astype(np.int64)
+    y_high = np.minimum(y_low + 1, height - 1)
+    x_high = np.minimum(x_low + 1, width - 1)
+    y_weight = (ys - y_low)[:, :, None]
+    x_weight = (xs - x_low)[:, None, :]
+    index = np.arange(count)[:, None, None]
+
+    def gather(rows, cols):
+        return masks[index, rows[:, :, None], cols[:, None, :]].astype(np.float32)
+
+    top = gather(y_low, x_low) * (1 - x_weight) + gather(y_low, x_high) * x_weight
+    bottom = gather(y_high, x_low) * (1 - x_weight) + gather(y_high, x_high) * x_weight
+    return ((top * (1 - y_weight) + bottom * y_weight) >= 0.5).astype(np.uint8)
+
+
+def transform_example(record: dict, geometry: Geometry, *, canvas_size: tuple[int, int],
+                      max_instances: int, mask_size: int = 112, min_box_size: float = 1.0) -> dict:
+    """One host record to one fixed-shape training/evaluation example.
+
+    Instances whose box is narrower or shorter than `min_box_size` window pixels after the
+    resize/crop are dropped; beyond `max_instances`, the largest boxes are kept. Both drops are
+    counted in the example ("dropped_degenerate", "dropped_overflow") and logged, never silent.
+    Args: record with "image" uint8 [H, W, 3], "boxes" [N, 4], "labels" [N], "masks" uint8 [N, H, W].
+    Returns: {"image" float32 [Hc, Wc, 3], "image_size" int32 [2], "original_size" int32 [2],
+      "image_id" int64 [], "gt_boxes" float32 [M, 4], "gt_classes" int32 [M],
+      "gt_masks" uint8 [M, Sm, Sm], "gt_valid" bool [M], "valid" bool [],
+      "dropped_degenerate" int32 [], "dropped_overflow" int32 []}.
+    """
+    boxes = transform_boxes(record["boxes"], geometry)
+    sides = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    kept = np.flatnonzero(sides >= min_box_size)
+    dropped_degenerate = len(boxes) - len(kept)
+    areas = (boxes[kept, 2] - boxes[kept, 0]) * (boxes[kept, 3] - boxes[kept, 1])
+    kept = np.sort(kept[np.argsort(-areas, kind="stable")[:max_instances]])
+    dropped_overflow = len(boxes) - dropped_degenerate - len(kept)
+    if dropped_degenerate or dropped_overflow:
+        logging.warning("image %s: dropped %d instances with a box side < %s px after resize/crop and "
+                        "%d beyond max_instances=%d", record["image_id"], dropped_degenerate,
+                        min_box_size, dropped_overflow, max_instances)
+    boxes = boxes[kept]
+    masks = crop_masks_to_boxes(record["masks"][kept], unflipped_boxes_in_original(boxes, geometry), mask_size)
+    if geometry.flip:
+        masks = masks[:, :, ::-1]
+    count = len(kept)
+    padding = max_instances - count
+    return {
+        "image": transform_image(record["image"], geometry, canvas_size),
+        "image_size": np.array([geometry.height, geometry.width], np.int32),
+        "original_size": np.array([geometry.original_height, geometry.original_width], np.int32),
+        "image_id": np.int64(record["image_id"]),
+        "gt_boxes": np.pad(boxes, ((0, padding), (0, 0))),
+        "gt_classes": np.pad(np.asarray(record["labels"], np.int32)[kept], (0, padding)),
+        "gt_masks": np.pad(masks, ((0, padding), (0, 0), (0, 0))),
+        "gt_valid": np.arange(max_instances) < count,
+        "valid": np.bool_(True),
+        "dropped_degenerate": np.int32(dropped_degenerate),
+        "dropped_overflow": np.int32(dropped_overflow),
+    }
