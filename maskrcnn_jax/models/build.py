@@ -1,0 +1,33 @@
+"""Builds the model from a config and creates its parameters; the one place that reads `config.model`."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from maskrcnn_jax.models.mask_rcnn import MaskRCNN
+from maskrcnn_jax.models.resnet import resnet_stage_sizes
+
+
+def build_model(config: ml_collections.ConfigDict) -> MaskRCNN:
+    """MaskRCNN from `config.model` (num_classes, backbone.{depth or stage_sizes, stem_width, bn_eps}, ...)."""
+    model_config = config.model
+    backbone = model_config.backbone
+    stage_sizes = tuple(backbone.stage_sizes) if backbone.get("stage_sizes") else resnet_stage_sizes(backbone.depth)
+    return MaskRCNN(
+        num_classes=model_config.num_classes,
+        stage_sizes=stage_sizes,
+        stem_width=backbone.stem_width,
+        bn_eps=backbone.bn_eps,
+        fpn_channels=model_config.fpn_channels,
+        num_anchors=len(model_config.anchor_aspect_ratios),
+        representation_size=model_config.representation_size,
+        mask_head_channels=model_config.mask_head_channels,
+        box_roi_size=model_config.box_roi_size,
+        mask_roi_size=model_config.mask_roi_size,
+    )
+
+
+def init_params(model: MaskRCNN, rng: jax.Array, image_size: tuple[int, int] = (64, 64)) -> dict:
+    """Random parameters (the `params` collection) for `model`; the image size only shapes the dummy input."""
+    images = jnp.zeros((1, image_size[0], image_size[1], 3), jnp.float32)
+    return jax.jit(model.init)(rng, images)["params"]

@@ -1,0 +1,43 @@
+"""Mask branch of the RoI heads: four 3x3 convs, then a 2x deconvolution and per-class logits.
+
+Legend: R RoIs, S RoI output size (14), C channels, K classes including background.
+"""
+
+import flax.linen as nn
+import jax
+
+# torchvision initialises the mask branch with kaiming_normal(fan_out, relu) and zero bias.
+mask_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+class MaskHead(nn.Module):
+    """Four 3x3 conv + ReLU layers ("mask_fcn1".."mask_fcn4").
+
+    roi_features: [R, S, S, C] -> [R, S, S, channels].
+    """
+
+    channels: int = 256
+    num_convs: int = 4
+
+    @nn.compact
+    def __call__(self, roi_features: jax.Array) -> jax.Array:
+        x = roi_features
+        for index in range(1, self.num_convs + 1):
+            x = nn.Conv(self.channels, (3, 3), padding=((1, 1), (1, 1)), kernel_init=mask_init, name=f"mask_fcn{index}")(x)
+            x = nn.relu(x)
+        return x
+
+
+class MaskPredictor(nn.Module):
+    """2x2 stride-2 transposed conv + ReLU ("conv5_mask"), then 1x1 conv to per-class logits.
+
+    x: [R, S, S, C] -> mask_logits [R, 2S, 2S, K].
+    """
+
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = nn.ConvTranspose(x.shape[-1], (2, 2), strides=(2, 2), padding="VALID", kernel_init=mask_init, name="conv5_mask")(x)
+        x = nn.relu(x)
+        return nn.Conv(self.num_classes, (1, 1), kernel_init=mask_init, name="mask_fcn_logits")(x)

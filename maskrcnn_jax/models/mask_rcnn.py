@@ -1,0 +1,79 @@
+"""Mask R-CNN as one Flax module whose pieces are applied separately.
+
+Legend: B batch, H W image, R RoIs, S RoI output size, C channels, A anchors per location,
+K classes including background. Feature maps are NHWC.
+
+Only the learned layers live here; proposal generation, RoIAlign and post-processing are plain
+functions outside Flax (`maskrcnn_jax.proposals`, `maskrcnn_jax.ops`, `maskrcnn_jax.postprocess`), so
+a head can be swapped without touching them. Call a piece with
+`model.apply({"params": params}, x, method=MaskRCNN.features)` (or `.rpn`, `.box_head`, `.mask_head`).
+"""
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from maskrcnn_jax.models.box_head import BoxPredictor, TwoMLPHead
+from maskrcnn_jax.models.fpn import FPN
+from maskrcnn_jax.models.mask_head import MaskHead, MaskPredictor
+from maskrcnn_jax.models.resnet import ResNet
+from maskrcnn_jax.models.rpn_head import RPNHead
+
+
+class MaskRCNN(nn.Module):
+    """ResNet-FPN backbone, RPN head, box head (TwoMLPHead + predictor), mask head (+ predictor).
+
+    Parameter tree: backbone/{conv1,bn1,layer1/0/conv1,...}, fpn/{inner_i,layer_i}, rpn_head/{conv,
+    cls_logits,bbox_pred}, box_mlp/{fc6,fc7}, box_predictor/{cls_score,bbox_pred},
+    mask_convs/mask_fcn1..4, mask_predictor/{conv5_mask,mask_fcn_logits}.
+    """
+
+    num_classes: int = 91
+    stage_sizes: Sequence[int] = (3, 4, 6, 3)
+    stem_width: int = 64
+    bn_eps: float = 1e-5
+    fpn_channels: int = 256
+    num_anchors: int = 3
+    representation_size: int = 1024
+    mask_head_channels: int = 256
+    box_roi_size: int = 7
+    mask_roi_size: int = 14
+
+    def setup(self):
+        self.backbone = ResNet(self.stage_sizes, self.stem_width, self.bn_eps)
+        self.fpn = FPN(self.fpn_channels)
+        self.rpn_head = RPNHead(self.num_anchors)
+        self.box_mlp = TwoMLPHead(self.representation_size)
+        self.box_predictor = BoxPredictor(self.num_classes)
+        self.mask_convs = MaskHead(self.mask_head_channels)
+        self.mask_predictor = MaskPredictor(self.num_classes)
+
+    def features(self, images: jax.Array) -> list[jax.Array]:
+        """images [B, H, W, 3] normalised -> [P2, P3, P4, P5, P6], each [B, H/s, W/s, C], s = 4..64."""
+        return self.fpn(self.backbone(images))
+
+    def rpn(self, features: Sequence[jax.Array]) -> tuple[list[jax.Array], list[jax.Array]]:
+        """Per level: objectness logits [B, H_l, W_l, A] and box deltas [B, H_l, W_l, A * 4]."""
+        return self.rpn_head(features)
+
+    def box_head(self, roi_features: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """roi_features [..., S, S, C] -> (class_logits [..., K], box_deltas [..., K, 4])."""
+        return self.box_predictor(self.box_mlp(roi_features))
+
+    def mask_head(self, roi_features: jax.Array) -> jax.Array:
+        """roi_features [..., S, S, C] -> mask logits [..., 2S, 2S, K]."""
+        batch_shape = roi_features.shape[:-3]
+        flat = roi_features.reshape((-1,) + roi_features.shape[-3:])
+        logits = self.mask_predictor(self.mask_convs(flat))
+        return logits.reshape(batch_shape + logits.shape[1:])
+
+    def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
+        """Runs every piece once (RoI inputs are zeros) so that `init` creates all parameters."""
+        features = self.features(images)
+        objectness, box_deltas = self.rpn(features)
+        channels = features[0].shape[-1]
+        class_logits, _ = self.box_head(jnp.zeros((1, self.box_roi_size, self.box_roi_size, channels)))
+        mask_logits = self.mask_head(jnp.zeros((1, self.mask_roi_size, self.mask_roi_size, channels)))
+        return {"objectness": objectness, "box_deltas": box_deltas, "class_logits": class_logits, "mask_logits": mask_logits}

@@ -1,0 +1,131 @@
+"""ResNet backbone (torchvision v1.5 layout: stride on the 3x3 conv) with frozen BatchNorm.
+
+Legend: B batch, H W image, C channels. Feature maps are NHWC.
+
+Frozen BatchNorm statistics live in the `params` tree as four leaves per norm layer
+(`scale`, `bias`, `mean`, `var`), exactly torchvision's FrozenBatchNorm2d buffers. They are
+constants: the module stops their gradient, and `models.frozen_parameter_mask` marks them (and
+the frozen stem/early stages) so a trainer's optimizer leaves them alone.
+"""
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+
+# He (fan_out) init as torchvision's ResNet; only used when training from scratch.
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def conv(features: int, kernel: int, stride: int = 1, name: str | None = None, use_bias: bool = False) -> nn.Conv:
+    """A torch-style conv: symmetric padding kernel // 2 (so stride 2 matches torch exactly)."""
+    pad = kernel // 2
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        strides=(stride, stride),
+        padding=((pad, pad), (pad, pad)),
+        use_bias=use_bias,
+        kernel_init=conv_init,
+        name=name,
+    )
+
+
+class FrozenBatchNorm(nn.Module):
+    """y = (x - mean) / sqrt(var + eps) * scale + bias with fixed statistics.
+
+    torchvision's COCO_V1 Mask R-CNN weights were trained with eps = 0.0; a torchvision model built
+    with weights=None uses 1e-5. x: [..., C] -> [..., C].
+    """
+
+    eps: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        channels = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (channels,))
+        bias = self.param("bias", nn.initializers.zeros, (channels,))
+        mean = self.param("mean", nn.initializers.zeros, (channels,))
+        var = self.param("var", nn.initializers.ones, (channels,))
+        scale, bias, mean, var = jax.lax.stop_gradient((scale, bias, mean, var))
+        # Fold into one multiply-add, in the same order as torchvision's FrozenBatchNorm2d.
+        folded_scale = scale * jax.lax.rsqrt(var + self.eps)
+        folded_bias = bias - mean * folded_scale
+        return x * folded_scale + folded_bias
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 (stride) -> 1x1 (x4 channels) with a projection shortcut when shapes change.
+
+    x: [B, H, W, C_in] -> [B, H/stride, W/stride, 4 * width].
+    """
+
+    width: int
+    stride: int = 1
+    bn_eps: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        out_channels = 4 * self.width
+        y = nn.relu(FrozenBatchNorm(self.bn_eps, name="bn1")(conv(self.width, 1, name="conv1")(x)))
+        y = nn.relu(FrozenBatchNorm(self.bn_eps, name="bn2")(conv(self.width, 3, self.stride, name="conv2")(y)))
+        y = FrozenBatchNorm(self.bn_eps, name="bn3")(conv(out_channels, 1, name="conv3")(y))
+        if self.stride != 1 or x.shape[-1] != out_channels:
+            x = conv(out_channels, 1, self.stride, name="downsample_conv")(x)
+            x = FrozenBatchNorm(self.bn_eps, name="downsample_bn")(x)
+        return nn.relu(x + y)
+
+
+class ResNetStage(nn.Module):
+    """`num_blocks` bottlenecks named "0", "1", ... (torchvision's layerN.i); the first one strides."""
+
+    num_blocks: int
+    width: int
+    stride: int
+    bn_eps: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for index in range(self.num_blocks):
+            stride = self.stride if index == 0 else 1
+            x = Bottleneck(self.width, stride, self.bn_eps, name=str(index))(x)
+        return x
+
+
+class ResNet(nn.Module):
+    """Bottleneck ResNet returning C2..C5 (outputs of layer1..layer4, strides 4, 8, 16, 32).
+
+    stage_sizes (3, 4, 6, 3) is ResNet-50, (3, 4, 23, 3) ResNet-101; a small `stem_width`
+    (e.g. 8) with (1, 1, 1, 1) gives a tiny network for tests and CPU demos.
+    images: [B, H, W, 3] -> list of 4 maps [B, H/s, W/s, 4 * stem_width * 2**i], s = 4, 8, 16, 32.
+    """
+
+    stage_sizes: Sequence[int] = (3, 4, 6, 3)
+    stem_width: int = 64
+    bn_eps: float = 1e-5
+
+    @nn.compact
+    def __call__(self, images: jax.Array) -> list[jax.Array]:
+        x = conv(self.stem_width, 7, 2, name="conv1")(images)
+        x = nn.relu(FrozenBatchNorm(self.bn_eps, name="bn1")(x))
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        outputs = []
+        for index, num_blocks in enumerate(self.stage_sizes):
+            x = ResNetStage(
+                num_blocks,
+                self.stem_width * 2**index,
+                stride=1 if index == 0 else 2,
+                bn_eps=self.bn_eps,
+                name=f"layer{index + 1}",
+            )(x)
+            outputs.append(x)
+        return outputs
+
+
+def resnet_stage_sizes(depth: int) -> tuple[int, ...]:
+    """Blocks per stage for the ResNet depths Mask R-CNN uses."""
+    sizes = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+    if depth not in sizes:
+        raise ValueError(f"unsupported ResNet depth {depth}; expected one of {sorted(sizes)}")
+    return sizes[depth]
+

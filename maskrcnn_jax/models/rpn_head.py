@@ -1,0 +1,35 @@
+"""Region proposal network head, shared across pyramid levels.
+
+Legend: B batch, A anchors per location, C channels. Feature maps are NHWC.
+"""
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+
+# torchvision initialises the RPN head with normal(std=0.01) weights and zero bias.
+rpn_init = nn.initializers.normal(0.01)
+
+
+class RPNHead(nn.Module):
+    """3x3 conv + ReLU, then per-anchor objectness logits and box deltas.
+
+    features: list of [B, H_l, W_l, C] -> (objectness: list of [B, H_l, W_l, A],
+    box_deltas: list of [B, H_l, W_l, A * 4]); channel a * 4 + k is coordinate k of anchor a,
+    so reshaping to [B, H_l * W_l * A, 4] gives torchvision's anchor order (row, column, anchor).
+    """
+
+    num_anchors: int = 3
+
+    @nn.compact
+    def __call__(self, features: Sequence[jax.Array]) -> tuple[list[jax.Array], list[jax.Array]]:
+        shared = nn.Conv(features[0].shape[-1], (3, 3), padding=((1, 1), (1, 1)), kernel_init=rpn_init, name="conv")
+        objectness_conv = nn.Conv(self.num_anchors, (1, 1), kernel_init=rpn_init, name="cls_logits")
+        deltas_conv = nn.Conv(4 * self.num_anchors, (1, 1), kernel_init=rpn_init, name="bbox_pred")
+        objectness, box_deltas = [], []
+        for feature in features:
+            hidden = nn.relu(shared(feature))
+            objectness.append(objectness_conv(hidden))
+            box_deltas.append(deltas_conv(hidden))
+        return objectness, box_deltas
