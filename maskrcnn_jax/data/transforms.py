@@ -118,6 +118,9 @@ class Geometry:
     width: int
     flip: bool
 
+    def replace(self, **changes) -> "Geometry":
+        return dataclasses.replace(self, **changes)
+
     @property
     def scale_y(self) -> float:
         return self.resized_height / self.original_height
@@ -204,6 +207,32 @@ def unflipped_boxes_in_original(boxes: np.ndarray, geometry: Geometry) -> np.nda
     return (boxes + offset) / scale
 
 
+def window_in_original(geometry: Geometry) -> np.ndarray:
+    """The crop window as an xyxy box in original pixels: float32 [4]."""
+    return unflipped_boxes_in_original(np.array([[0, 0, geometry.width, geometry.height]]),
+                                       geometry.replace(flip=False))[0]
+
+
+def shrink_boxes_to_masks(masks: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Each box shrunk to the extent of its mask's pixels inside it, so a crop that cuts an object
+    leaves the box of what is still visible (a clipped annotation box can be much larger).
+
+    Args: masks uint8 [N, H, W]; boxes float [N, 4] xyxy in the masks' pixels.
+    Returns: float32 [N, 4]; a box with no mask pixel inside has zero area.
+    """
+    shrunk = np.asarray(boxes, np.float32).reshape(-1, 4).copy()
+    for index, (x1, y1, x2, y2) in enumerate(shrunk):
+        top, left = int(np.floor(y1)), int(np.floor(x1))
+        inside = masks[index, top:int(np.ceil(y2)), left:int(np.ceil(x2))]
+        rows, cols = np.flatnonzero(inside.any(1)), np.flatnonzero(inside.any(0))
+        if len(rows) == 0:
+            shrunk[index] = [x1, y1, x1, y1]
+            continue
+        shrunk[index] = [max(x1, left + cols[0]), max(y1, top + rows[0]),
+                         min(x2, left + cols[-1] + 1), min(y2, top + rows[-1] + 1)]
+    return shrunk
+
+
 def crop_masks_to_boxes(masks: np.ndarray, boxes: np.ndarray, mask_size: int) -> np.ndarray:
     """Bilinear samples of each full-image mask on a mask_size^2 grid over its box, thresholded at 0.5.
 
@@ -241,7 +270,7 @@ def transform_example(record: dict, geometry: Geometry, *, canvas_size: tuple[in
                       max_instances: int, mask_size: int = 112, min_box_size: float = 1.0) -> dict:
     """One host record to one fixed-shape training/evaluation example.
 
-    Instances whose box is narrower or shorter than `min_box_size` window pixels after the
+    Boxes that the crop window cuts are shrunk to the visible part of their mask. Instances whose box is narrower or shorter than `min_box_size` window pixels after the
     resize/crop are dropped; beyond `max_instances`, the largest boxes are kept. Both drops are
     counted in the example ("dropped_degenerate", "dropped_overflow") and logged, never silent.
     Args: record with "image" uint8 [H, W, 3], "boxes" [N, 4], "labels" [N], "masks" uint8 [N, H, W].
@@ -250,7 +279,14 @@ def transform_example(record: dict, geometry: Geometry, *, canvas_size: tuple[in
       "gt_masks" uint8 [M, Sm, Sm], "gt_valid" bool [M], "valid" bool [],
       "dropped_degenerate" int32 [], "dropped_overflow" int32 []}.
     """
-    boxes = transform_boxes(record["boxes"], geometry)
+    boxes = np.asarray(record["boxes"], np.float32).reshape(-1, 4)
+    window = window_in_original(geometry)
+    cut = np.flatnonzero((boxes[:, :2] < window[:2]).any(1) | (boxes[:, 2:] > window[2:]).any(1))
+    if len(cut):
+        boxes = boxes.copy()
+        clipped = np.concatenate([np.maximum(boxes[cut, :2], window[:2]), np.minimum(boxes[cut, 2:], window[2:])], 1)
+        boxes[cut] = shrink_boxes_to_masks(record["masks"][cut], clipped)
+    boxes = transform_boxes(boxes, geometry)
     sides = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
     kept = np.flatnonzero(sides >= min_box_size)
     dropped_degenerate = len(boxes) - len(kept)
