@@ -1,0 +1,32 @@
+"""A seeded, randomly initialised torchvision Mask R-CNN that makes confident detections.
+
+The reference for parity tests, the benchmark and the convert-then-predict walkthrough. Needs torch
+and torchvision (the `test` extra); they are imported only when this function runs.
+"""
+
+
+def confident_random_torchvision_maskrcnn(seed: int = 0, min_size: int = 800, max_size: int = 1333, class_logit_scale: float = 2.0):
+    """torchvision `maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)` in eval mode, seeded.
+
+    Random weights alone give near-uniform class scores, so the class-logit layer is scaled by
+    `class_logit_scale`; the FrozenBatchNorm statistics are drawn at random too (torchvision leaves
+    them at 1/0/0/1), so the converter's handling of all four buffers is exercised. eps is 1e-5.
+    """
+    import torch
+    import torchvision
+
+    torch.manual_seed(seed)
+    model = torchvision.models.detection.maskrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, min_size=min_size, max_size=max_size
+    ).eval()
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torchvision.ops.FrozenBatchNorm2d):
+                channels = module.weight.shape[0]
+                module.weight.copy_(0.8 + 0.4 * torch.rand(channels, generator=generator))
+                module.bias.copy_(0.2 * torch.rand(channels, generator=generator) - 0.1)
+                module.running_mean.copy_(0.2 * torch.rand(channels, generator=generator) - 0.1)
+                module.running_var.copy_(0.5 + torch.rand(channels, generator=generator))
+        model.roi_heads.box_predictor.cls_score.weight.mul_(class_logit_scale)
+    return model

@@ -1,0 +1,48 @@
+"""Drawing detections over an image (host side, Pillow), in the spirit of matterport's display_instances.
+
+Legend: H W image, D detections.
+"""
+
+import colorsys
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+MASK_ALPHA = 0.5
+
+
+def distinct_colors(count: int) -> list[tuple[int, int, int]]:
+    """`count` bright RGB colours evenly spread in hue (deterministic, so reruns draw the same picture)."""
+    return [tuple(int(255 * c) for c in colorsys.hsv_to_rgb(i / max(count, 1), 1.0, 1.0)) for i in range(count)]
+
+
+def draw_detections(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    classes: np.ndarray,
+    scores: np.ndarray,
+    masks: np.ndarray,
+    class_names: Sequence[str],
+) -> Image.Image:
+    """Image with each detection's mask tinted, its box outlined and "name score" written above it.
+
+    image uint8 [H, W, 3]; boxes [D, 4] xyxy pixels; classes int [D]; scores [D]; masks bool [D, H, W].
+    """
+    colors = distinct_colors(len(boxes))
+    canvas = image.astype(np.float32)
+    for mask, color in zip(masks, colors):
+        canvas[mask] = (1 - MASK_ALPHA) * canvas[mask] + MASK_ALPHA * np.asarray(color, np.float32)
+    picture = Image.fromarray(canvas.round().clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(picture)
+    font = ImageFont.load_default()
+    for box, label, score, color in zip(boxes, classes, scores, colors):
+        x1, y1, x2, y2 = (float(v) for v in box)
+        draw.rectangle((x1, y1, x2, y2), outline=color, width=2)
+        caption = f"{class_names[int(label)]} {float(score):.2f}"
+        text_box = draw.textbbox((x1, y1), caption, font=font)
+        text_height = text_box[3] - text_box[1]
+        top = y1 - text_height - 2 if y1 - text_height - 2 >= 0 else y1
+        draw.rectangle((x1, top, x1 + text_box[2] - text_box[0] + 4, top + text_height + 2), fill=color)
+        draw.text((x1 + 2, top), caption, fill=(0, 0, 0), font=font)
+    return picture
