@@ -53,6 +53,7 @@ class CocoAnnotations:
     class_names: tuple[str, ...]  # [K + 1], index 0 is "__background__"
     skipped: collections.Counter  # reason key (validation.SKIP_REASONS) -> number of annotations
     num_crowd: int  # crowd annotations: not training targets, kept in the file for evaluation
+    background_category_ids: tuple[int, ...]  # categories named '_background_', which get no label
 
 
 def read_coco_annotations(annotation_file: str | os.PathLike) -> CocoAnnotations:
@@ -111,6 +112,7 @@ def read_coco_annotations(annotation_file: str | os.PathLike) -> CocoAnnotations
         class_names=("__background__",) + tuple(c["name"] for c in categories),
         skipped=skipped,
         num_crowd=num_crowd,
+        background_category_ids=tuple(sorted(background_ids)),
     )
 
 
@@ -123,21 +125,20 @@ def decode_masks(rles: tuple[bytes, ...], height: int, width: int) -> np.ndarray
     return np.ascontiguousarray(np.transpose(mask_utils.decode(encoded), (2, 0, 1)))
 
 
-def make_record(entry: ImageEntry, image: np.ndarray, where: str) -> dict:
-    """Checks the decoded image against the annotation file's size and builds the host record.
-
-    Args:
-      entry: the image's checked annotations.
-      image: uint8 [H, W, 3] decoded image.
-      where: the image's path, for the error message.
-
-    Raises:
-      image_io.BrokenImageError: when the image's size is not the one the annotation file gives.
-    """
+def check_image_size(entry: ImageEntry, image: np.ndarray, where: str) -> None:
+    """Raises `image_io.BrokenImageError` when the decoded image uint8 [H, W, 3] is not the size the file gives."""
     if image.shape[:2] != (entry.height, entry.width):
         raise image_io.BrokenImageError(
             where, f"image is {image.shape[0]}x{image.shape[1]} (HxW) but the annotation file says "
                    f"{entry.height}x{entry.width}")
+
+
+def make_record(entry: ImageEntry, image: np.ndarray, where: str) -> dict:
+    """The host record of an image: its decoded pixels uint8 [H, W, 3] and its checked annotations.
+
+    Raises `image_io.BrokenImageError` (naming `where`) when the image's size is not the file's.
+    """
+    check_image_size(entry, image, where)
     return {
         "image_id": entry.image_id,
         "file_name": entry.file_name,
@@ -164,6 +165,7 @@ class CocoSource:
       skipped: Counter of skipped annotations per reason (keys of `validation.SKIP_REASONS`).
       num_crowd: crowd annotations, excluded from records, kept in the file for evaluation.
       num_images_without_annotations: images with no training instance (left out or not).
+      background_category_ids: categories named '_background_' (labelme exports), given no label.
     """
 
     def __init__(self, annotation_file: str | os.PathLike, image_dir: str | os.PathLike, *,
@@ -176,6 +178,7 @@ class CocoSource:
         self.num_classes = len(annotations.class_names)
         self.skipped = annotations.skipped
         self.num_crowd = annotations.num_crowd
+        self.background_category_ids = annotations.background_category_ids
         self.num_images_without_annotations = sum(1 for e in annotations.images if not e.rles)
         self.skip_images_without_annotations = skip_images_without_annotations
         self.entries = tuple(e for e in annotations.images if e.rles or not skip_images_without_annotations)
@@ -185,9 +188,17 @@ class CocoSource:
 
     def __getitem__(self, index: int) -> dict:
         """The record of image `index`; raises `image_io.BrokenImageError` for an unusable image file."""
-        entry = self.entries[index]
-        path = self.image_dir / entry.file_name
-        return make_record(entry, image_io.load_image(path), str(path))
+        return make_record(self.entries[index], self.load_image(index), str(self.image_path(index)))
+
+    def image_path(self, index: int) -> pathlib.Path:
+        return self.image_dir / self.entries[index].file_name
+
+    def load_image(self, index: int) -> np.ndarray:
+        """uint8 [H, W, 3] of image `index`, checked against the file's size; raises `image_io.BrokenImageError`."""
+        path = self.image_path(index)
+        image = image_io.load_image(path)
+        check_image_size(self.entries[index], image, str(path))
+        return image
 
     def __repr__(self) -> str:
         return (f"CocoSource({self.annotation_file!r}, {str(self.image_dir)!r}, images={len(self)}, "

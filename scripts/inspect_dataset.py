@@ -1,0 +1,113 @@
+"""Shows what the model will see from a COCO-format dataset: counts, what was skipped and why, broken images,
+and a few images with their ground truth drawn.
+
+  python scripts/inspect_dataset.py --annotations ../shared/data/balloon/annotations_train.json \
+      --images ../shared/data/balloon/images --output /tmp/balloon_inspect
+
+Exits 2 when the annotation file is unusable (the message names the file and the problem); skipped
+annotations and broken images are reported, not fatal.
+"""
+
+import argparse
+import collections
+import colorsys
+import pathlib
+import sys
+
+import numpy as np
+import tqdm
+from PIL import Image, ImageDraw
+
+from maskrcnn_jax.data import coco
+from maskrcnn_jax.data import image_io
+from maskrcnn_jax.data import validation
+
+MASK_ALPHA = 0.45
+
+
+def draw_ground_truth(record: dict, class_names: tuple[str, ...]) -> Image.Image:
+    """The record's image with each instance's mask tinted, its box outlined and its class name written."""
+    count = len(record["labels"])
+    colors = [tuple(int(255 * c) for c in colorsys.hsv_to_rgb(i / max(count, 1), 1.0, 1.0)) for i in range(count)]
+    canvas = record["image"].astype(np.float32)
+    for mask, color in zip(record["masks"].astype(bool), colors):
+        canvas[mask] = (1 - MASK_ALPHA) * canvas[mask] + MASK_ALPHA * np.asarray(color, np.float32)
+    picture = Image.fromarray(canvas.round().astype(np.uint8))
+    draw = ImageDraw.Draw(picture)
+    for box, label, color in zip(record["boxes"], record["labels"], colors):
+        x0, y0, x1, y1 = (float(v) for v in box)
+        draw.rectangle((x0, y0, x1, y1), outline=color, width=2)
+        text_box = draw.textbbox((x0 + 2, y0 + 2), class_names[int(label)])
+        draw.rectangle((x0, y0, text_box[2] + 2, text_box[3] + 2), fill=color)
+        draw.text((x0 + 2, y0 + 2), class_names[int(label)], fill=(0, 0, 0))
+    return picture
+
+
+def print_summary(source: coco.CocoSource) -> None:
+    instances = collections.Counter()
+    images_with = collections.Counter()
+    for entry in source.entries:
+        instances.update(int(label) for label in entry.labels)
+        images_with.update({int(label) for label in entry.labels})
+    print(f"annotation file: {source.annotation_file}")
+    print(f"images: {len(source)} ({source.num_images_without_annotations} without training instances)")
+    print(f"training instances: {sum(instances.values())} in {source.num_classes - 1} categories")
+    print("instances per category:")
+    print(f"  {'label':>5} {'category_id':>11} {'instances':>9} {'images':>6}  name")
+    for label in range(1, source.num_classes):
+        print(f"  {label:>5} {source.label_to_category_id[label]:>11} {instances[label]:>9} "
+              f"{images_with[label]:>6}  {source.class_names[label]}")
+    for category_id in source.background_category_ids:
+        print(f"category id {category_id} is named '{validation.BACKGROUND_CATEGORY_NAME}' (labelme exports): no label")
+    print(f"crowd annotations: {source.num_crowd} (not training targets; kept in the file for COCO evaluation)")
+    if not source.skipped:
+        print("skipped annotations: none")
+    for reason, count in sorted(source.skipped.items()):
+        print(f"skipped annotations: {reason}: {count} ({validation.SKIP_REASONS[reason]})")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--annotations", required=True, help="COCO instances json")
+    parser.add_argument("--images", required=True, help="folder the json's file_name entries are relative to")
+    parser.add_argument("--output", default=None, help="folder for PNGs with the ground truth drawn")
+    parser.add_argument("--num-drawn", type=int, default=4, help="how many images to draw (those with instances)")
+    parser.add_argument("--max-checked", type=int, default=0,
+                        help="decode only the first N images to look for broken ones (default 0: all)")
+    args = parser.parse_args()
+
+    try:
+        source = coco.CocoSource(args.annotations, args.images)
+    except validation.DatasetFileError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print_summary(source)
+
+    checked = len(source) if args.max_checked <= 0 else min(args.max_checked, len(source))
+    broken = []
+    drawable = []
+    for index in tqdm.tqdm(range(checked), desc="decoding images", file=sys.stderr, leave=False):
+        try:
+            source.load_image(index)
+        except image_io.BrokenImageError as error:
+            broken.append(error)
+            continue
+        if len(drawable) < args.num_drawn and len(source.entries[index].labels):
+            drawable.append(index)
+    print(f"broken images: {len(broken)} of {checked} checked (skipped by the training pipeline)")
+    for error in broken:
+        print(f"  broken image: {error.path}: {error.reason}")
+
+    if args.output:
+        output = pathlib.Path(args.output)
+        output.mkdir(parents=True, exist_ok=True)
+        for index in drawable:
+            record = source[index]
+            path = output / f"{record['image_id']}_{pathlib.Path(record['file_name']).stem}.png"
+            draw_ground_truth(record, source.class_names).save(path)
+            print(f"drew {len(record['labels'])} instances: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
