@@ -130,6 +130,8 @@ def bad_input_dataset(tmp_path_factory):
         (0, 7, {"segmentation": [[5, 5, 10, 5, 20, 5]]}),  # 3 collinear points: no pixel
         (0, 99, {"segmentation": _square(1, 1, 5)}),  # unknown category
         (42, 7, {"segmentation": _square(1, 1, 5)}),  # unknown image
+        ([0], 7, {"segmentation": _square(1, 1, 5)}),  # image id of the wrong type
+        (0, {"id": 7}, {"segmentation": _square(1, 1, 5)}),  # category id of the wrong type
         (0, 7, {"segmentation": good_rle, "iscrowd": 1}),  # crowd
         (0, 7, {}),  # no segmentation
         (0, 7, {"segmentation": {"size": [10, 10], "counts": [100]}}),  # RLE of the wrong size
@@ -150,7 +152,7 @@ def test_bad_annotations_are_skipped_and_counted_per_reason(bad_input_dataset):
     source = coco.CocoSource(bad_input_dataset / "annotations.json", bad_input_dataset / "images")
     assert source.skipped == collections.Counter({
         "invalid_box": 2, "polygon_fewer_than_3_points": 1, "polygon_part_dropped": 1, "outside_image": 1,
-        "empty_mask": 1, "unknown_category_id": 1, "unknown_image_id": 1, "missing_segmentation": 1,
+        "empty_mask": 1, "unknown_category_id": 2, "unknown_image_id": 2, "missing_segmentation": 1,
         "malformed_segmentation": 2})
     assert set(source.skipped) <= set(validation.SKIP_REASONS)
     assert source.num_crowd == 1

@@ -73,8 +73,10 @@ def read_coco_annotations(annotation_file: str | os.PathLike) -> CocoAnnotations
     num_crowd = 0
     instances_by_image = collections.defaultdict(list)
     for annotation in dataset["annotations"]:
-        image = images_by_id.get(annotation.get("image_id"))
-        category_id = annotation.get("category_id")
+        image_id, category_id = annotation.get("image_id"), annotation.get("category_id")
+        # Ids that are not integers (possibly unhashable lists) match nothing.
+        image = images_by_id.get(image_id) if isinstance(image_id, int) else None
+        category_id = category_id if isinstance(category_id, int) else None
         if image is None:
             skipped["unknown_image_id"] += 1
         elif category_id in background_ids:
