@@ -10,6 +10,7 @@ from maskrcnn_jax.ops.boxes import (
     small_boxes_valid,
 )
 from maskrcnn_jax.ops.nms import batched_nms, nms
+from maskrcnn_jax.ops.roi_align import multilevel_roi_align, roi_align, roi_levels
 
 __all__ = [
     "anchor_grid",
@@ -19,6 +20,9 @@ __all__ = [
     "clip_boxes",
     "decode_boxes",
     "encode_boxes",
+    "multilevel_roi_align",
     "nms",
+    "roi_align",
+    "roi_levels",
     "small_boxes_valid",
 ]
