@@ -9,6 +9,7 @@ from maskrcnn_jax.ops.boxes import (
     encode_boxes,
     small_boxes_valid,
 )
+from maskrcnn_jax.ops.masks import crop_and_resize_masks, paste_masks_in_image
 from maskrcnn_jax.ops.nms import batched_nms, nms
 from maskrcnn_jax.ops.roi_align import multilevel_roi_align, roi_align, roi_levels
 
@@ -18,10 +19,12 @@ __all__ = [
     "box_area",
     "box_iou",
     "clip_boxes",
+    "crop_and_resize_masks",
     "decode_boxes",
     "encode_boxes",
     "multilevel_roi_align",
     "nms",
+    "paste_masks_in_image",
     "roi_align",
     "roi_levels",
     "small_boxes_valid",
