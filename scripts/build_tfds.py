@@ -1,4 +1,4 @@
-"""Writes COCO-format splits (json + image folder) as a TFDS ArrayRecord dataset with instance masks (no TF).
+r"""Writes COCO-format splits (json + image folder) as a TFDS ArrayRecord dataset with instance masks (no TF).
 
   python scripts/build_tfds.py --data-dir /shared/tfds/balloon \
       --split train ../shared/data/balloon/annotations_train.json ../shared/data/balloon/images \

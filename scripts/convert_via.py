@@ -1,4 +1,4 @@
-"""Converts a VGG Image Annotator (VIA 1.x / 2.x) polygon json to a COCO instances json.
+r"""Converts a VGG Image Annotator (VIA 1.x / 2.x) polygon json to a COCO instances json.
 
   python scripts/convert_via.py --via ../shared/data/balloon/raw/train/via_region_data.json \
       --images ../shared/data/balloon/images --output /tmp/balloon_train.json --category balloon

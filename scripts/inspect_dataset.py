@@ -1,4 +1,4 @@
-"""Shows what the model will see from a COCO-format dataset: counts, what was skipped and why, broken images,
+r"""Shows what the model will see from a COCO-format dataset: counts, what was skipped and why, broken images,
 and a few images with their ground truth drawn.
 
   python scripts/inspect_dataset.py --annotations ../shared/data/balloon/annotations_train.json \
@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 import tqdm
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from maskrcnn_jax.data import coco
 from maskrcnn_jax.data import image_io
@@ -34,12 +34,16 @@ def draw_ground_truth(record: dict, class_names: tuple[str, ...]) -> Image.Image
         canvas[mask] = (1 - MASK_ALPHA) * canvas[mask] + MASK_ALPHA * np.asarray(color, np.float32)
     picture = Image.fromarray(canvas.round().astype(np.uint8))
     draw = ImageDraw.Draw(picture)
+    # Lines and text grow with the image so that they stay readable on 2000-pixel photos.
+    long_side = max(picture.size)
+    line_width = max(2, long_side // 400)
+    font = ImageFont.load_default(size=max(11, long_side // 60))
     for box, label, color in zip(record["boxes"], record["labels"], colors):
         x0, y0, x1, y1 = (float(v) for v in box)
-        draw.rectangle((x0, y0, x1, y1), outline=color, width=2)
-        text_box = draw.textbbox((x0 + 2, y0 + 2), class_names[int(label)])
+        draw.rectangle((x0, y0, x1, y1), outline=color, width=line_width)
+        text_box = draw.textbbox((x0 + 2, y0 + 2), class_names[int(label)], font=font)
         draw.rectangle((x0, y0, text_box[2] + 2, text_box[3] + 2), fill=color)
-        draw.text((x0 + 2, y0 + 2), class_names[int(label)], fill=(0, 0, 0))
+        draw.text((x0 + 2, y0 + 2), class_names[int(label)], fill=(0, 0, 0), font=font)
     return picture
 
 
@@ -51,7 +55,7 @@ def print_summary(source: coco.CocoSource) -> None:
         images_with.update({int(label) for label in entry.labels})
     print(f"annotation file: {source.annotation_file}")
     print(f"images: {len(source)} ({source.num_images_without_annotations} without training instances)")
-    print(f"training instances: {sum(instances.values())} in {source.num_classes - 1} categories")
+    print(f"training instances: {sum(instances.values())}, categories: {source.num_classes - 1}")
     print("instances per category:")
     print(f"  {'label':>5} {'category_id':>11} {'instances':>9} {'images':>6}  name")
     for label in range(1, source.num_classes):

@@ -250,3 +250,24 @@ def test_decode_converts_gray_rgba_and_palette_to_rgb():
     palette_image.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255])
     np.testing.assert_array_equal(image_io.decode_image(_encode(palette_image, "PNG")),
                                   [[[255, 0, 0], [0, 255, 0]], [[0, 255, 0], [0, 0, 255]]])
+
+
+def test_exif_rotated_image_is_used_as_shown_and_sizes_are_checked_against_the_file(tmp_path):
+    pixels = np.random.default_rng(3).integers(0, 256, (6, 10, 3), dtype=np.uint8)  # stored 6 high, 10 wide
+    exif = Image.Exif()
+    exif[274] = 6  # shown turned 90 degrees clockwise: 10 high, 6 wide
+    Image.fromarray(pixels).save(tmp_path / "rotated.png", exif=exif)
+    dataset = {
+        "images": [{"id": 1, "file_name": "rotated.png", "height": 10, "width": 6},
+                   {"id": 2, "file_name": "rotated.png", "height": 6, "width": 10}],
+        "categories": [{"id": 1, "name": "thing"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "segmentation": _square(1, 2, 4)}],
+    }
+    (tmp_path / "annotations.json").write_text(json.dumps(dataset))
+    source = coco.CocoSource(tmp_path / "annotations.json", tmp_path)
+    record = source[0]
+    np.testing.assert_array_equal(record["image"], np.rot90(pixels, k=-1))
+    assert record["masks"].shape == (1, 10, 6)
+    np.testing.assert_allclose(record["boxes"], [[1, 2, 5, 6]])
+    with pytest.raises(image_io.BrokenImageError, match="image is 10x6 .* says 6x10"):
+        source[1]

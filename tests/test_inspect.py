@@ -64,7 +64,7 @@ def test_labelme_background_category_is_reported():
                       "--images", shared_data_path("labelme_voc3", "images"))
     assert result.returncode == 0, result.stderr
     assert "category id 0 is named '_background_'" in result.stdout
-    assert "training instances: 12 in 20 categories" in result.stdout
+    assert "training instances: 12, categories: 20" in result.stdout
 
 
 def test_corrupt_image_and_two_point_polygon_are_reported_without_crashing(tmp_path):
