@@ -126,6 +126,15 @@ def test_boxes_match_torchvision_resize_boxes_and_flip_round_trips():
                                rtol=1e-5, atol=1e-4)
 
 
+def test_uncropped_example_keeps_annotation_boxes_as_torchvision_resizes_them():
+    record = ellipse_record(61, 97, [(30, 40, 12, 20), (30, 80, 20, 30)])
+    record["boxes"] = np.array([[19.5, 17.25, 60.0, 43.0], [49.0, 9.5, 97.0, 61.0]], np.float32)
+    geometry = transforms.evaluation_geometry(61, 97, canvas_size=(1344, 1344), min_size=800, max_size=1333)
+    example = transforms.transform_example(record, geometry, canvas_size=(1344, 1344), max_instances=3)
+    expected = resize_boxes(torch.from_numpy(record["boxes"]), (61, 97), (geometry.height, geometry.width))
+    np.testing.assert_allclose(example["gt_boxes"][:2], expected.numpy(), rtol=0, atol=1e-4)
+
+
 def test_flip_twice_restores_the_image():
     record = ellipse_record(40, 50, [(20, 20, 8, 12)])
     geometry = transforms.evaluation_geometry(40, 50, canvas_size=(64, 64), min_size=40, max_size=50)

@@ -311,9 +311,11 @@ def transform_example(record: dict, geometry: Geometry, *, canvas_size: tuple[in
       "dropped_degenerate" int32 [], "dropped_overflow" int32 []}.
     """
     boxes = np.asarray(record["boxes"], np.float32).reshape(-1, 4)
+    cropped = (geometry.height, geometry.width) != (geometry.resized_height, geometry.resized_width)
     window = window_in_original(geometry)
-    cut = np.flatnonzero((boxes[:, :2] < window[:2]).any(1) | (boxes[:, 2:] > window[2:]).any(1))
-    if len(cut):
+    # Boxes the crop window cuts (a 1e-3 px margin ignores float noise at the window's edges).
+    cut = np.flatnonzero((boxes[:, :2] < window[:2] - 1e-3).any(1) | (boxes[:, 2:] > window[2:] + 1e-3).any(1))
+    if cropped and len(cut):
         boxes = boxes.copy()
         clipped = np.concatenate([np.maximum(boxes[cut, :2], window[:2]), np.minimum(boxes[cut, 2:], window[2:])], 1)
         boxes[cut] = shrink_boxes_to_masks(record["masks"][cut], clipped)
@@ -325,9 +327,11 @@ def transform_example(record: dict, geometry: Geometry, *, canvas_size: tuple[in
     kept = np.sort(kept[np.argsort(-areas, kind="stable")[:max_instances]])
     dropped_overflow = len(boxes) - dropped_degenerate - len(kept)
     if dropped_degenerate or dropped_overflow:
-        logging.warning("image %s: dropped %d instances with a box side < %s px after resize/crop and "
-                        "%d beyond max_instances=%d", record["image_id"], dropped_degenerate,
-                        min_box_size, dropped_overflow, max_instances)
+        # Rate-limited: with scale jitter many images lose tiny objects; the batch carries exact counts.
+        logging.log_every_n_seconds(
+            logging.WARNING, "image %s: dropped %d instances with a box side < %s px after resize/crop "
+            "and %d beyond max_instances=%d (logged at most every 10 s)", 10, record["image_id"],
+            dropped_degenerate, min_box_size, dropped_overflow, max_instances)
     boxes = boxes[kept]
     masks = crop_masks_to_boxes(record["masks"][kept], unflipped_boxes_in_original(boxes, geometry), mask_size)
     if geometry.flip:
