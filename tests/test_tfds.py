@@ -2,9 +2,9 @@
 
 import json
 import pickle
+import pathlib
 import subprocess
 import sys
-import pathlib
 
 import grain
 import numpy as np
@@ -12,6 +12,7 @@ import pytest
 
 from maskrcnn_jax.data import coco
 from maskrcnn_jax.data import shapes
+from maskrcnn_jax.data import tfds_builder
 from maskrcnn_jax.data import tfds_source
 from tests.conftest import shared_data_path
 
@@ -20,9 +21,12 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """Shapes (train, with one truncated PNG) and labelme_voc3 (val, if present) written by the script."""
+    """Shapes written by the script: image 2 without annotations, image 3 a truncated PNG."""
     root = tmp_path_factory.mktemp("tfds")
     shapes_file = shapes.write_shapes_dataset(root / "shapes", 6, seed=5, min_size=48, max_size=64)
+    dataset = json.loads(shapes_file.read_text())
+    dataset["annotations"] = [a for a in dataset["annotations"] if a["image_id"] != 2]
+    shapes_file.write_text(json.dumps(dataset))
     broken = root / "shapes" / "images" / "000003.png"
     broken.write_bytes(broken.read_bytes()[:100])
     command = [sys.executable, str(REPO_ROOT / "scripts" / "build_tfds.py"), "--data-dir", str(root / "tfds"),
@@ -73,9 +77,8 @@ def test_tfds_source_pickles_and_feeds_grain(built):
 def test_labelme_voc3_round_trip_keeps_image_id_zero_and_label_map(tmp_path):
     annotation_file = shared_data_path("labelme_voc3", "annotations.json")
     image_dir = shared_data_path("labelme_voc3", "images")
-    subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "build_tfds.py"), "--data-dir", str(tmp_path),
-                    "--split", "val", str(annotation_file), str(image_dir)],
-                   capture_output=True, text=True, timeout=300, check=True)
+    tfds_builder.CocoInstances(splits={"val": (annotation_file, image_dir)}, data_dir=tmp_path,
+                               file_format="array_record").download_and_prepare()
     source = tfds_source.TfdsSource(tmp_path, "val")
     reference = coco.CocoSource(annotation_file, image_dir)
     _assert_same_records(source, reference)
@@ -83,19 +86,13 @@ def test_labelme_voc3_round_trip_keeps_image_id_zero_and_label_map(tmp_path):
     assert source[0]["image_id"] == 0 and source.num_images_without_annotations == 0
 
 
-def test_images_without_annotations_can_be_skipped(tmp_path):
-    annotation_file = shapes.write_shapes_dataset(tmp_path / "shapes", 3, seed=0, min_size=32, max_size=32)
-    dataset = json.loads(annotation_file.read_text())
-    dataset["annotations"] = [a for a in dataset["annotations"] if a["image_id"] != 2]
-    annotation_file.write_text(json.dumps(dataset))
-    subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "build_tfds.py"), "--data-dir", str(tmp_path / "t"),
-                    "--split", "train", str(annotation_file), str(tmp_path / "shapes" / "images")],
-                   capture_output=True, text=True, timeout=300, check=True)
-    everything = tfds_source.TfdsSource(tmp_path / "t", "train")
-    with_instances = tfds_source.TfdsSource(tmp_path / "t", "train", skip_images_without_annotations=True)
+def test_images_without_annotations_can_be_skipped(built):
+    root, _, _ = built
+    everything = tfds_source.TfdsSource(root / "tfds", "train")
+    with_instances = tfds_source.TfdsSource(root / "tfds", "train", skip_images_without_annotations=True)
     assert everything.num_images_without_annotations == 1
-    assert [everything[i]["image_id"] for i in range(3)] == [1, 2, 3]
-    assert [with_instances[i]["image_id"] for i in range(2)] == [1, 3] and len(with_instances) == 2
+    assert [everything[i]["image_id"] for i in range(len(everything))] == [1, 2, 4, 5, 6]
+    assert [with_instances[i]["image_id"] for i in range(len(with_instances))] == [1, 4, 5, 6]
 
 
 def test_broken_annotation_file_exits_2_naming_it(tmp_path):
