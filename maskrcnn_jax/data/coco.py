@@ -4,11 +4,15 @@ Records (numpy), one per image:
   {"image_id": int, "file_name": str, "image": uint8 [H, W, 3] RGB (EXIF-oriented),
    "boxes": float32 [N, 4] xyxy original pixels, "labels": int32 [N] contiguous 1..K (0 is background),
    "masks": uint8 [N, H, W] full-image binary masks}
-N is the number of training instances of the image (crowd and skipped annotations excluded).
+N is the number of training instances of the image (crowd and skipped annotations excluded). Each
+box is the pixel box of its mask, so boxes and masks always agree; the file's bbox is only checked.
+Every instance is kept: padding to max_instances is the pipeline's job.
 
 Defined behaviour on bad input:
   - A broken annotation file raises `DatasetFileError` in the constructor (message names file and problem).
-  - A bad annotation is skipped when the source is built and counted per reason in `skipped`
+  - Polygon coordinates outside the image are clipped by rasterisation; an annotation with no pixel
+    left, a zero-area or inverted bbox, a polygon of fewer than 3 points, an unknown image or
+    category id: each such annotation is skipped when the source is built and counted per reason in `skipped`
     (keys: `validation.SKIP_REASONS`); crowd annotations are counted in `num_crowd`: they are not
     training targets (as in torchvision) but stay in the annotation file that COCO evaluation reads.
   - A missing, corrupt or wrong-sized image makes `source[i]` raise `image_io.BrokenImageError`
@@ -38,7 +42,7 @@ class ImageEntry:
     file_name: str
     height: int
     width: int
-    boxes: np.ndarray  # float32 [N, 4] xyxy, clipped to the image
+    boxes: np.ndarray  # float32 [N, 4] xyxy pixel box of each mask
     labels: np.ndarray  # int32 [N], contiguous 1..K
     rles: tuple[bytes, ...]  # [N]
 
