@@ -98,6 +98,8 @@ def check_torchvision_preprocessing(image_uint8):
     geometry = transforms.evaluation_geometry(height, width, canvas_size=expected.shape[:2],
                                               min_size=800, max_size=1333)
     assert (geometry.height, geometry.width) == tuple(images.image_sizes[0])
+    # torchvision pads each side up to a multiple of 32 and no more.
+    assert expected.shape[:2] == (-(-geometry.height // 32) * 32, -(-geometry.width // 32) * 32)
     ours = transforms.transform_image(image_uint8, geometry, expected.shape[:2])
     np.testing.assert_allclose(ours, expected, atol=1e-5, rtol=0)
 
