@@ -244,6 +244,9 @@ def test_decode_converts_gray_rgba_and_palette_to_rgb():
     gray = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
     np.testing.assert_array_equal(image_io.decode_image(_encode(Image.fromarray(gray), "PNG")),
                                   np.repeat(gray[..., None], 3, axis=2))
+    deep_gray = np.array([[0, 257, 40000], [65535, 1000, 30000]], dtype=np.uint16)
+    np.testing.assert_array_equal(image_io.decode_image(_encode(Image.fromarray(deep_gray), "PNG")),
+                                  np.repeat((deep_gray // 256).astype(np.uint8)[..., None], 3, axis=2))
     rgba = np.random.default_rng(2).integers(0, 256, (3, 4, 4), dtype=np.uint8)
     np.testing.assert_array_equal(image_io.decode_image(_encode(Image.fromarray(rgba, "RGBA"), "PNG")), rgba[..., :3])
     palette_image = Image.fromarray(np.array([[0, 1], [1, 2]], dtype=np.uint8), "P")

@@ -28,8 +28,9 @@ class BrokenImageError(Exception):
 def decode_image(data: bytes, path: str = "<bytes>") -> np.ndarray:
     """Decodes encoded image bytes (JPEG, PNG, ...) to uint8 [H, W, 3] RGB.
 
-    EXIF orientation is applied, so H, W are the size a viewer shows. Grayscale, grayscale+alpha,
-    RGBA, CMYK and palette images become RGB; alpha is dropped (palette transparency included).
+    EXIF orientation is applied, so H, W are the size a viewer shows. Grayscale (8 or 16 bit),
+    grayscale+alpha, RGBA, CMYK and palette images become RGB; alpha is dropped (palette
+    transparency included).
     `path` only names the source in the error message.
     """
     try:
@@ -37,6 +38,10 @@ def decode_image(data: bytes, path: str = "<bytes>") -> np.ndarray:
             # load() forces the full decode here, so truncated files fail now, not later.
             image.load()
             image = ImageOps.exif_transpose(image)
+            if image.mode.startswith("I;16"):
+                # 16-bit grayscale: Pillow's convert("RGB") clips to 255 instead of rescaling.
+                gray = (np.asarray(image).astype(np.uint32) >> 8).astype(np.uint8)
+                return np.repeat(gray[..., None], 3, axis=2)
             if image.mode == "P":
                 # Palette images may carry transparency; going through RGBA keeps their colours right.
                 image = image.convert("RGBA")
