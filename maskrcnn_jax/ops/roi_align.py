@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 DEFAULT_SPATIAL_SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
-DEFAULT_BOXES_PER_STEP = 4
+DEFAULT_BOXES_PER_STEP = 2
 
 
 def roi_align(
