@@ -20,7 +20,7 @@ REAL_DATASETS = {
     "coco_train2017_85": ("coco_train2017_85/annotations.json", "coco_train2017_85/images", 85),
     "coco_val2014_43": ("coco_val2014_43/annotations.json", "coco_val2014_43/images", 43),
     "labelme_voc3": ("labelme_voc3/annotations.json", "labelme_voc3/images", 3),
-    "balloon_val": ("balloon/annotations_val.json", "balloon/images", 6),  # 2048-pixel photos: a few suffice
+    "balloon": ("balloon/annotations.json", "balloon/images", 5),  # 2048-pixel photos: a few suffice
 }
 
 
