@@ -8,6 +8,7 @@ import pickle
 import numpy as np
 import pytest
 from PIL import Image
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from maskrcnn_jax.data import coco
@@ -118,11 +119,13 @@ def bad_input_dataset(tmp_path_factory):
     }
     # Column-major runs: 7 pixels (rows 10..16) in columns 1 and 2.
     good_rle = {"size": [48, 64], "counts": [1 * 48 + 10, 7, 41, 7, 48 * 64 - 58 - 55]}
+    compressed = mask_utils.encode(np.asfortranarray(np.pad(np.ones((3, 2), np.uint8), ((40, 5), (60, 2)))))
     annotations = [
         (0, 7, {"segmentation": _square(10, 10, 20), "bbox": [10, 10, 20, 20]}),  # kept
         (0, 3, {"segmentation": good_rle}),  # kept: uncompressed RLE, no bbox
         (0, 7, {"segmentation": _square(2, 2, 8) + [[1, 1, 3, 3]], "bbox": [2, 2, 8, 8]}),  # kept, 1 part dropped
         (0, 7, {"segmentation": _square(50, 30, 30)}),  # kept, clipped at the image's corner
+        (0, 7, {"segmentation": {"size": [48, 64], "counts": compressed["counts"].decode()}}),  # kept
         (0, 7, {"segmentation": _square(1, 1, 5), "bbox": [1, 1, 0, 5]}),  # zero-area bbox
         (0, 7, {"segmentation": _square(1, 1, 5), "bbox": [6, 6, -5, -5]}),  # inverted bbox
         (0, 7, {"segmentation": [[1, 1, 9, 9]]}),  # 2-point polygon
@@ -135,6 +138,9 @@ def bad_input_dataset(tmp_path_factory):
         (0, 7, {"segmentation": good_rle, "iscrowd": 1}),  # crowd
         (0, 7, {}),  # no segmentation
         (0, 7, {"segmentation": {"size": [10, 10], "counts": [100]}}),  # RLE of the wrong size
+        (0, 7, {"segmentation": {"size": [48, 64], "counts": [5, 3, 8]}}),  # runs do not cover the image
+        (0, 7, {"segmentation": {"size": [48, 64], "counts": "zzzz"}}),  # compressed string cut off
+        (0, 7, {"segmentation": {"size": 48, "counts": "PP"}}),  # size not [height, width]
         (0, 7, {"segmentation": [[1, 2, 3]]}),  # odd number of coordinates
         (2, 7, {"segmentation": _square(1, 1, 5)}),
         (3, 7, {"segmentation": _square(1, 1, 5)}),
@@ -153,17 +159,19 @@ def test_bad_annotations_are_skipped_and_counted_per_reason(bad_input_dataset):
     assert source.skipped == collections.Counter({
         "invalid_box": 2, "polygon_fewer_than_3_points": 1, "polygon_part_dropped": 1, "outside_image": 1,
         "empty_mask": 1, "unknown_category_id": 2, "unknown_image_id": 2, "missing_segmentation": 1,
-        "malformed_segmentation": 2})
+        "malformed_segmentation": 5})
     assert set(source.skipped) <= set(validation.SKIP_REASONS)
     assert source.num_crowd == 1
     assert source.num_images_without_annotations == 1
     record = source[0]
     # Labels are contiguous in category-id order: id 3 -> 1, id 7 -> 2.
     assert source.label_to_category_id == {1: 3, 2: 7} and source.class_names == ("__background__", "other", "thing")
-    np.testing.assert_array_equal(record["labels"], [2, 1, 2, 2])
+    np.testing.assert_array_equal(record["labels"], [2, 1, 2, 2, 2])
     # Hand-computed boxes: pycocotools rasterises a square polygon [x, x+side] to pixels x..x+side-1.
-    np.testing.assert_allclose(record["boxes"], [[10, 10, 30, 30], [1, 10, 3, 17], [2, 2, 10, 10], [50, 30, 64, 48]])
-    assert record["masks"].shape == (4, 48, 64)
+    np.testing.assert_allclose(record["boxes"], [[10, 10, 30, 30], [1, 10, 3, 17], [2, 2, 10, 10], [50, 30, 64, 48],
+                                                 [60, 40, 62, 43]])
+    assert record["masks"].shape == (5, 48, 64)
+    assert record["masks"][4].sum() == 6 and record["masks"][4, 40:43, 60:62].all()
     assert record["masks"][3].sum() == 14 * 18  # clipped at the image border
     assert record["masks"][1].sum() == 14
 

@@ -176,24 +176,51 @@ def _segmentation_to_rle(segmentation, height: int, width: int) -> tuple[dict, i
         raise AnnotationSkipped("missing_segmentation")
     if isinstance(segmentation, list):
         return _polygons_to_rle(segmentation, height, width)
-    if not isinstance(segmentation, dict) or "counts" not in segmentation or "size" not in segmentation:
+    size = segmentation.get("size") if isinstance(segmentation, dict) else None
+    if not isinstance(size, (list, tuple)) or list(size) != [height, width]:
         raise AnnotationSkipped("malformed_segmentation")
-    if list(segmentation["size"]) != [height, width]:
+    counts = segmentation.get("counts")
+    if isinstance(counts, str) and counts.isascii():
+        counts = counts.encode("ascii")
+    if isinstance(counts, bytes):
+        runs = _compressed_rle_runs(counts)
+    elif isinstance(counts, list) and all(_is_int(run) for run in counts):
+        runs = counts
+    else:
         raise AnnotationSkipped("malformed_segmentation")
-    counts = segmentation["counts"]
-    try:
-        if isinstance(counts, list):
-            rle = mask_utils.frPyObjects(segmentation, height, width)
-        elif isinstance(counts, (str, bytes)):
-            rle = {"size": [height, width], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-        else:
-            raise AnnotationSkipped("malformed_segmentation")
-        # Decoding the area validates the counts: a corrupt string fails or overruns here.
-        if int(mask_utils.area(rle)) > height * width:
-            raise AnnotationSkipped("malformed_segmentation")
-    except (TypeError, ValueError, UnicodeEncodeError):
-        raise AnnotationSkipped("malformed_segmentation") from None
-    return rle, 0
+    # Runs must tile the image exactly: pycocotools decodes without bounds checks.
+    if runs is None or any(run < 0 for run in runs) or sum(runs) != height * width:
+        raise AnnotationSkipped("malformed_segmentation")
+    if isinstance(counts, list):
+        return mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width), 0
+    return {"size": [height, width], "counts": counts}, 0
+
+
+def _compressed_rle_runs(counts: bytes) -> list[int] | None:
+    """Run lengths of a COCO compressed RLE string (pycocotools rleFrString), or None if it is cut off.
+
+    Each run is a little-endian base-32 number in characters offset by 48; 0x20 marks "more
+    characters follow", 0x10 in the last character is the sign; runs after the second are stored
+    as differences to the run two before.
+    """
+    runs = []
+    position = 0
+    while position < len(counts):
+        value, shift, more = 0, 0, True
+        while more:
+            if position == len(counts):
+                return None
+            chunk = counts[position] - 48
+            value |= (chunk & 0x1F) << shift
+            more = bool(chunk & 0x20)
+            position += 1
+            shift += 5
+            if not more and chunk & 0x10:
+                value |= -1 << shift
+        if len(runs) > 2:
+            value += runs[-2]
+        runs.append(value)
+    return runs
 
 
 def _polygons_to_rle(polygons: list, height: int, width: int) -> tuple[dict, int]:
