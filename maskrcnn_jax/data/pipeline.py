@@ -46,9 +46,9 @@ def _per_process_batch_size(global_batch_size: int, shard_count: int) -> int:
 
 
 def _read_options(batch_size: int) -> grain.ReadOptions:
-    # Records are decoded and transformed in this process; one thread avoids GIL contention and a
-    # small buffer bounds memory (an example at a 1024 canvas is about 13 MB).
-    return grain.ReadOptions(num_threads=1, prefetch_buffer_size=2 * batch_size)
+    # One thread per process (workers give the parallelism; more threads fight over the GIL) and a
+    # buffer of one batch: an example at a 1024 canvas is about 13 MB, so memory stays bounded.
+    return grain.ReadOptions(num_threads=1, prefetch_buffer_size=batch_size)
 
 
 def padding_example(*, canvas_size: tuple[int, int], max_instances: int, mask_size: int) -> dict:
@@ -131,7 +131,7 @@ def training_dataset(source, *, global_batch_size: int, seed: int, canvas_size: 
                      min_size: float, max_size: float, max_instances: int, mask_size: int = 112,
                      flip_probability: float = 0.5, jitter_range: tuple[float, float] = (1.0, 1.0),
                      large_scale_jitter: bool = False, min_box_size: float = 1.0, num_workers: int = 0,
-                     worker_buffer_size: int = 2, shard_index: int | None = None,
+                     worker_buffer_size: int = 1, shard_index: int | None = None,
                      shard_count: int | None = None) -> grain.IterDataset:
     """Endless shuffled, augmented batches of this process's shard (B = global_batch_size / processes).
 
@@ -159,7 +159,7 @@ def training_dataset(source, *, global_batch_size: int, seed: int, canvas_size: 
 
 def evaluation_dataset(source, *, global_batch_size: int, canvas_size: tuple[int, int], min_size: float,
                        max_size: float, max_instances: int, mask_size: int = 112, min_box_size: float = 1.0,
-                       num_workers: int = 0, worker_buffer_size: int = 2, shard_index: int | None = None,
+                       num_workers: int = 0, worker_buffer_size: int = 1, shard_index: int | None = None,
                        shard_count: int | None = None) -> grain.IterDataset:
     """One pass over every record in order, ceil(len / global_batch_size) batches per process.
 
