@@ -5,11 +5,12 @@ and torchvision (the `test` extra); they are imported only when this function ru
 """
 
 
-def confident_random_torchvision_maskrcnn(seed: int = 0, min_size: int = 800, max_size: int = 1333, class_logit_scale: float = 2.0):
+def confident_random_torchvision_maskrcnn(seed: int = 0, min_size: int = 800, max_size: int = 1333, class_logit_scale: float = 2.0, box_regression_scale: float = 0.1):
     """torchvision `maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)` in eval mode, seeded.
 
-    Random weights alone give near-uniform class scores, so the class-logit layer is scaled by
-    `class_logit_scale`; the FrozenBatchNorm statistics are drawn at random too (torchvision leaves
+    The class-logit layer is scaled by `class_logit_scale` (more confident scores) and both box
+    regression layers (RPN and box head) by `box_regression_scale`: unscaled random deltas stretch
+    boxes into slivers a tenth of a pixel wide, whose IoU is dominated by float32 rounding. The FrozenBatchNorm statistics are drawn at random too (torchvision leaves
     them at 1/0/0/1), so the converter's handling of all four buffers is exercised. eps is 1e-5.
     """
     import torch
@@ -29,4 +30,6 @@ def confident_random_torchvision_maskrcnn(seed: int = 0, min_size: int = 800, ma
                 module.running_mean.copy_(0.2 * torch.rand(channels, generator=generator) - 0.1)
                 module.running_var.copy_(0.5 + torch.rand(channels, generator=generator))
         model.roi_heads.box_predictor.cls_score.weight.mul_(class_logit_scale)
+        model.rpn.head.bbox_pred.weight.mul_(box_regression_scale)
+        model.roi_heads.box_predictor.bbox_pred.weight.mul_(box_regression_scale)
     return model

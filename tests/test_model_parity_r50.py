@@ -1,0 +1,158 @@
+"""Mask R-CNN R50-FPN against torchvision on real photos: same weights (converted), same outputs.
+
+torchvision's `maskrcnn_resnet50_fpn(weights=None)` gets seeded random weights that make confident
+detections; both systems run on two COCO photos at min_size 320 / max_size 512 (small for CI).
+Compared: the preprocessed batch, FPN features, RPN proposals, final boxes / classes / scores,
+28x28 mask probabilities and masks pasted at the original image size.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import shared_data_path
+from maskrcnn_jax.config_file import load_config
+from maskrcnn_jax.convert_torchvision import convert_state_dict
+from maskrcnn_jax.data.image_io import load_image
+from maskrcnn_jax.inference import run_model
+from maskrcnn_jax.models import build_model
+from maskrcnn_jax.preprocess import preprocess_batch
+
+torch = pytest.importorskip("torch")
+torchvision = pytest.importorskip("torchvision")
+from maskrcnn_jax.torchvision_reference import confident_random_torchvision_maskrcnn  # noqa: E402
+
+MIN_SIZE, MAX_SIZE = 320, 512
+# Two photos of different orientation (landscape 640x427, portrait 381x500), so the batch pads both ways.
+PHOTOS = ("000000000042.jpg", "000000000073.jpg")
+CONFIG = "configs/mask_rcnn_r50_fpn_coco.py"
+
+
+def iou_matrix(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
+    """numpy box IoU [N, 4] x [M, 4] -> [N, M]."""
+    top_left = np.maximum(boxes_a[:, None, :2], boxes_b[None, :, :2])
+    bottom_right = np.minimum(boxes_a[:, None, 2:], boxes_b[None, :, 2:])
+    intersection = np.prod(np.clip(bottom_right - top_left, 0, None), axis=-1)
+    area_a = np.prod(boxes_a[:, 2:] - boxes_a[:, :2], axis=-1)
+    area_b = np.prod(boxes_b[:, 2:] - boxes_b[:, :2], axis=-1)
+    return intersection / (area_a[:, None] + area_b[None, :] - intersection)
+
+
+@pytest.fixture(scope="module")
+def outputs(request):
+    root = request.config.rootpath
+    images = [load_image(shared_data_path("coco_val2014_43", "images", name)) for name in PHOTOS]
+    reference = confident_random_torchvision_maskrcnn(seed=0, min_size=MIN_SIZE, max_size=MAX_SIZE)
+    with torch.no_grad():
+        tensors = [torch.from_numpy(image.copy()).permute(2, 0, 1).float() / 255 for image in images]
+        image_list, _ = reference.transform(tensors)
+        features = reference.backbone(image_list.tensors)
+        proposals, _ = reference.rpn(image_list, features)
+        detections, _ = reference.roi_heads(features, proposals, image_list.image_sizes)
+        masks_28 = [d["masks"][:, 0].numpy() for d in detections]
+        detections = reference.transform.postprocess(detections, image_list.image_sizes, [i.shape[:2] for i in images])
+
+    config = load_config(
+        root / CONFIG, ["model.backbone.bn_eps=1e-5", f"input.min_size={MIN_SIZE}", f"input.max_size={MAX_SIZE}"]
+    )
+    model = build_model(config)
+    expected = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))["params"]
+    params = convert_state_dict({k: v.numpy() for k, v in reference.state_dict().items()}, expected)
+    batch = preprocess_batch(images, MIN_SIZE, MAX_SIZE, None)
+    run = jax.jit(lambda p, x, s, o: run_model(model, config, p, x, s, o))
+    ours, intermediates = jax.device_get(run(params, batch["images"], batch["image_sizes"], batch["original_sizes"]))
+    return {
+        "torch": {
+            "images": image_list.tensors.numpy().transpose(0, 2, 3, 1),
+            "image_sizes": np.asarray(image_list.image_sizes),
+            "features": [f.numpy().transpose(0, 2, 3, 1) for f in features.values()],
+            "proposals": [p.numpy() for p in proposals],
+            "detections": [{k: v.numpy() for k, v in d.items()} for d in detections],
+            "masks_28": masks_28,
+        },
+        "batch": batch,
+        "ours": ours,
+        "intermediates": intermediates,
+        "images": images,
+    }
+
+
+def test_preprocessing_matches_torchvision_transform(outputs):
+    torch_side, batch = outputs["torch"], outputs["batch"]
+    np.testing.assert_array_equal(batch["image_sizes"], torch_side["image_sizes"])
+    assert batch["images"].shape == torch_side["images"].shape
+    np.testing.assert_allclose(batch["images"], torch_side["images"], atol=1e-5)
+
+
+def test_fpn_features_within_1e4_relative(outputs):
+    ours = outputs["intermediates"]["features"]
+    reference = outputs["torch"]["features"]
+    assert len(ours) == len(reference) == 5
+    for level, (mine, theirs) in enumerate(zip(ours, reference)):
+        assert mine.shape == theirs.shape, level
+        relative = np.abs(mine - theirs).max() / np.abs(theirs).max()
+        assert relative < 1e-4, (level, relative)
+
+
+def test_rpn_proposals_are_the_same(outputs):
+    intermediates = outputs["intermediates"]
+    for b, theirs in enumerate(outputs["torch"]["proposals"]):
+        mine = intermediates["proposals"][b][intermediates["proposal_valid"][b]]
+        assert len(mine) == len(theirs)
+
+        def close(a, b):
+            return np.abs(a - b).max(axis=-1) < 1e-2
+
+        # Same boxes in the same (score) order, except that two neighbours whose objectness differs
+        # by float32 rounding (about 1e-6) may come out swapped.
+        same_rank = close(mine, theirs)
+        swapped = np.zeros_like(same_rank)
+        swapped[1:] |= close(mine[1:], theirs[:-1])
+        swapped[:-1] |= close(mine[:-1], theirs[1:])
+        assert (same_rank | swapped).all()
+        assert same_rank.mean() >= 0.95, same_rank.mean()
+
+
+def match_detections(theirs: dict, mine: dict) -> np.ndarray:
+    """For each torchvision detection, the index of our same-class detection with the highest IoU >= 0.99, or -1."""
+    ious = iou_matrix(theirs["boxes"], mine["boxes"])
+    ious[theirs["labels"][:, None] != mine["classes"][None, :]] = 0
+    best = ious.argmax(axis=1)
+    return np.where(ious[np.arange(len(best)), best] >= 0.99, best, -1)
+
+
+def our_detections(outputs, b: int) -> dict:
+    ours = outputs["ours"]
+    valid = ours["valid"][b]
+    return {key: ours[key][b][valid] for key in ("boxes", "scores", "classes", "masks")}
+
+
+def test_detections_match_boxes_classes_scores(outputs):
+    matched, total = 0, 0
+    for b, theirs in enumerate(outputs["torch"]["detections"]):
+        mine = our_detections(outputs, b)
+        assert len(theirs["boxes"]) >= 20, "the reference must make detections for this test to mean anything"
+        assert abs(len(mine["boxes"]) - len(theirs["boxes"])) <= 0.01 * len(theirs["boxes"])
+        match = match_detections(theirs, mine)
+        found = match >= 0
+        matched += found.sum()
+        total += len(match)
+        np.testing.assert_allclose(mine["scores"][match[found]], theirs["scores"][found], atol=1e-3)
+    assert matched / total >= 0.99, (matched, total)
+
+
+def test_mask_probabilities_and_pasted_masks_match(outputs):
+    from maskrcnn_jax.ops.masks import paste_masks_in_image
+
+    for b, theirs in enumerate(outputs["torch"]["detections"]):
+        mine = our_detections(outputs, b)
+        match = match_detections(theirs, mine)
+        found = match >= 0
+        np.testing.assert_allclose(mine["masks"][match[found]], outputs["torch"]["masks_28"][b][found], atol=1e-3)
+        height, width = outputs["images"][b].shape[:2]
+        pasted = np.asarray(paste_masks_in_image(mine["masks"][match[found]], mine["boxes"][match[found]], height, width)) > 0.5
+        reference = theirs["masks"][found, 0] > 0.5
+        intersection = (pasted & reference).sum(axis=(1, 2))
+        union = (pasted | reference).sum(axis=(1, 2))
+        assert (intersection / np.maximum(union, 1) >= 0.98).all()
