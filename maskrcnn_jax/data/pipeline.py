@@ -10,9 +10,11 @@ Evaluation: one pass in order, no augmentation, padded to a whole number of glob
 
 Both return a `grain.IterDataset`; `iter(dataset)` gives a `grain.DatasetIterator` whose
 `get_state()` / `set_state()` (or Orbax `grain.checkpoint.CheckpointSave/CheckpointRestore`)
-resume exactly where it stopped (with the same num_workers: each worker batches its own slice of
-the records, so the batch sequence depends on the worker count). Worker processes (num_workers > 0) need absl flags parsed and the
-calling code under `if __name__ == "__main__"`.
+resume exactly where it stopped, given the same num_workers (each worker batches its own slice
+of the records, so the batch sequence depends on the worker count). Save the state of the batches
+the trainer has consumed: batches taken ahead of the step (a device prefetch queue) are lost on
+resume. Worker processes (num_workers > 0) need absl flags parsed and the calling code under
+`if __name__ == "__main__"`.
 Batch: {"image" float32 [B,Hc,Wc,3], "image_size" int32 [B,2], "original_size" int32 [B,2],
 "image_id" int64 [B], "gt_boxes" float32 [B,M,4], "gt_classes" int32 [B,M], "gt_masks" uint8
 [B,M,Sm,Sm], "gt_valid" bool [B,M], "valid" bool [B], "dropped_degenerate" int32 [B],
