@@ -7,6 +7,12 @@ import subprocess
 import sys
 import textwrap
 
+import jax
+import numpy as np
+import pytest
+
+from maskrcnn_jax.data.sharding import global_batch
+
 SINGLE_PROCESS = textwrap.dedent("""
     import jax, numpy as np
     from jax.sharding import NamedSharding, PartitionSpec
@@ -90,10 +96,6 @@ def test_global_batch_from_two_processes_of_four_devices():
 
 
 def test_ids_beyond_int32_are_refused_rather_than_wrapped():
-    import jax
-    import numpy as np
-    import pytest
-    from maskrcnn_jax.data.sharding import global_batch
     mesh = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
     placed = global_batch({"image_id": np.array([2**31 - 1], np.int64)}, mesh)
     assert int(placed["image_id"][0]) == 2**31 - 1
