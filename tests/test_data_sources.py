@@ -129,7 +129,8 @@ def bad_input_dataset(tmp_path_factory):
         (0, 7, {"segmentation": _square(1, 1, 5), "bbox": [1, 1, 0, 5]}),  # zero-area bbox
         (0, 7, {"segmentation": _square(1, 1, 5), "bbox": [6, 6, -5, -5]}),  # inverted bbox
         (0, 7, {"segmentation": [[1, 1, 9, 9]]}),  # 2-point polygon
-        (0, 7, {"segmentation": _square(100, 100, 10)}),  # outside the image
+        (0, 7, {"segmentation": _square(70, 50, 10)}),  # outside the image
+        (0, 7, {"segmentation": [[0, 0, 1e9, 0, 0, 1e9]]}),  # far outside: would take minutes to rasterise
         (0, 7, {"segmentation": [[5, 5, 10, 5, 20, 5]]}),  # 3 collinear points: no pixel
         (0, 99, {"segmentation": _square(1, 1, 5)}),  # unknown category
         (42, 7, {"segmentation": _square(1, 1, 5)}),  # unknown image
@@ -158,6 +159,7 @@ def test_bad_annotations_are_skipped_and_counted_per_reason(bad_input_dataset):
     source = coco.CocoSource(bad_input_dataset / "annotations.json", bad_input_dataset / "images")
     assert source.skipped == collections.Counter({
         "invalid_box": 2, "polygon_fewer_than_3_points": 1, "polygon_part_dropped": 1, "outside_image": 1,
+        "coordinates_far_outside_image": 1,
         "empty_mask": 1, "unknown_category_id": 2, "unknown_image_id": 2, "missing_segmentation": 1,
         "malformed_segmentation": 5})
     assert set(source.skipped) <= set(validation.SKIP_REASONS)

@@ -23,6 +23,7 @@ SKIP_REASONS = {
     "polygon_part_dropped": "one polygon of a multi-part annotation had fewer than 3 points (the rest kept)",
     "invalid_box": "bbox is not 4 finite numbers with positive width and height (zero-area or inverted)",
     "outside_image": "polygon lies entirely outside the image",
+    "coordinates_far_outside_image": "a polygon coordinate lies more than one image size outside the image",
     "empty_mask": "segmentation covers no pixel of the image",
 }
 
@@ -229,6 +230,10 @@ def _polygons_to_rle(polygons: list, height: int, width: int) -> tuple[dict, int
     for polygon in polygons:
         if not isinstance(polygon, list) or len(polygon) % 2 or not all(_is_finite_number(v) for v in polygon):
             raise AnnotationSkipped("malformed_segmentation")
+        # pycocotools walks every edge at 5x resolution: a vertex at 1e9 would take minutes and gigabytes.
+        if polygon and (not all(-width <= v <= 2 * width for v in polygon[0::2])
+                        or not all(-height <= v <= 2 * height for v in polygon[1::2])):
+            raise AnnotationSkipped("coordinates_far_outside_image")
         # A part of fewer than 3 points encloses nothing; pycocotools would also misread a
         # 4-number list as a box, so such parts are left out before rasterising.
         if len(polygon) < 6:
