@@ -3,7 +3,7 @@
     .venv/bin/python scripts/benchmark_ops.py [--repeats 7] [--threads 2] [--output ops.json]
 
 Cases: multi-level RoIAlign (batch 2 via vmap, 512 boxes per image, 256 channels, the P2-P5 maps
-of an 800x1216 image, 7x7, sampling 2), NMS (4000 overlapping candidates, IoU 0.7) and mask
+of an 800x1216 image, 7x7, sampling 2), forward and with its feature gradient, NMS (4000 overlapping candidates, IoU 0.7) and mask
 pasting (100 masks of 28x28 into an 800x1216 image). JAX and torchvision runs are interleaved
 after a warm-up so that load from other processes hits both alike; median and min are reported.
 """
@@ -75,6 +75,38 @@ def roi_align_cases(rng, boxes_per_step):
     }
 
 
+def roi_align_gradient_cases(rng, boxes_per_step):
+    batch, num_boxes, channels = 2, 512, 256
+    features = [rng.normal(size=(batch, h, w, channels)).astype(np.float32) for h, w in LEVEL_SHAPES]
+    boxes = np.stack([proposal_boxes(rng, num_boxes, objects=200) for _ in range(batch)])
+    jax_features = [jnp.asarray(level) for level in features]
+
+    def loss(features, boxes):
+        pooled = jax.vmap(lambda f, b: multilevel_roi_align(f, b, 7, boxes_per_step=boxes_per_step))(features, boxes)
+        return jnp.sum(pooled**2)
+
+    feature_gradient = jax.jit(jax.grad(loss))
+    pooler = torchvision.ops.MultiScaleRoIAlign(["p2", "p3", "p4", "p5"], 7, sampling_ratio=2)
+    torch_features = OrderedDict(
+        (name, torch.from_numpy(level).permute(0, 3, 1, 2).contiguous().requires_grad_(True))
+        for name, level in zip(["p2", "p3", "p4", "p5"], features)
+    )
+    torch_boxes = [torch.from_numpy(b) for b in boxes]
+    image_sizes = [(IMAGE_HEIGHT, IMAGE_WIDTH)] * batch
+
+    def torch_gradient():
+        with torch.enable_grad():
+            pooled = pooler(torch_features, torch_boxes, image_sizes)
+            return torch.autograd.grad((pooled**2).sum(), list(torch_features.values()))
+
+    reference = torch_gradient()[0].permute(0, 2, 3, 1).numpy()
+    error = float(np.abs(np.asarray(feature_gradient(jax_features, boxes)[0]) - reference).max())
+    return "multilevel RoIAlign forward + gradient w.r.t. features (same sizes)", error, {
+        f"jax grad ({boxes_per_step} boxes/step)": lambda: feature_gradient(jax_features, boxes),
+        "torchvision MultiScaleRoIAlign + autograd": torch_gradient,
+    }
+
+
 def nms_cases(rng):
     count = 4000
     boxes = proposal_boxes(rng, count, objects=300)
@@ -133,7 +165,13 @@ def main():
     rng = np.random.default_rng(0)
     results = []
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} with {args.threads} threads")
-    for title, error, functions in (roi_align_cases(rng, args.boxes_per_step), nms_cases(rng), paste_cases(rng)):
+    cases = (
+        roi_align_cases(rng, args.boxes_per_step),
+        roi_align_gradient_cases(rng, args.boxes_per_step),
+        nms_cases(rng),
+        paste_cases(rng),
+    )
+    for title, error, functions in cases:
         times = time_interleaved(functions, args.repeats)
         reference_name = list(functions)[-1]
         reference_median = float(np.median(times[reference_name]))
