@@ -270,6 +270,7 @@ def test_exif_rotated_image_is_used_as_shown_and_sizes_are_checked_against_the_f
     exif = Image.Exif()
     exif[274] = 6  # shown turned 90 degrees clockwise: 10 high, 6 wide
     Image.fromarray(pixels).save(tmp_path / "rotated.png", exif=exif)
+    assert image_io.image_size(tmp_path / "rotated.png") == (10, 6)
     dataset = {
         "images": [{"id": 1, "file_name": "rotated.png", "height": 10, "width": 6},
                    {"id": 2, "file_name": "rotated.png", "height": 6, "width": 10}],

@@ -51,7 +51,6 @@ class ImageEntry:
 class CocoAnnotations:
     """A checked COCO instances file: per-image entries, label mapping and what was left out and why."""
 
-    path: str
     images: tuple[ImageEntry, ...]  # in the file's order, every image of 'images'
     label_to_category_id: dict[int, int]  # contiguous label 1..K -> dataset category id
     class_names: tuple[str, ...]  # [K + 1], index 0 is "__background__"
@@ -112,7 +111,6 @@ def read_coco_annotations(annotation_file: str | os.PathLike) -> CocoAnnotations
             rles=tuple(i["rle"] for _, i in instances),
         ))
     return CocoAnnotations(
-        path=str(annotation_file),
         images=tuple(entries),
         label_to_category_id={label: c["id"] for label, c in enumerate(categories, start=1)},
         class_names=("__background__",) + tuple(c["name"] for c in categories),
