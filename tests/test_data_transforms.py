@@ -217,8 +217,9 @@ def test_crop_masks_to_boxes_samples_inside_the_box():
     np.testing.assert_array_equal(crop[0], expected)
 
 
-@pytest.mark.parametrize("dataset", ["coco_train2017_85", "labelme_voc3"])
-def test_real_records_masks_and_boxes_after_training_transforms(dataset):
+@pytest.mark.parametrize("dataset,large_scale_jitter", [("coco_train2017_85", False), ("coco_train2017_85", True),
+                                                        ("labelme_voc3", False)])
+def test_real_records_masks_and_boxes_after_training_transforms(dataset, large_scale_jitter):
     from maskrcnn_jax.data.coco import CocoSource
     directory = shared_data_path(dataset)
     source = CocoSource(directory / "annotations.json", directory / "images")
@@ -227,8 +228,9 @@ def test_real_records_masks_and_boxes_after_training_transforms(dataset):
     for index in range(0, len(source), max(1, len(source) // 12)):
         record = source[index]
         height, width = record["image"].shape[:2]
-        geometry = transforms.training_geometry(rng, height, width, canvas_size=(512, 512), min_size=400,
-                                                max_size=512, jitter_range=(0.8, 1.2), flip_probability=0.5)
+        geometry = transforms.training_geometry(
+            rng, height, width, canvas_size=(512, 512), min_size=400, max_size=512, flip_probability=0.5,
+            jitter_range=(0.1, 2.0) if large_scale_jitter else (0.8, 1.2), large_scale_jitter=large_scale_jitter)
         example = transforms.transform_example(record, geometry, canvas_size=(512, 512), max_instances=100)
         assert example["gt_valid"].sum() + example["dropped_degenerate"] == len(record["boxes"])
         if example["dropped_degenerate"]:
