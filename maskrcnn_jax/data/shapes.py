@@ -87,13 +87,13 @@ def render_scene(background: np.ndarray, shapes: list[Shape]) -> tuple[np.ndarra
 
 def random_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """uint8 [H, W, 3]: a linear gradient between two random colours in a random direction, plus mild noise."""
-    start, end = rng.integers(0, 256, size=(2, 3))
+    start, end = rng.integers(0, 256, size=(2, 3)).astype(np.float32)
     direction = rng.uniform(0.0, 2 * np.pi)
-    y, x = np.mgrid[0:height, 0:width]
-    position = x * np.cos(direction) + y * np.sin(direction)
-    position = (position - position.min()) / max(np.ptp(position), 1.0)
+    position = (np.arange(width, dtype=np.float32)[None, :] * np.float32(np.cos(direction))
+                + np.arange(height, dtype=np.float32)[:, None] * np.float32(np.sin(direction)))
+    position = (position - position.min()) / max(float(np.ptp(position)), 1.0)
     gradient = start + position[..., None] * (end - start)
-    noise = rng.normal(0.0, 6.0, size=(height, width, 3))
+    noise = rng.standard_normal(size=(height, width, 3), dtype=np.float32) * np.float32(6.0)
     return np.clip(gradient + noise, 0, 255).astype(np.uint8)
 
 
