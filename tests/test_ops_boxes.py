@@ -102,6 +102,17 @@ def test_decode_matches_box_coder_including_clamp(weights, seed):
     np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-3)
 
 
+def test_per_class_decode_matches_box_coder():
+    rng = np.random.default_rng(4)
+    references = random_boxes(rng, 16) + np.float32([0, 0, 1, 1])
+    deltas = rng.normal(size=(16, 5, 4)).astype(np.float32)  # [R, K, 4]
+    weights = (10.0, 10.0, 5.0, 5.0)
+    # torchvision decodes [R, 4K] codes against [R, 4] boxes
+    expected = BoxCoder(weights).decode_single(torch.from_numpy(deltas.reshape(16, 20)), torch.from_numpy(references))
+    actual = decode_boxes(jnp.asarray(deltas), jnp.asarray(references)[:, None, :], weights)
+    np.testing.assert_allclose(np.asarray(actual), expected.numpy().reshape(16, 5, 4), rtol=1e-5, atol=1e-3)
+
+
 def test_decode_inverts_encode():
     rng = np.random.default_rng(7)
     references = random_boxes(rng, 32) + np.float32([0, 0, 1, 1])

@@ -185,6 +185,37 @@ def test_large_candidate_count_matches_torchvision():
     np.testing.assert_array_equal(actual, expected[:1000])
 
 
+def test_vmapped_over_images_equals_per_image():
+    rng = np.random.default_rng(8)
+    boxes = np.stack([clustered_boxes(rng, 200) for _ in range(3)])
+    scores = rng.uniform(size=(3, 200)).astype(np.float32)
+    classes = rng.integers(0, 3, size=(3, 200)).astype(np.int32)
+    valid = rng.uniform(size=(3, 200)) > 0.2
+    valid[1] = False  # one image is all padding
+    per_image_nms = jax.jit(jax.vmap(lambda b, s, v: nms(b, s, v, 0.5, 100)))
+    per_image_batched = jax.jit(jax.vmap(lambda b, s, c, v: batched_nms(b, s, c, v, 0.5, 100)))
+    indices, kept = per_image_nms(boxes, scores, valid)
+    class_indices, class_kept = per_image_batched(boxes, scores, classes, valid)
+    for image in range(3):
+        slots = np.flatnonzero(valid[image])
+        expected = slots[torchvision.ops.nms(torch.from_numpy(boxes[image][slots]), torch.from_numpy(scores[image][slots]), 0.5).numpy()]
+        np.testing.assert_array_equal(kept_list(indices[image], kept[image]), expected[:100])
+        expected = slots[
+            torchvision.ops.batched_nms(
+                torch.from_numpy(boxes[image][slots]),
+                torch.from_numpy(scores[image][slots]),
+                torch.from_numpy(classes[image][slots]).long(),
+                0.5,
+            ).numpy()
+        ]
+        np.testing.assert_array_equal(kept_list(class_indices[image], class_kept[image]), expected[:100])
+
+
+def test_empty_input_keeps_nothing():
+    indices, kept = nms(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, bool), 0.5, 5)
+    assert indices.shape == (5,) and not np.asarray(kept).any()
+
+
 def test_nms_compiles_once():
     @jax.jit
     @chex.assert_max_traces(n=1)

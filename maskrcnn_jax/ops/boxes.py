@@ -60,7 +60,8 @@ def _centres_and_sizes(boxes):
 def encode_boxes(target_boxes, reference_boxes, weights):
     """Regression deltas taking reference boxes to targets (torchvision BoxCoder.encode_single, no +1).
 
-    target_boxes [N, 4], reference_boxes [N, 4], weights (wx, wy, ww, wh) -> deltas [N, 4].
+    target_boxes [N, 4], reference_boxes [N, 4], weights (wx, wy, ww, wh) -> deltas [N, 4]
+    (any leading shape that broadcasts works too).
     """
     weight_x, weight_y, weight_w, weight_h = weights
     ref_x, ref_y, ref_w, ref_h = _centres_and_sizes(reference_boxes)
@@ -75,7 +76,8 @@ def encode_boxes(target_boxes, reference_boxes, weights):
 def decode_boxes(deltas, reference_boxes, weights, scale_clamp=DEFAULT_SCALE_CLAMP):
     """Apply regression deltas to reference boxes (torchvision BoxCoder.decode_single).
 
-    deltas [N, 4], reference_boxes [N, 4], weights (wx, wy, ww, wh) -> boxes [N, 4].
+    deltas [N, 4], reference_boxes [N, 4], weights (wx, wy, ww, wh) -> boxes [N, 4]. Leading
+    shapes broadcast, e.g. per-class deltas [R, K, 4] with reference_boxes [R, 1, 4] -> [R, K, 4].
     dw and dh are clamped at scale_clamp so exp() cannot overflow.
     """
     weight_x, weight_y, weight_w, weight_h = weights

@@ -48,6 +48,8 @@ def _round_up(value, multiple):
 
 def _sorted_tiled_nms(boxes, scores, classes, valid, iou_threshold, max_output, tile_size):
     num_boxes = boxes.shape[0]
+    if num_boxes == 0:
+        return jnp.zeros(max_output, jnp.int32), jnp.zeros(max_output, bool)
     tile = min(tile_size, num_boxes)
     padded = _round_up(num_boxes, tile)
     num_tiles = padded // tile
