@@ -5,11 +5,14 @@ r"""Writes COCO-format splits (json + image folder) as a TFDS ArrayRecord datase
       --split val ../shared/data/balloon/annotations_val.json ../shared/data/balloon/images
 
 Read it back with `maskrcnn_jax.data.tfds_source.TfdsSource(DATA_DIR, "train")`. Broken images are
-left out and listed; skipped annotations are counted per reason. Exits 2 on a broken annotation file.
+left out and listed; skipped annotations are counted per reason. Exits 2 on a broken annotation file,
+1 when the dataset exists already (unless --overwrite).
 """
 
 import argparse
 import sys
+
+import tensorflow_datasets as tfds
 
 from maskrcnn_jax.data import tfds_builder
 from maskrcnn_jax.data.validation import DatasetFileError
@@ -20,6 +23,7 @@ def main() -> int:
     parser.add_argument("--data-dir", required=True, help="TFDS data_dir to write to (local path or gs://...)")
     parser.add_argument("--split", nargs=3, action="append", required=True,
                         metavar=("NAME", "ANNOTATIONS", "IMAGES"), help="a split: name, COCO json, image folder")
+    parser.add_argument("--overwrite", action="store_true", help="rebuild a dataset that already exists")
     args = parser.parse_args()
     splits = {name: (annotations, images) for name, annotations, images in args.split}
     try:
@@ -27,7 +31,12 @@ def main() -> int:
     except (DatasetFileError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    builder.download_and_prepare()
+    if builder.is_prepared() and not args.overwrite:
+        print(f"error: {builder.data_dir} already exists; pass --overwrite to rebuild it", file=sys.stderr)
+        return 1
+    # REUSE_CACHE_IF_EXISTS regenerates the dataset (there is no download to reuse).
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        download_mode=tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS))
     metadata = builder.info.metadata
     print(f"wrote {builder.data_dir}")
     for name in splits:

@@ -102,3 +102,19 @@ def test_broken_annotation_file_exits_2_naming_it(tmp_path):
                              str(tmp_path / "t"), "--split", "train", str(path), str(tmp_path)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and str(path) in result.stderr and "top level is a JSON list" in result.stderr
+
+
+def test_existing_dataset_is_rebuilt_only_with_overwrite(tmp_path):
+    annotation_file = shapes.write_shapes_dataset(tmp_path / "shapes", 3, seed=0, min_size=32, max_size=32)
+    command = [sys.executable, str(REPO_ROOT / "scripts" / "build_tfds.py"), "--data-dir", str(tmp_path / "t"),
+               "--split", "train", str(annotation_file), str(tmp_path / "shapes" / "images")]
+    subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
+    dataset = json.loads(annotation_file.read_text())
+    dataset["annotations"] = [a for a in dataset["annotations"] if a["image_id"] != 1]
+    annotation_file.write_text(json.dumps(dataset))
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 1 and "--overwrite" in again.stderr
+    assert tfds_source.TfdsSource(tmp_path / "t", "train").num_images_without_annotations == 0
+    subprocess.run(command + ["--overwrite"], capture_output=True, text=True, timeout=300, check=True)
+    rebuilt = tfds_source.TfdsSource(tmp_path / "t", "train")
+    assert rebuilt.num_images_without_annotations == 1 and len(rebuilt[0]["labels"]) == 0
