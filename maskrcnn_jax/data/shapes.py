@@ -56,7 +56,7 @@ def shape_mask(shape: Shape, height: int, width: int) -> np.ndarray:
         inside = np.ones((height, width), dtype=bool)
         for start, end in zip(corners, np.roll(corners, -1, axis=0)):
             edge_x, edge_y = end - start
-            # Corners go counter-clockwise (in x-right, y-down pixels: clockwise on screen), so inside is >= 0.
+            # Corners come in increasing angle, so the interior is where edge x (point - start) >= 0.
             inside &= edge_x * (y - start[1]) - edge_y * (x - start[0]) >= 0
         return inside
     raise ValueError(f"unknown shape category {shape.category_id}")
