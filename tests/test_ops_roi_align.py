@@ -128,6 +128,8 @@ def test_roi_levels_match_level_mapper_by_hand():
     levels = np.asarray(roi_levels(jnp.asarray(boxes), num_levels=4, min_level=2))
     # floor(4 + log2(side / 224) + 1e-6), clamped to P2..P5, minus 2
     np.testing.assert_array_equal(levels, [0, 0, 0, 1, 1, 2, 2, 3, 3])
+    inverted = np.array([[50.0, 50.0, 10.0, 400.0]], np.float32)  # negative area
+    assert int(roi_levels(jnp.asarray(inverted), num_levels=4, min_level=2)[0]) == 0
 
 
 def test_batched_multilevel_roi_align_compiles_once():

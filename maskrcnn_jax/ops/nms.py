@@ -7,7 +7,8 @@ blocked scheme of the TPU Mask R-CNN). A tile is first checked against the boxes
 chunk by chunk, only as far as the kept count reaches; then the greedy order inside the tile is
 resolved by a fixed-point iteration on its [T, T] overlap matrix. Work grows with
 N x kept rather than N^2, the loop stops as soon as D boxes are kept or only padding is left, and
-memory stays at O(T x D). On CPU this is faster than torchvision.ops.nms (docs/benchmarks.md).
+the largest intermediate is [T, T] (no [N, N] matrix). On CPU this is faster than
+torchvision.ops.nms (docs/benchmarks.md).
 
 Ties in score are broken by lower index first; the result is still an exact greedy NMS in that order.
 """

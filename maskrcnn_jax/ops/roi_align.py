@@ -56,9 +56,11 @@ def roi_levels(boxes, num_levels, min_level, canonical_scale=224, canonical_leve
     """torchvision LevelMapper: pyramid level index (0 = min_level) of each box: [R, 4] -> int32 [R].
 
     level = floor(canonical_level + log2(sqrt(area) / canonical_scale) + 1e-6), clamped to the
-    available levels. Zero-area boxes go to the finest level.
+    available levels. Zero-area and inverted boxes go to the finest level (torchvision would take
+    the log of 0 or of a NaN there).
     """
-    box_size = jnp.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    box_size = jnp.sqrt(jnp.maximum(area, 0.0))
     level = jnp.floor(canonical_level + jnp.log2(box_size / canonical_scale) + 1e-6)
     return (jnp.clip(level, min_level, min_level + num_levels - 1) - min_level).astype(jnp.int32)
 
