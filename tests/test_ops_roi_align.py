@@ -122,6 +122,17 @@ def test_multilevel_matches_multiscale_roi_align(output_size, seed):
     np.testing.assert_allclose(np.asarray(actual), expected.permute(0, 2, 3, 1).numpy(), atol=1e-4)
 
 
+def test_single_box_matches_multiscale_roi_align():
+    rng = np.random.default_rng(9)
+    features = pyramid(rng)
+    boxes = np.array([[12.5, 30.25, 170.0, 126.0]], np.float32)
+    pooler = torchvision.ops.MultiScaleRoIAlign(["p2", "p3", "p4", "p5"], 7, sampling_ratio=2)
+    torch_maps = OrderedDict((name, torch_features(level)) for name, level in zip(["p2", "p3", "p4", "p5"], features))
+    expected = pooler(torch_maps, [torch.from_numpy(boxes)], [(IMAGE_HEIGHT, IMAGE_WIDTH)])
+    actual = multilevel_roi_align(features, boxes, 7)
+    np.testing.assert_allclose(np.asarray(actual), expected.permute(0, 2, 3, 1).numpy(), atol=1e-4)
+
+
 def test_roi_levels_match_level_mapper_by_hand():
     sides = np.array([0.0, 50.0, 111.9, 112.0, 223.9, 224.0, 447.9, 448.0, 5000.0], np.float32)
     boxes = np.stack([np.zeros_like(sides), np.zeros_like(sides), sides, sides], axis=1)
