@@ -1,0 +1,121 @@
+"""Model pieces against independent references: torchvision's FrozenBatchNorm2d (eps 0), nearest
+upsampling, ResNet-101 sizes, trainable-layer freezing; and the jitted predict's shapes and compile count."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from maskrcnn_jax.config_file import load_config
+from maskrcnn_jax.inference import make_predict_fn
+from maskrcnn_jax.models import build_model, frozen_parameter_mask, init_params
+from maskrcnn_jax.models.fpn import upsample_nearest
+from maskrcnn_jax.models.resnet import FrozenBatchNorm, ResNet
+
+torch = pytest.importorskip("torch")
+torchvision = pytest.importorskip("torchvision")
+
+CONFIG = "configs/mask_rcnn_r50_fpn_coco.py"
+TINY = [
+    "model.backbone.stage_sizes=(1, 1, 1, 1)",
+    "model.backbone.stem_width=8",
+    "model.fpn_channels=16",
+    "model.representation_size=32",
+    "model.mask_head_channels=16",
+    "model.num_classes=5",
+    "test.rpn_pre_nms_top_n=200",
+    "test.rpn_post_nms_top_n=100",
+    "test.detections_per_image=20",
+    "test.score_threshold=0.0",
+]
+
+
+def test_frozen_batchnorm_matches_torchvision_with_eps_zero():
+    channels = 6
+    generator = torch.Generator().manual_seed(0)
+    reference = torchvision.ops.FrozenBatchNorm2d(channels, eps=0.0)
+    reference.weight.copy_(torch.rand(channels, generator=generator) + 0.5)
+    reference.bias.copy_(torch.randn(channels, generator=generator))
+    reference.running_mean.copy_(torch.randn(channels, generator=generator))
+    reference.running_var.copy_(torch.rand(channels, generator=generator) * 1e-4)  # small: eps would matter
+    x = torch.randn(2, channels, 5, 4, generator=generator)
+    expected = reference(x).numpy().transpose(0, 2, 3, 1)
+    params = {"scale": reference.weight.numpy(), "bias": reference.bias.numpy(), "mean": reference.running_mean.numpy(), "var": reference.running_var.numpy()}
+    ours = FrozenBatchNorm(eps=0.0).apply({"params": params}, x.numpy().transpose(0, 2, 3, 1))
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
+    with_default_eps = FrozenBatchNorm(eps=1e-5).apply({"params": params}, x.numpy().transpose(0, 2, 3, 1))
+    assert np.abs(with_default_eps - expected).max() > 1e-2  # so the eps=0 agreement above is not luck
+
+
+@pytest.mark.parametrize("in_size,out_size", [((3, 5), (6, 10)), ((4, 7), (7, 13))])
+def test_upsample_nearest_matches_torch_interpolate(in_size, out_size):
+    x = np.random.default_rng(0).normal(size=(1, 2) + in_size).astype(np.float32)
+    expected = torch.nn.functional.interpolate(torch.from_numpy(x), size=out_size, mode="nearest").numpy()
+    ours = upsample_nearest(jnp.asarray(x.transpose(0, 2, 3, 1)), *out_size)
+    np.testing.assert_array_equal(np.asarray(ours).transpose(0, 3, 1, 2), expected)
+
+
+def test_resnet101_has_torchvisions_parameter_count():
+    shapes = jax.eval_shape(ResNet((3, 4, 23, 3)).init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))["params"]
+    ours = sum(leaf.size for leaf in jax.tree_util.tree_leaves(shapes))
+    reference = torchvision.models.resnet101().state_dict()
+    theirs = sum(v.numel() for k, v in reference.items() if not k.startswith("fc.") and not k.endswith("num_batches_tracked"))
+    assert ours == theirs
+
+
+def test_frozen_mask_matches_torchvision_trainable_layers_3():
+    params = jax.eval_shape(build_model(load_config(CONFIG)).init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))["params"]
+    frozen = traverse_util.flatten_dict(frozen_parameter_mask(params, trainable_backbone_layers=3))
+    body = torchvision.models.detection.backbone_utils._resnet_fpn_extractor(torchvision.models.resnet50(norm_layer=torchvision.ops.misc.FrozenBatchNorm2d), 3).body
+    frozen_convs = {name for name, p in body.named_parameters() if not p.requires_grad}
+    ours_frozen_convs = {".".join(path[1:-1]).replace("downsample_conv", "downsample.0") + ".weight" for path, is_frozen in frozen.items() if is_frozen and path[-1] == "kernel"}
+    assert ours_frozen_convs == frozen_convs
+    # Every norm constant is frozen; nothing outside the backbone is.
+    assert all(is_frozen for path, is_frozen in frozen.items() if path[-1] in ("mean", "var", "scale"))
+    assert not any(is_frozen for path, is_frozen in frozen.items() if path[0] != "backbone")
+
+
+def test_parameter_tree_reads_like_torchvision():
+    params = jax.eval_shape(build_model(load_config(CONFIG)).init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))["params"]
+    paths = {"/".join(path) for path in traverse_util.flatten_dict(params)}
+    for path in ("backbone/layer1/0/conv1/kernel", "backbone/layer4/2/bn3/var", "fpn/inner_3/kernel", "rpn_head/cls_logits/bias",
+                 "box_mlp/fc6/kernel", "box_predictor/bbox_pred/kernel", "mask_convs/mask_fcn4/kernel", "mask_predictor/conv5_mask/kernel"):
+        assert path in paths
+
+
+@pytest.fixture(scope="module")
+def tiny_predict():
+    config = load_config(CONFIG, TINY)
+    model = build_model(config)
+    return make_predict_fn(model, config), init_params(model, jax.random.key(0)), config
+
+
+def test_predict_shapes_valid_padding_and_one_compile_per_canvas(tiny_predict):
+    predict, params, config = tiny_predict
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(2, 96, 128, 3)).astype(np.float32)
+    image_sizes = np.asarray([[96, 128], [80, 100]], np.int32)
+    original_sizes = np.asarray([[192, 256], [40, 50]], np.int32)
+    outputs = jax.device_get(predict(params, images, image_sizes, original_sizes))
+    detections = config.test.detections_per_image
+    assert outputs["boxes"].shape == (2, detections, 4)
+    assert outputs["masks"].shape == (2, detections, 28, 28)
+    assert outputs["classes"].dtype == np.int32 and outputs["valid"].dtype == bool
+    for b in range(2):
+        valid = outputs["valid"][b]
+        assert valid.any()
+        scores = outputs["scores"][b][valid]
+        assert np.all(np.diff(scores) <= 0)
+        boxes = outputs["boxes"][b][valid]
+        height, width = original_sizes[b]
+        # Clipped to the resized image, then scaled: inside the original image.
+        assert boxes.min() >= 0 and np.all(boxes[:, [0, 2]] <= width + 1e-3) and np.all(boxes[:, [1, 3]] <= height + 1e-3)
+        assert np.all((outputs["classes"][b][valid] >= 1) & (outputs["classes"][b][valid] < config.model.num_classes))
+        assert np.all(outputs["boxes"][b][~valid] == 0) and np.all(outputs["masks"][b][~valid] == 0)
+        masks = outputs["masks"][b][valid]
+        assert masks.min() >= 0 and masks.max() <= 1
+    predict(params, images + 1, image_sizes, original_sizes)
+    assert predict._cache_size() == 1
+    predict(params, np.zeros((2, 64, 96, 3), np.float32), image_sizes // 2, original_sizes)
+    assert predict._cache_size() == 2
