@@ -1,18 +1,34 @@
 """COCO box and mask AP, of a model or of an existing COCO results file.
 
-Score a model (writes coco_results.json, metrics.json, per_category_ap.json into --output):
+Score a model (writes coco_results.json, metrics.json, per_category_ap.json into --output and
+prints the throughput with its breakdown per stage):
   python scripts/evaluate.py --config configs/mask_rcnn_r50_fpn_coco.py --checkpoint DIR \
-      --annotations A.json --images DIR --output DIR
+      --annotations A.json --images DIR --output DIR [--batch-size B] [--max-images N] [--set key=value]
 Score a results file from any system (several files are concatenated, e.g. a bbox and a segm file):
   python scripts/evaluate.py --annotations A.json --results R.json --output DIR
+
+A checkpoint converted from a torchvision model built with weights=None needs
+`--set model.backbone.bn_eps=1e-5` (see scripts/convert_torchvision.py).
 """
 
 import argparse
 import json
 import pathlib
 import sys
+import time
 
+import grain
+import jax
+
+from maskrcnn_jax.checkpoint import load_params
+from maskrcnn_jax.config_file import load_config
+from maskrcnn_jax.data.coco import CocoSource
+from maskrcnn_jax.data.pipeline import evaluation_dataset
 from maskrcnn_jax.evaluation.coco_metrics import evaluate_results, load_coco_ground_truth
+from maskrcnn_jax.evaluation.evaluator import TIMING_STAGES, model_label_to_category_id, predict_coco_results
+from maskrcnn_jax.evaluation.mask_pasting import make_binary_mask_paster, pasted_canvas_size
+from maskrcnn_jax.inference import make_predict_fn
+from maskrcnn_jax.models import build_model
 
 
 def _parse_args(argv):
@@ -24,6 +40,9 @@ def _parse_args(argv):
     parser.add_argument("--checkpoint", help="Orbax params directory (model mode)")
     parser.add_argument("--images", help="directory of the annotation file's images (model mode)")
     parser.add_argument("--per-category", action="store_true", help="also print AP of every category")
+    parser.add_argument("--batch-size", type=int, default=2, help="images per predict call (model mode)")
+    parser.add_argument("--max-images", type=int, help="evaluate only the first N images (model mode)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
     args = parser.parse_args(argv)
     model_mode = args.config or args.checkpoint or args.images
     if args.results and model_mode:
@@ -56,18 +75,74 @@ def _report(scores, output_dir: pathlib.Path, per_category: bool) -> None:
     print(f"wrote {output_dir / 'metrics.json'}")
 
 
+def _evaluation_batches(args, config, source):
+    if args.max_images is not None:
+        source = grain.MapDataset.source(source)[: args.max_images]
+    return evaluation_dataset(
+        source,
+        global_batch_size=args.batch_size,
+        canvas_size=tuple(config.input.canvas_size),
+        min_size=config.input.min_size,
+        max_size=config.input.max_size,
+        max_instances=1,  # the GT of the batch is not used: COCOeval reads the annotation file
+    ), len(source)
+
+
+def _predict_model(args, coco_gt) -> tuple:
+    """(COCO results, evaluated image ids, timings) of the model; prints the throughput breakdown."""
+    config = load_config(args.config, args.set)
+    model = build_model(config)
+    params = jax.device_put(load_params(args.checkpoint))
+    predict = make_predict_fn(model, config)
+    source = CocoSource(args.annotations, args.images)
+    label_to_category_id = model_label_to_category_id(config.model.num_classes, source.label_to_category_id)
+    canvas = pasted_canvas_size(coco_gt)
+    batches, num_images = _evaluation_batches(args, config, source)
+
+    # Compile predict and the paster on the first batch, so the timings below are steady-state.
+    start = time.perf_counter()
+    first = next(iter(batches))
+    outputs = predict(params, first["image"], first["image_size"], first["original_size"])
+    jax.block_until_ready(make_binary_mask_paster(*canvas)(outputs["masks"], outputs["boxes"]))
+    compile_seconds = time.perf_counter() - start
+
+    timings = {}
+    results, image_ids = predict_coco_results(predict, params, batches, label_to_category_id, canvas, timings)
+    print(f"{num_images} images, batch {args.batch_size}, canvas {tuple(config.input.canvas_size)}, "
+          f"paste canvas {canvas}, backend {jax.default_backend()}; compile + first batch {compile_seconds:.1f} s")
+    return results, image_ids, timings
+
+
+def _print_throughput(num_images: int, timings: dict) -> None:
+    total = sum(timings.values())
+    print(f"throughput: {num_images / total:.2f} images/s ({total:.2f} s for {num_images} images)")
+    for stage in TIMING_STAGES:
+        seconds = timings.get(stage, 0.0)
+        print(f"  {stage:>8s}: {seconds:8.2f} s  {1000 * seconds / num_images:8.1f} ms/image  {100 * seconds / total:5.1f} %")
+
+
 def main(argv=None) -> int:
     args = _parse_args(argv)
     coco_gt = load_coco_ground_truth(args.annotations)
     output_dir = pathlib.Path(args.output)
-    results = _read_results(args.results)
+    if args.results:
+        results, image_ids, timings = _read_results(args.results), None, {}
+    else:
+        results, image_ids, timings = _predict_model(args, coco_gt)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "coco_results.json").write_text(json.dumps(results))
     if not results:
         print("warning: the results hold no detections; every AP and AR is 0 (-1 where no GT)", file=sys.stderr)
+    start = time.perf_counter()
     try:
-        scores = evaluate_results(coco_gt, results)
+        scores = evaluate_results(coco_gt, results, iou_types=None if args.results else ("bbox", "segm"),
+                                  image_ids=image_ids)
     except ValueError as error:
         raise SystemExit(f"error: {error}")
+    timings["cocoeval"] = time.perf_counter() - start
     _report(scores, output_dir, args.per_category)
+    if image_ids is not None:
+        _print_throughput(len(image_ids), timings)
     return 0
 
 

@@ -1,0 +1,133 @@
+"""COCO evaluation of a model over a dataset: jitted predict over fixed-shape batches, masks
+pasted and thresholded on the device, RLE-encoded on the host, scored with COCOeval.
+
+Shapes: B batch, Hc Wc the input canvas, D detections per image, S mask size (28).
+"""
+
+import functools
+import time
+
+import jax
+import numpy as np
+
+from maskrcnn_jax.evaluation.coco_metrics import evaluate_results
+from maskrcnn_jax.evaluation.coco_results import image_detections_to_coco
+from maskrcnn_jax.evaluation.mask_pasting import make_binary_mask_paster, pasted_canvas_size
+
+# Seconds spent in each stage, the keys of the `timings` dicts below.
+TIMING_STAGES = ("data", "model", "paste", "rle", "cocoeval")
+
+
+def model_label_to_category_id(num_model_classes: int, dataset_label_to_category_id: dict) -> dict:
+    """Which dataset category each label of the model's class head stands for.
+
+    A head with one slot per dataset class (num_model_classes = K + 1) uses the dataset's contiguous
+    labels. A 91-slot head on a COCO-numbered dataset is torchvision's COCO head, where label i is
+    category id i; only the slots whose id the dataset has are mapped.
+    """
+    if num_model_classes == len(dataset_label_to_category_id) + 1:
+        return dict(dataset_label_to_category_id)
+    category_ids = set(dataset_label_to_category_id.values())
+    if num_model_classes == 91 and category_ids <= set(range(1, 91)):
+        return {category_id: category_id for category_id in sorted(category_ids)}
+    raise ValueError(
+        f"the model has {num_model_classes} class slots but the dataset {len(category_ids)} categories "
+        f"(ids {sorted(category_ids)[:10]}...): no label mapping fits"
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_mask_paster(canvas_height: int, canvas_width: int):
+    # One jitted paster per canvas, so evaluating every N training steps compiles it once.
+    return make_binary_mask_paster(canvas_height, canvas_width)
+
+
+def predict_coco_results(
+    predict_fn,
+    params,
+    batches,
+    label_to_category_id: dict,
+    paste_canvas_size: tuple | None,
+    timings: dict | None = None,
+) -> tuple:
+    """Runs the model over `batches` and returns (COCO results list, list of evaluated image ids).
+
+    predict_fn: jitted predict(params, images [B,Hc,Wc,3], image_sizes int32 [B,2], original_sizes
+      int32 [B,2]) -> {"boxes" [B,D,4] xyxy original pixels, "scores" [B,D], "classes" [B,D] labels
+      1..K, "masks" [B,D,S,S] probabilities, "valid" [B,D]}.
+    batches: iterable of dicts with "image" [B,Hc,Wc,3], "image_size" [B,2], "original_size" [B,2],
+      "image_id" [B], "valid" [B] (False for the padding examples of the last batch).
+    paste_canvas_size: (height, width) at least as large as every original image, or None for
+      box-only results.
+    timings: if given, seconds are added under "data" (waiting for the next batch), "model",
+      "paste" (on the device, and the copy of the binary masks to the host) and "rle".
+    Detections whose label has no category in `label_to_category_id` are dropped (COCOeval would
+    ignore them anyway: it scores only the ground truth's categories).
+    """
+    timings = {} if timings is None else timings
+    paste = _cached_mask_paster(*paste_canvas_size) if paste_canvas_size is not None else None
+    known_labels = np.array(sorted(label_to_category_id))
+    results, image_ids = [], []
+    batch_iterator = iter(batches)
+    while True:
+        start = time.perf_counter()
+        batch = next(batch_iterator, None)
+        timings["data"] = timings.get("data", 0.0) + time.perf_counter() - start
+        if batch is None:
+            break
+
+        start = time.perf_counter()
+        predictions = jax.block_until_ready(
+            predict_fn(params, batch["image"], batch["image_size"], batch["original_size"])
+        )
+        timings["model"] = timings.get("model", 0.0) + time.perf_counter() - start
+
+        start = time.perf_counter()
+        binary_masks = np.asarray(paste(predictions["masks"], predictions["boxes"])) if paste else None
+        timings["paste"] = timings.get("paste", 0.0) + time.perf_counter() - start
+
+        start = time.perf_counter()
+        host = jax.device_get({k: predictions[k] for k in ("boxes", "scores", "classes", "valid")})
+        for b in np.flatnonzero(np.asarray(batch["valid"])):
+            height, width = (int(v) for v in batch["original_size"][b])
+            keep = np.asarray(host["valid"][b], dtype=bool) & np.isin(host["classes"][b], known_labels)
+            image_id = int(batch["image_id"][b])
+            image_ids.append(image_id)
+            results.extend(
+                image_detections_to_coco(
+                    image_id,
+                    host["boxes"][b][keep],
+                    host["scores"][b][keep],
+                    host["classes"][b][keep],
+                    label_to_category_id,
+                    binary_masks[b, keep, :height, :width] if binary_masks is not None else None,
+                )
+            )
+        timings["rle"] = timings.get("rle", 0.0) + time.perf_counter() - start
+    return results, image_ids
+
+
+def evaluate_model(
+    predict_fn,
+    params,
+    batches,
+    coco_gt,
+    label_to_category_id: dict,
+    with_masks: bool = True,
+    timings: dict | None = None,
+) -> dict:
+    """COCO metrics {"bbox": {AP, AP50, ...}, "segm": {...}} of a model on the images in `batches`.
+
+    A plain function for the trainer to call every N steps (see `predict_coco_results` for the
+    arguments). Only the images in `batches` are scored, so a subset of `coco_gt` may be evaluated.
+    Masks are pasted on a canvas of the largest image of `coco_gt`; a model that detects nothing
+    scores 0. timings: if given, seconds are added per stage (TIMING_STAGES).
+    """
+    timings = {} if timings is None else timings
+    canvas = pasted_canvas_size(coco_gt) if with_masks else None
+    results, image_ids = predict_coco_results(predict_fn, params, batches, label_to_category_id, canvas, timings)
+    start = time.perf_counter()
+    iou_types = ("bbox", "segm") if with_masks else ("bbox",)
+    scores = evaluate_results(coco_gt, results, iou_types=iou_types, image_ids=image_ids)
+    timings["cocoeval"] = timings.get("cocoeval", 0.0) + time.perf_counter() - start
+    return scores.metrics
