@@ -75,16 +75,19 @@ def _report(scores, output_dir: pathlib.Path, per_category: bool) -> None:
     print(f"wrote {output_dir / 'metrics.json'}")
 
 
-def _evaluation_batches(args, config, source):
+def _evaluation_batches(args, config, source, coco_gt):
     if args.max_images is not None:
         source = grain.MapDataset.source(source)[: args.max_images]
+    # COCOeval reads the GT from the annotation file, but the pipeline pads it too: room for every
+    # instance means none is dropped (and logged as dropped).
+    max_instances = max([len(annotations) for annotations in coco_gt.imgToAnns.values()] + [1])
     return evaluation_dataset(
         source,
         global_batch_size=args.batch_size,
         canvas_size=tuple(config.input.canvas_size),
         min_size=config.input.min_size,
         max_size=config.input.max_size,
-        max_instances=1,  # the GT of the batch is not used: COCOeval reads the annotation file
+        max_instances=max_instances,
     ), len(source)
 
 
@@ -97,7 +100,7 @@ def _predict_model(args, coco_gt) -> tuple:
     source = CocoSource(args.annotations, args.images)
     label_to_category_id = model_label_to_category_id(config.model.num_classes, source.label_to_category_id)
     canvas = pasted_canvas_size(coco_gt)
-    batches, num_images = _evaluation_batches(args, config, source)
+    batches, num_images = _evaluation_batches(args, config, source, coco_gt)
 
     # Compile predict and the paster on the first batch, so the timings below are steady-state.
     start = time.perf_counter()

@@ -117,7 +117,8 @@ def both_evaluations():
     params = convert_state_dict({k: v.numpy() for k, v in reference.state_dict().items()}, expected_params)
     # Batches of 3: the second batch carries 2 padding examples (valid=False) that must not count.
     batches = evaluation_dataset(records, global_batch_size=3, canvas_size=canvas, min_size=MIN_SIZE,
-                                 max_size=MAX_SIZE, max_instances=1, shard_index=0, shard_count=1)
+                                 max_size=MAX_SIZE, max_instances=max(len(r["boxes"]) for r in records),
+                                 shard_index=0, shard_count=1)
     timings = {}
     our_metrics = evaluate_model(make_predict_fn(model, config), params, batches, coco_gt,
                                  {i: i for i in range(1, 91)}, timings=timings)

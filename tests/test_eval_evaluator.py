@@ -1,0 +1,173 @@
+"""evaluate_model's wiring (batches with padding, device paste at the original size, label mapping,
+image ids) against torchvision's paste + pycocotools, and the script's model mode."""
+
+import importlib.util
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from conftest import shared_data_path
+from maskrcnn_jax.checkpoint import save_params
+from maskrcnn_jax.data.coco import CocoSource
+from maskrcnn_jax.data.pipeline import evaluation_dataset
+from maskrcnn_jax.evaluation.coco_metrics import STAT_NAMES, evaluate_results, load_coco_ground_truth
+from maskrcnn_jax.evaluation.evaluator import evaluate_model, model_label_to_category_id
+from maskrcnn_jax.config_file import load_config
+from maskrcnn_jax.models import build_model, init_params
+
+torch = pytest.importorskip("torch")
+roi_heads = pytest.importorskip("torchvision.models.detection.roi_heads")
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("evaluate_script", ROOT / "scripts" / "evaluate.py")
+evaluate_script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(evaluate_script)
+
+NUM_IMAGES = 5
+MASK_SIZE = 28
+
+
+class GroundTruthOracle:
+    """A stand-in model whose detections are the ground truth of the batch being evaluated:
+    boxes mapped back to original pixels, masks the pipeline's 112x112 GT crops mean-pooled to
+    28x28 probabilities plus seeded noise (so no pasted value sits exactly on the 0.5 threshold)."""
+
+    def __init__(self):
+        self.batch = None
+        self.rng = np.random.default_rng(0)
+        self.detections = []  # (image_id, boxes, labels, scores, mask probabilities) for the reference
+
+    def watch(self, batches):
+        for batch in batches:
+            self.batch = batch
+            yield batch
+
+    def predict(self, params, images, image_sizes, original_sizes):
+        batch = self.batch
+        ratios = np.asarray(original_sizes, np.float32) / np.asarray(image_sizes, np.float32)
+        boxes = batch["gt_boxes"] * np.stack([ratios[:, 1], ratios[:, 0]] * 2, axis=-1)[:, None, :]
+        crops = batch["gt_masks"].astype(np.float32)
+        b, m, size, _ = crops.shape
+        pooled = crops.reshape(b, m, MASK_SIZE, size // MASK_SIZE, MASK_SIZE, size // MASK_SIZE).mean(axis=(3, 5))
+        masks = np.clip(pooled + self.rng.uniform(-0.02, 0.02, pooled.shape), 0.0, 1.0).astype(np.float32)
+        scores = np.broadcast_to(np.linspace(0.9, 0.1, m, dtype=np.float32), (b, m))
+        for i in np.flatnonzero(batch["valid"]):
+            keep = batch["gt_valid"][i]
+            self.detections.append((int(batch["image_id"][i]), boxes[i][keep], batch["gt_classes"][i][keep],
+                                    scores[i][keep], masks[i][keep], tuple(batch["original_size"][i])))
+        return {"boxes": boxes, "scores": scores, "classes": batch["gt_classes"], "masks": masks,
+                "valid": batch["gt_valid"]}
+
+
+def _torchvision_reference_results(detections, label_to_category_id) -> list:
+    """The oracle's detections pasted by torchvision, thresholded at 0.5, RLE-encoded by pycocotools."""
+    results = []
+    for image_id, boxes, labels, scores, masks, (height, width) in detections:
+        pasted = roi_heads.paste_masks_in_image(torch.from_numpy(masks)[:, None], torch.from_numpy(boxes),
+                                                (int(height), int(width)))[:, 0].numpy() > 0.5
+        for box, label, score, mask in zip(boxes.astype(np.float64), labels, scores, pasted):
+            rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+            rle["counts"] = rle["counts"].decode("ascii")
+            results.append({"image_id": image_id, "category_id": label_to_category_id[int(label)],
+                            "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]], "score": float(score),
+                            "segmentation": rle})
+    return results
+
+
+def test_evaluate_model_equals_torchvision_paste_and_pycocotools():
+    folder = shared_data_path("coco_val2014_43")
+    source = CocoSource(folder / "annotations.json", folder / "images")
+    coco_gt = load_coco_ground_truth(folder / "annotations.json")
+    records = [source[i] for i in range(NUM_IMAGES)]
+    # Batches of 2 over 5 images: the last batch carries one padding example.
+    batches = evaluation_dataset(records, global_batch_size=2, canvas_size=(512, 512), min_size=320, max_size=512,
+                                 max_instances=max(len(r["boxes"]) for r in records), min_box_size=0.0,
+                                 shard_index=0, shard_count=1)
+    oracle = GroundTruthOracle()
+    timings = {}
+    metrics = evaluate_model(oracle.predict, None, oracle.watch(batches), coco_gt, source.label_to_category_id,
+                             timings=timings)
+    assert [d[0] for d in oracle.detections] == [r["image_id"] for r in records]
+    reference = evaluate_results(coco_gt, _torchvision_reference_results(oracle.detections, source.label_to_category_id),
+                                 image_ids=[r["image_id"] for r in records]).metrics
+    for iou_type in ("bbox", "segm"):
+        for name in STAT_NAMES:
+            assert metrics[iou_type][name] == pytest.approx(reference[iou_type][name], abs=1e-12), (iou_type, name)
+    # Detections that are the ground truth find every box at IoU 0.5 (only the evaluated images
+    # count); not all at 0.95: the source's boxes hug the rasterised mask, COCO's the polygon.
+    assert metrics["bbox"]["AP50"] == pytest.approx(1.0, abs=1e-12) and metrics["bbox"]["AP"] > 0.99
+    assert 0.5 < metrics["segm"]["AP"] < 1.0
+    assert set(timings) == {"data", "model", "paste", "rle", "cocoeval"}
+
+
+def test_label_mapping_for_torchvision_coco_head():
+    coco_ids = {label: cat for label, cat in enumerate([1, 2, 3, 5, 90], start=1)}
+    assert model_label_to_category_id(6, coco_ids) == coco_ids  # one slot per dataset class
+    assert model_label_to_category_id(91, coco_ids) == {1: 1, 2: 2, 3: 3, 5: 5, 90: 90}  # torchvision's COCO head
+    with pytest.raises(ValueError, match="no label mapping fits"):
+        model_label_to_category_id(10, coco_ids)
+
+
+TINY_MODEL = [
+    "model.backbone.stage_sizes=(1, 1, 1, 1)",
+    "model.backbone.stem_width=8",
+    "model.fpn_channels=16",
+    "model.representation_size=32",
+    "model.mask_head_channels=16",
+    "model.num_classes=21",  # labelme_voc3: 20 classes + background
+    "test.rpn_pre_nms_top_n=200",
+    "test.rpn_post_nms_top_n=100",
+    "test.detections_per_image=10",
+    "test.score_threshold=0.0",  # random weights: keep detections so the results are not empty
+    "input.min_size=128",
+    "input.max_size=192",
+    "input.canvas_size=(192, 192)",
+]
+
+
+def _random_params(model) -> dict:
+    """Seeded random parameters of the model's shapes without compiling its init (slow on 2 cores):
+    He-scaled kernels, zero biases and identity FrozenBatchNorm statistics."""
+    rng = np.random.default_rng(0)
+    shapes = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
+
+    def fill(path, leaf):
+        name = path[-1].key
+        if name in ("scale", "var"):
+            return np.ones(leaf.shape, np.float32)
+        if name == "kernel":
+            return (rng.normal(size=leaf.shape) * np.sqrt(2.0 / np.prod(leaf.shape[:-1]))).astype(np.float32)
+        return np.zeros(leaf.shape, np.float32)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def test_script_model_mode_agrees_with_results_mode(tmp_path, capsys):
+    folder = shared_data_path("labelme_voc3")
+    config_file = ROOT / "configs" / "mask_rcnn_r50_fpn_coco.py"
+    config = load_config(config_file, TINY_MODEL)
+    save_params(tmp_path / "checkpoint", _random_params(build_model(config)))
+    overrides = [arg for override in TINY_MODEL for arg in ("--set", override)]
+    annotations = ["--annotations", str(folder / "annotations.json")]
+    argv = ["--config", str(config_file), "--checkpoint", str(tmp_path / "checkpoint"), "--images",
+            str(folder / "images"), "--output", str(tmp_path / "model"), "--batch-size", "2"]
+    assert evaluate_script.main(argv + annotations + overrides) == 0
+    printed = capsys.readouterr().out
+    assert "images/s" in printed and "cocoeval" in printed
+
+    results = json.loads((tmp_path / "model" / "coco_results.json").read_text())
+    images = {image["id"]: image for image in json.loads((folder / "annotations.json").read_text())["images"]}
+    # 3 images (ids 0, 1, 2: id 0 must not be mistaken for "no id") x 10 detections; batch 2 pads one.
+    assert sorted({r["image_id"] for r in results}) == [0, 1, 2] and len(results) == 30
+    for r in results:
+        assert r["segmentation"]["size"] == [images[r["image_id"]]["height"], images[r["image_id"]]["width"]]
+        assert 1 <= r["category_id"] <= 20
+    metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
+
+    assert evaluate_script.main(["--results", str(tmp_path / "model" / "coco_results.json"), "--output",
+                                 str(tmp_path / "rescored")] + annotations) == 0
+    assert json.loads((tmp_path / "rescored" / "metrics.json").read_text()) == metrics
