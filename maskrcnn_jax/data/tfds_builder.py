@@ -49,8 +49,7 @@ with tfds.core.registered.skip_registration():
 
         name = DATASET_NAME
         VERSION = tfds.core.Version(VERSION)
-        # Nothing is downloaded, so there is no checksums file to look for beside the code; the
-        # lookup also fails when the package is imported as a namespace package (editable installs).
+        # Nothing is downloaded, so there is no checksums file to look for beside the code.
         code_path = None
 
         def __init__(self, *, splits: dict[str, tuple[str | os.PathLike, str | os.PathLike]], **kwargs):
