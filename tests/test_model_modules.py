@@ -17,18 +17,7 @@ torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
 CONFIG = "configs/mask_rcnn_r50_fpn_coco.py"
-TINY = [
-    "model.backbone.stage_sizes=(1, 1, 1, 1)",
-    "model.backbone.stem_width=8",
-    "model.fpn_channels=16",
-    "model.representation_size=32",
-    "model.mask_head_channels=16",
-    "model.num_classes=5",
-    "test.rpn_pre_nms_top_n=200",
-    "test.rpn_post_nms_top_n=100",
-    "test.detections_per_image=20",
-    "test.score_threshold=0.0",
-]
+TINY_CONFIG = "configs/mask_rcnn_tiny.py"
 
 
 def test_frozen_batchnorm_matches_torchvision_with_eps_zero():
@@ -86,7 +75,7 @@ def test_parameter_tree_reads_like_torchvision():
 
 @pytest.fixture(scope="module")
 def tiny_predict():
-    config = load_config(CONFIG, TINY)
+    config = load_config(TINY_CONFIG, ["test.score_threshold=0.0"])  # random weights: keep every detection
     model = build_model(config)
     return make_predict_fn(model, config), init_params(model, jax.random.key(0)), config
 
