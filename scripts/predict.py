@@ -22,7 +22,7 @@ import numpy as np
 from maskrcnn_jax.checkpoint import load_params
 from maskrcnn_jax.coco_classes import COCO_CLASS_NAMES
 from maskrcnn_jax.config_file import load_config
-from maskrcnn_jax.data.image_io import load_image
+from maskrcnn_jax.data.image_io import BrokenImageError, load_image
 from maskrcnn_jax.evaluation.coco_results import encode_binary_masks, xyxy_to_xywh
 from maskrcnn_jax.inference import make_predict_fn
 from maskrcnn_jax.models import build_model
@@ -44,10 +44,9 @@ def predict_image(predict, params, config, image: np.ndarray, score_threshold: f
     batch = preprocess_batch([image], config.input.min_size, config.input.max_size, None, config.input.size_divisible)
     outputs = jax.device_get(predict(params, batch["images"], batch["image_sizes"], batch["original_sizes"]))
     keep = outputs["valid"][0] & (outputs["scores"][0] >= score_threshold)
-    boxes, masks = outputs["boxes"][0][keep], outputs["masks"][0][keep]
-    pasted = np.asarray(mask_paster(*image.shape[:2])(masks, boxes))
-    return {"boxes": boxes, "scores": outputs["scores"][0][keep], "classes": outputs["classes"][0][keep], "masks": pasted}
-
+    # Paste all D slots (a fixed shape: one compile per image size), then keep the wanted ones.
+    pasted = np.asarray(mask_paster(*image.shape[:2])(outputs["masks"][0], outputs["boxes"][0]))[keep]
+    return {"boxes": outputs["boxes"][0][keep], "scores": outputs["scores"][0][keep], "classes": outputs["classes"][0][keep], "masks": pasted}
 
 def coco_entries(file_name: str, detections: dict[str, np.ndarray]) -> list[dict]:
     """COCO results entries (keyed by file name) for one image's detections."""
@@ -75,17 +74,22 @@ def main(argv=None) -> int:
     output = pathlib.Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
 
-    results = []
+    results, failed = [], 0
     for path in map(pathlib.Path, args.images):
-        image = load_image(path)
+        try:
+            image = load_image(path)
+        except BrokenImageError as error:
+            print(f"skipped {path}: {error}", file=sys.stderr)
+            failed += 1
+            continue
         detections = predict_image(predict, params, config, image, args.score_threshold)
         picture = draw_detections(image, detections["boxes"], detections["classes"], detections["scores"], detections["masks"], COCO_CLASS_NAMES)
         picture.save(output / f"{path.stem}.png")
         results.extend(coco_entries(path.name, detections))
         print(f"{path.name}: {len(detections['scores'])} detections")
     (output / "detections.json").write_text(json.dumps(results))
-    print(f"wrote {len(results)} detections for {len(args.images)} images to {output}")
-    return 0
+    print(f"wrote {len(results)} detections for {len(args.images) - failed} images to {output}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
