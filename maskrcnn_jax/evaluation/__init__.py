@@ -1,0 +1,25 @@
+"""COCO box and mask AP: scoring COCO results with pycocotools, and evaluating a model over batches."""
+
+from maskrcnn_jax.evaluation.coco_metrics import (
+    STAT_NAMES,
+    CocoScores,
+    evaluate_results,
+    load_coco_ground_truth,
+    validate_results,
+)
+from maskrcnn_jax.evaluation.coco_results import encode_binary_masks, image_detections_to_coco, xyxy_to_xywh
+from maskrcnn_jax.evaluation.evaluator import evaluate_model, model_label_to_category_id, predict_coco_results
+
+__all__ = [
+    "CocoScores",
+    "STAT_NAMES",
+    "encode_binary_masks",
+    "evaluate_model",
+    "evaluate_results",
+    "image_detections_to_coco",
+    "load_coco_ground_truth",
+    "model_label_to_category_id",
+    "predict_coco_results",
+    "validate_results",
+    "xyxy_to_xywh",
+]
