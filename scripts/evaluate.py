@@ -55,8 +55,11 @@ def _parse_args(argv):
 def _read_results(paths) -> list:
     results = []
     for path in paths:
-        with open(path) as f:
-            loaded = json.load(f)
+        try:
+            with open(path) as f:
+                loaded = json.load(f)
+        except (OSError, json.JSONDecodeError) as error:
+            raise SystemExit(f"error: cannot read results file {path}: {error}")
         if not isinstance(loaded, list):
             raise SystemExit(f"error: {path} is not a COCO results file (a json list of detections)")
         results.extend(loaded)

@@ -145,6 +145,10 @@ def test_script_results_mode_writes_metrics_json(tiny_folder, tmp_path, capsys):
     assert np.all(np.array(list(_load_json(tmp_path / "out" / "metrics.json")["bbox"].values())) <= 0)
     assert "no detections" in capsys.readouterr().err
 
+    (tmp_path / "truncated.json").write_text('[{"image_id": 139, ')
+    with pytest.raises(SystemExit, match="cannot read results file .*truncated.json"):
+        evaluate_script.main(argv + ["--results", str(tmp_path / "truncated.json")])
+
     unknown = _load_json(tiny_folder / "dt.json")
     unknown[0]["image_id"] = 4
     (tmp_path / "unknown.json").write_text(json.dumps(unknown))
