@@ -102,6 +102,15 @@ def test_unknown_image_id_is_a_clear_error(tiny_gt, tiny_folder):
         evaluate_results(tiny_gt, detections)
 
 
+def test_image_id_of_the_wrong_type_and_non_dict_results_are_clear_errors(tiny_gt, tiny_folder):
+    detections = _load_json(tiny_folder / "dt.json")
+    detections[0]["image_id"] = "139"
+    with pytest.raises(ValueError, match=r"not in the ground truth, e.g. \['139'\]"):
+        evaluate_results(tiny_gt, detections)
+    with pytest.raises(ValueError, match=r"results \[1\] are not dicts"):
+        evaluate_results(tiny_gt, [_load_json(tiny_folder / "dt.json")[0], [417, 159, 47, 143]])
+
+
 def test_unknown_category_id_is_a_clear_error(tiny_gt, tiny_folder):
     detections = _load_json(tiny_folder / "dt.json")
     detections[2]["category_id"] = 3  # a contiguous label, not one of the dataset's ids {1, 65}

@@ -50,18 +50,20 @@ def validate_results(coco_gt: COCO, results: list) -> None:
     category ids, or a mask whose size differs from its image's."""
     if not isinstance(results, list):
         raise ValueError(f"COCO results must be a list of detections, got {type(results).__name__}")
-    missing = [i for i, r in enumerate(results) if not {"image_id", "category_id", "score"} <= r.keys()]
+    required = {"image_id", "category_id", "score"}
+    missing = [i for i, r in enumerate(results) if not (isinstance(r, dict) and required <= r.keys())]
     if missing:
-        raise ValueError(f"results {missing[:5]} lack one of image_id, category_id, score")
+        raise ValueError(f"results {missing[:5]} are not dicts with image_id, category_id and score")
     unscorable = [i for i, r in enumerate(results) if "bbox" not in r and "segmentation" not in r]
     if unscorable:
         raise ValueError(f"results {unscorable[:5]} have neither a bbox nor a segmentation")
-    unknown_images = sorted({r["image_id"] for r in results} - set(coco_gt.getImgIds()))
+    # key=repr: ids of a wrong type (e.g. "139") are reported, not a TypeError from sorting.
+    unknown_images = sorted({r["image_id"] for r in results} - set(coco_gt.getImgIds()), key=repr)
     if unknown_images:
         raise ValueError(
             f"{len(unknown_images)} image ids in the results are not in the ground truth, e.g. {unknown_images[:5]}"
         )
-    unknown_categories = sorted({r["category_id"] for r in results} - set(coco_gt.getCatIds()))
+    unknown_categories = sorted({r["category_id"] for r in results} - set(coco_gt.getCatIds()), key=repr)
     if unknown_categories:
         raise ValueError(
             f"category ids {unknown_categories[:10]} in the results are not in the ground truth "
