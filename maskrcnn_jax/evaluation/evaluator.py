@@ -122,6 +122,8 @@ def evaluate_model(
     arguments). Only the images in `batches` are scored, so a subset of `coco_gt` may be evaluated.
     Masks are pasted on a canvas of the largest image of `coco_gt`; a model that detects nothing
     scores 0. timings: if given, seconds are added per stage (TIMING_STAGES).
+    One process: with several, each would score only its own shard of images (the batches and
+    predictions must be host-local arrays); gathering results across processes is not done here.
     """
     timings = {} if timings is None else timings
     canvas = pasted_canvas_size(coco_gt) if with_masks else None
