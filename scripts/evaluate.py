@@ -116,6 +116,9 @@ def _predict_model(args, coco_gt) -> tuple:
     results, image_ids = predict_coco_results(predict, params, batches, label_to_category_id, canvas, timings)
     print(f"{num_images} images, batch {args.batch_size}, canvas {tuple(config.input.canvas_size)}, "
           f"paste canvas {canvas}, backend {jax.default_backend()}; compile + first batch {compile_seconds:.1f} s")
+    if len(image_ids) < num_images:
+        print(f"warning: {num_images - len(image_ids)} of {num_images} images could not be read (logged above) "
+              f"and are left out of the scores", file=sys.stderr)
     return results, image_ids, timings
 
 

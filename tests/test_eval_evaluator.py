@@ -16,6 +16,7 @@ from maskrcnn_jax.data.coco import CocoSource
 from maskrcnn_jax.data.pipeline import evaluation_dataset
 from maskrcnn_jax.evaluation.coco_metrics import STAT_NAMES, evaluate_results, load_coco_ground_truth
 from maskrcnn_jax.evaluation.evaluator import evaluate_model, model_label_to_category_id
+from maskrcnn_jax.evaluation.mask_pasting import make_binary_mask_paster, pasted_canvas_size
 from maskrcnn_jax.config_file import load_config
 from maskrcnn_jax.models import build_model, init_params
 
@@ -102,6 +103,14 @@ def test_evaluate_model_equals_torchvision_paste_and_pycocotools():
     assert metrics["bbox"]["AP50"] == pytest.approx(1.0, abs=1e-12) and metrics["bbox"]["AP"] > 0.99
     assert 0.5 < metrics["segm"]["AP"] < 1.0
     assert set(timings) == {"data", "model", "paste", "rle", "cocoeval"}
+
+    # A trainer calls this every N steps: the second call gives the same metrics and reuses the
+    # paster compiled by the first.
+    oracle.detections.clear()
+    oracle.rng = np.random.default_rng(0)  # the same mask noise as the first call
+    again = evaluate_model(oracle.predict, None, oracle.watch(batches), coco_gt, source.label_to_category_id)
+    assert again == metrics
+    assert make_binary_mask_paster(*pasted_canvas_size(coco_gt))._cache_size() == 1
 
 
 def test_label_mapping_for_torchvision_coco_head():

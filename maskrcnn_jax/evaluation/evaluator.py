@@ -4,7 +4,6 @@ pasted and thresholded on the device, RLE-encoded on the host, scored with COCOe
 Shapes: B batch, Hc Wc the input canvas, D detections per image, S mask size (28).
 """
 
-import functools
 import time
 
 import jax
@@ -36,12 +35,6 @@ def model_label_to_category_id(num_model_classes: int, dataset_label_to_category
     )
 
 
-@functools.lru_cache(maxsize=8)
-def _cached_mask_paster(canvas_height: int, canvas_width: int):
-    # One jitted paster per canvas, so evaluating every N training steps compiles it once.
-    return make_binary_mask_paster(canvas_height, canvas_width)
-
-
 def predict_coco_results(
     predict_fn,
     params,
@@ -65,7 +58,7 @@ def predict_coco_results(
     ignore them anyway: it scores only the ground truth's categories).
     """
     timings = {} if timings is None else timings
-    paste = _cached_mask_paster(*paste_canvas_size) if paste_canvas_size is not None else None
+    paste = make_binary_mask_paster(*paste_canvas_size) if paste_canvas_size is not None else None
     known_labels = np.array(sorted(label_to_category_id))
     results, image_ids = [], []
     batch_iterator = iter(batches)

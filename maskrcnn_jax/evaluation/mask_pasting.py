@@ -4,6 +4,8 @@ Shapes: B batch, D detections, S mask head output size (28), Hc Wc the paste can
 original image size of the dataset, so one compile serves every image).
 """
 
+import functools
+
 import jax
 
 from maskrcnn_jax.ops.masks import paste_masks_in_image
@@ -11,8 +13,11 @@ from maskrcnn_jax.ops.masks import paste_masks_in_image
 MASK_THRESHOLD = 0.5  # torchvision's and detectron2's evaluation threshold on pasted probabilities
 
 
+@functools.lru_cache(maxsize=8)
 def make_binary_mask_paster(canvas_height: int, canvas_width: int):
     """Jitted (mask_probs [B,D,S,S] float, boxes_xyxy [B,D,4] original-image pixels) -> bool [B,D,Hc,Wc].
+
+    Cached per canvas: evaluating every N training steps, or warming up before timing, reuses one compile.
 
     Pasting onto a canvas larger than an image leaves the pixels inside the image unchanged (the
     paste only clips boxes at the canvas edge), so each image's masks are the top-left
