@@ -150,7 +150,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"error: {error}")
     timings["cocoeval"] = time.perf_counter() - start
     _report(scores, output_dir, args.per_category)
-    if image_ids is not None:
+    if image_ids:
         _print_throughput(len(image_ids), timings)
     return 0
 
