@@ -66,7 +66,10 @@ def main(argv=None) -> int:
         return 1
     save_params(args.output, params)
     count = sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
-    print(f"wrote {count:,} parameters to {args.output} (predict with config bn_eps={config.model.backbone.bn_eps})")
+    print(
+        f"wrote {count:,} parameters to {args.output}; the config's bn_eps is {config.model.backbone.bn_eps} "
+        "(right for COCO_V1 weights; a model built with weights=None needs --set model.backbone.bn_eps=1e-5)"
+    )
     return 0
 
 
