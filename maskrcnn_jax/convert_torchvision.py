@@ -10,12 +10,33 @@ are accepted.
 from typing import Callable, Mapping
 
 import numpy as np
-from flax import traverse_util
 
 IGNORED_SUFFIXES = ("num_batches_tracked",)
 NORM_NAMES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
 # A state_dict from any Mask R-CNN has these; used to tell a wrong file from an incomplete one.
 SIGNATURE_KEYS = ("roi_heads.mask_predictor.mask_fcn_logits.weight", "rpn.head.cls_logits.weight")
+
+
+def flatten_tree(tree: Mapping, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], object]:
+    """{"a": {"b": x}} -> {("a", "b"): x}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten_tree(value, prefix + (key,)))
+        else:
+            flat[prefix + (key,)] = value
+    return flat
+
+
+def unflatten_tree(flat: Mapping[tuple[str, ...], object]) -> dict:
+    """{("a", "b"): x} -> {"a": {"b": x}}."""
+    tree = {}
+    for path, value in flat.items():
+        node = tree
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    return tree
 
 
 class ConversionError(ValueError):
@@ -94,7 +115,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], expected_params: di
             f"this is not a torchvision Mask R-CNN state_dict: keys {SIGNATURE_KEYS} are absent (first keys: {sample})"
         )
     converted, missing, mismatched, used = {}, [], [], set()
-    for path, expected in traverse_util.flatten_dict(expected_params).items():
+    for path, expected in flatten_tree(expected_params).items():
         names, convert = torchvision_names(path)
         name = next((candidate for candidate in names if candidate in state_dict), None)
         if name is None:
@@ -124,4 +145,4 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], expected_params: di
         problems.append(f"{len(unexpected)} unexpected keys: {', '.join(unexpected)}")
     if problems:
         raise ConversionError("cannot convert the state_dict: " + " | ".join(problems))
-    return traverse_util.unflatten_dict(converted)
+    return unflatten_tree(converted)
