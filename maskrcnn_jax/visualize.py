@@ -1,6 +1,7 @@
-"""Drawing detections over an image (host side, Pillow), in the spirit of matterport's display_instances.
+"""Drawing instances (detections or ground truth) over an image, host side with Pillow, in the spirit
+of matterport's display_instances.
 
-Legend: H W image, D detections.
+Legend: H W image, D instances.
 """
 
 import colorsys
@@ -17,29 +18,35 @@ def distinct_colors(count: int) -> list[tuple[int, int, int]]:
     return [tuple(int(255 * c) for c in colorsys.hsv_to_rgb(i / max(count, 1), 1.0, 1.0)) for i in range(count)]
 
 
-def draw_detections(
+def draw_instances(
     image: np.ndarray,
     boxes: np.ndarray,
     classes: np.ndarray,
-    scores: np.ndarray,
     masks: np.ndarray,
     class_names: Sequence[str],
+    scores: np.ndarray | None = None,
 ) -> Image.Image:
-    """Image with each detection's mask tinted, its box outlined and "name score" written above it.
+    """Image with each instance's mask tinted, its box outlined and "name [score]" written above it.
 
-    image uint8 [H, W, 3]; boxes [D, 4] xyxy pixels; classes int [D]; scores [D]; masks bool [D, H, W].
+    image uint8 [H, W, 3]; boxes [D, 4] xyxy pixels; classes int [D]; masks bool [D, H, W];
+    scores [D] or None (ground truth).
     """
     colors = distinct_colors(len(boxes))
     canvas = image.astype(np.float32)
-    for mask, color in zip(masks, colors):
+    for mask, color in zip(masks.astype(bool), colors):
         canvas[mask] = (1 - MASK_ALPHA) * canvas[mask] + MASK_ALPHA * np.asarray(color, np.float32)
     picture = Image.fromarray(canvas.round().clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(picture)
-    font = ImageFont.load_default()
-    for box, label, score, color in zip(boxes, classes, scores, colors):
+    # Lines and text grow with the image so that they stay readable on 2000-pixel photos.
+    long_side = max(picture.size)
+    line_width = max(2, long_side // 400)
+    font = ImageFont.load_default(size=max(11, long_side // 60))
+    captions = [class_names[int(label)] for label in classes]
+    if scores is not None:
+        captions = [f"{caption} {float(score):.2f}" for caption, score in zip(captions, scores)]
+    for box, caption, color in zip(boxes, captions, colors):
         x1, y1, x2, y2 = (float(v) for v in box)
-        draw.rectangle((x1, y1, x2, y2), outline=color, width=2)
-        caption = f"{class_names[int(label)]} {float(score):.2f}"
+        draw.rectangle((x1, y1, x2, y2), outline=color, width=line_width)
         text_box = draw.textbbox((x1, y1), caption, font=font)
         text_height = text_box[3] - text_box[1]
         top = y1 - text_height - 2 if y1 - text_height - 2 >= 0 else y1

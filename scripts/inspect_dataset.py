@@ -10,41 +10,15 @@ annotations and broken images are reported, not fatal.
 
 import argparse
 import collections
-import colorsys
 import pathlib
 import sys
 
-import numpy as np
 import tqdm
-from PIL import Image, ImageDraw, ImageFont
 
 from maskrcnn_jax.data import coco
 from maskrcnn_jax.data import image_io
 from maskrcnn_jax.data import validation
-
-MASK_ALPHA = 0.45
-
-
-def draw_ground_truth(record: dict, class_names: tuple[str, ...]) -> Image.Image:
-    """The record's image with each instance's mask tinted, its box outlined and its class name written."""
-    count = len(record["labels"])
-    colors = [tuple(int(255 * c) for c in colorsys.hsv_to_rgb(i / max(count, 1), 1.0, 1.0)) for i in range(count)]
-    canvas = record["image"].astype(np.float32)
-    for mask, color in zip(record["masks"].astype(bool), colors):
-        canvas[mask] = (1 - MASK_ALPHA) * canvas[mask] + MASK_ALPHA * np.asarray(color, np.float32)
-    picture = Image.fromarray(canvas.round().astype(np.uint8))
-    draw = ImageDraw.Draw(picture)
-    # Lines and text grow with the image so that they stay readable on 2000-pixel photos.
-    long_side = max(picture.size)
-    line_width = max(2, long_side // 400)
-    font = ImageFont.load_default(size=max(11, long_side // 60))
-    for box, label, color in zip(record["boxes"], record["labels"], colors):
-        x0, y0, x1, y1 = (float(v) for v in box)
-        draw.rectangle((x0, y0, x1, y1), outline=color, width=line_width)
-        text_box = draw.textbbox((x0 + 2, y0 + 2), class_names[int(label)], font=font)
-        draw.rectangle((x0, y0, text_box[2] + 2, text_box[3] + 2), fill=color)
-        draw.text((x0 + 2, y0 + 2), class_names[int(label)], fill=(0, 0, 0), font=font)
-    return picture
+from maskrcnn_jax.visualize import draw_instances
 
 
 def print_summary(source: coco.CocoSource) -> None:
@@ -108,7 +82,8 @@ def main() -> int:
         for index in drawable:
             record = source[index]
             path = output / f"{record['image_id']}_{pathlib.Path(record['file_name']).stem}.png"
-            draw_ground_truth(record, source.class_names).save(path)
+            picture = draw_instances(record["image"], record["boxes"], record["labels"], record["masks"], source.class_names)
+            picture.save(path)
             print(f"drew {len(record['labels'])} instances: {path}")
     return 0
 

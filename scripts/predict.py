@@ -11,7 +11,6 @@ A checkpoint converted from a torchvision model built with weights=None needs `-
 """
 
 import argparse
-import functools
 import json
 import pathlib
 import sys
@@ -24,19 +23,11 @@ from maskrcnn_jax.coco_classes import COCO_CLASS_NAMES
 from maskrcnn_jax.config_file import load_config
 from maskrcnn_jax.data.image_io import BrokenImageError, load_image
 from maskrcnn_jax.evaluation.coco_results import encode_binary_masks, xyxy_to_xywh
+from maskrcnn_jax.evaluation.mask_pasting import make_binary_mask_paster
 from maskrcnn_jax.inference import make_predict_fn
 from maskrcnn_jax.models import build_model
-from maskrcnn_jax.ops.masks import paste_masks_in_image
 from maskrcnn_jax.preprocess import preprocess_batch
-from maskrcnn_jax.visualize import draw_detections
-
-MASK_THRESHOLD = 0.5  # torchvision's threshold on pasted mask probabilities
-
-
-@functools.lru_cache(maxsize=16)
-def mask_paster(height: int, width: int):
-    """Jitted (masks [D, 28, 28], boxes [D, 4]) -> bool [D, height, width]; one compile per image size."""
-    return jax.jit(lambda masks, boxes: paste_masks_in_image(masks, boxes, height, width) > MASK_THRESHOLD)
+from maskrcnn_jax.visualize import draw_instances
 
 
 def predict_image(predict, params, config, image: np.ndarray, score_threshold: float) -> dict[str, np.ndarray]:
@@ -45,8 +36,10 @@ def predict_image(predict, params, config, image: np.ndarray, score_threshold: f
     outputs = jax.device_get(predict(params, batch["images"], batch["image_sizes"], batch["original_sizes"]))
     keep = outputs["valid"][0] & (outputs["scores"][0] >= score_threshold)
     # Paste all D slots (a fixed shape: one compile per image size), then keep the wanted ones.
-    pasted = np.asarray(mask_paster(*image.shape[:2])(outputs["masks"][0], outputs["boxes"][0]))[keep]
+    paste = make_binary_mask_paster(*image.shape[:2])
+    pasted = np.asarray(paste(outputs["masks"][:1], outputs["boxes"][:1]))[0][keep]
     return {"boxes": outputs["boxes"][0][keep], "scores": outputs["scores"][0][keep], "classes": outputs["classes"][0][keep], "masks": pasted}
+
 
 def coco_entries(file_name: str, detections: dict[str, np.ndarray]) -> list[dict]:
     """COCO results entries (keyed by file name) for one image's detections."""
@@ -83,7 +76,7 @@ def main(argv=None) -> int:
             failed += 1
             continue
         detections = predict_image(predict, params, config, image, args.score_threshold)
-        picture = draw_detections(image, detections["boxes"], detections["classes"], detections["scores"], detections["masks"], COCO_CLASS_NAMES)
+        picture = draw_instances(image, detections["boxes"], detections["classes"], detections["masks"], COCO_CLASS_NAMES, detections["scores"])
         picture.save(output / f"{path.stem}.png")
         results.extend(coco_entries(path.name, detections))
         print(f"{path.name}: {len(detections['scores'])} detections")
