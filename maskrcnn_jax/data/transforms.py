@@ -208,6 +208,11 @@ def transform_image(image: np.ndarray, geometry: Geometry, canvas_size: tuple[in
     return canvas
 
 
+def _flip_boxes(boxes: np.ndarray, width: int) -> np.ndarray:
+    """Horizontal mirror of xyxy boxes [N, 4] in an image `width` pixels wide (its own inverse)."""
+    return np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], axis=1)
+
+
 def transform_boxes(boxes: np.ndarray, geometry: Geometry) -> np.ndarray:
     """Original-pixel boxes to window pixels: scale, shift by the crop, clip to the window, flip.
 
@@ -218,10 +223,7 @@ def transform_boxes(boxes: np.ndarray, geometry: Geometry) -> np.ndarray:
     offset = np.array([geometry.left, geometry.top] * 2, np.float32)
     limit = np.array([geometry.width, geometry.height] * 2, np.float32)
     boxes = np.clip(np.asarray(boxes, np.float32).reshape(-1, 4) * scale - offset, 0.0, limit)
-    if geometry.flip:
-        boxes = np.stack([geometry.width - boxes[:, 2], boxes[:, 1],
-                          geometry.width - boxes[:, 0], boxes[:, 3]], axis=1)
-    return boxes
+    return _flip_boxes(boxes, geometry.width) if geometry.flip else boxes
 
 
 def unflipped_boxes_in_original(boxes: np.ndarray, geometry: Geometry) -> np.ndarray:
@@ -231,8 +233,7 @@ def unflipped_boxes_in_original(boxes: np.ndarray, geometry: Geometry) -> np.nda
     """
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     if geometry.flip:
-        boxes = np.stack([geometry.width - boxes[:, 2], boxes[:, 1],
-                          geometry.width - boxes[:, 0], boxes[:, 3]], axis=1)
+        boxes = _flip_boxes(boxes, geometry.width)
     offset = np.array([geometry.left, geometry.top] * 2, np.float32)
     scale = np.array([geometry.scale_x, geometry.scale_y] * 2, np.float32)
     return (boxes + offset) / scale

@@ -21,6 +21,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from maskrcnn_jax.ops.boxes import box_area
+
 DEFAULT_SPATIAL_SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
 DEFAULT_BOXES_PER_STEP = 2
 
@@ -59,8 +61,7 @@ def roi_levels(boxes, num_levels, min_level, canonical_scale=224, canonical_leve
     available levels. Zero-area and inverted boxes go to the finest level (torchvision would take
     the log of 0 or of a NaN there).
     """
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    box_size = jnp.sqrt(jnp.maximum(area, 0.0))
+    box_size = jnp.sqrt(jnp.maximum(box_area(boxes), 0.0))
     level = jnp.floor(canonical_level + jnp.log2(box_size / canonical_scale) + 1e-6)
     return (jnp.clip(level, min_level, min_level + num_levels - 1) - min_level).astype(jnp.int32)
 
