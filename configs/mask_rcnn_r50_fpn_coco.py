@@ -48,4 +48,20 @@ def get_config() -> ml_collections.ConfigDict:
     # Candidate (box, class) pairs kept by score before the final NMS; torchvision keeps all that pass
     # score_threshold, which equals this whenever fewer than this many pass.
     config.test.max_candidates = 2000
+
+    # Training targets (torchvision's defaults): proposals, anchor/RoI matching and balanced sampling.
+    config.targets = ml_collections.ConfigDict()
+    config.targets.rpn_pre_nms_top_n = 2000  # per level
+    config.targets.rpn_post_nms_top_n = 2000
+    config.targets.rpn_nms_threshold = 0.7
+    config.targets.rpn_min_size = 1e-3
+    config.targets.rpn_fg_iou_threshold = 0.7
+    config.targets.rpn_bg_iou_threshold = 0.3
+    config.targets.rpn_batch_size_per_image = 256
+    config.targets.rpn_positive_fraction = 0.5
+    config.targets.roi_fg_iou_threshold = 0.5
+    config.targets.roi_bg_iou_threshold = 0.5
+    config.targets.roi_batch_size_per_image = 512
+    config.targets.roi_positive_fraction = 0.25
+    config.targets.mask_rois_per_image = 128  # fixed mask-loss slots (0.25 x 512 positives at most)
     return config

@@ -1,0 +1,117 @@
+"""DetectorSpec: every static number the detector's pure functions need, read once from the config.
+
+The prediction and training paths take a `DetectorSpec` (a frozen, hashable dataclass, so it can be
+a static argument of `jax.jit`) and never see an `ml_collections` config. `spec_from_config` is the
+one place that reads `config.model`, `config.test` and `config.targets` for it.
+"""
+
+import dataclasses
+
+import ml_collections
+
+
+@dataclasses.dataclass(frozen=True)
+class ProposalSpec:
+    """RPN proposal generation for one mode (train or test): per-level top-n, NMS, top-n per image."""
+
+    pre_nms_top_n: int  # per pyramid level
+    post_nms_top_n: int  # per image
+    nms_threshold: float = 0.7
+    min_size: float = 1e-3
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSpec:
+    """One matcher + balanced sampler (torchvision's Matcher and BalancedPositiveNegativeSampler)."""
+
+    foreground_iou: float  # IoU >= this: positive
+    background_iou: float  # IoU < this: negative; in between: ignored
+    allow_low_quality_matches: bool
+    batch_size_per_image: int  # sampled candidates per image
+    positive_fraction: float
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectorSpec:
+    """Static description of a Mask R-CNN around its learned layers.
+
+    Boxes are xyxy pixels of the padded canvas. Sizes here fix every array shape of the jitted
+    prediction and loss functions.
+    """
+
+    num_classes: int  # including background (slot 0)
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)  # one per level P2..P6
+    anchor_aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)  # height / width
+    rpn_box_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
+    roi_box_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
+    box_roi_size: int = 7
+    mask_roi_size: int = 14
+    roi_sampling_ratio: int = 2
+    test_proposals: ProposalSpec = ProposalSpec(1000, 1000)
+    train_proposals: ProposalSpec = ProposalSpec(2000, 2000)
+    # Test-time post-processing (torchvision RoIHeads.postprocess_detections).
+    score_threshold: float = 0.05
+    min_box_size: float = 1e-2
+    nms_threshold: float = 0.5
+    detections_per_image: int = 100
+    max_candidates: int = 2000
+    # Training: anchor and RoI matching / sampling, mask targets.
+    rpn_sampler: SamplerSpec = SamplerSpec(0.7, 0.3, True, 256, 0.5)
+    roi_sampler: SamplerSpec = SamplerSpec(0.5, 0.5, False, 512, 0.25)
+    mask_rois_per_image: int = 128  # fixed mask-loss slots: 0.25 x 512 positives at most
+    mask_target_size: int = 28  # 2 x mask_roi_size (the mask head's deconv doubles it)
+
+    def __post_init__(self):
+        if self.mask_target_size != 2 * self.mask_roi_size:
+            raise ValueError(f"mask_target_size {self.mask_target_size} must be 2 x mask_roi_size {self.mask_roi_size}")
+
+    @property
+    def num_anchors_per_location(self) -> int:
+        return len(self.anchor_aspect_ratios)
+
+
+def _proposal_spec(node: ml_collections.ConfigDict) -> ProposalSpec:
+    return ProposalSpec(
+        pre_nms_top_n=node.rpn_pre_nms_top_n,
+        post_nms_top_n=node.rpn_post_nms_top_n,
+        nms_threshold=node.rpn_nms_threshold,
+        min_size=node.rpn_min_size,
+    )
+
+
+def spec_from_config(config: ml_collections.ConfigDict) -> DetectorSpec:
+    """The one function that reads the detector's numbers from a config.
+
+    Reads config.model (classes, anchors, box weights, RoI sizes), config.test (test proposals and
+    post-processing) and, when present, config.targets (training proposals, matchers, samplers).
+    """
+    model, test = config.model, config.test
+    training = {}
+    if "targets" in config:
+        train = config.targets
+        training = dict(
+            train_proposals=_proposal_spec(train),
+            rpn_sampler=SamplerSpec(train.rpn_fg_iou_threshold, train.rpn_bg_iou_threshold, True,
+                                    train.rpn_batch_size_per_image, train.rpn_positive_fraction),
+            roi_sampler=SamplerSpec(train.roi_fg_iou_threshold, train.roi_bg_iou_threshold, False,
+                                    train.roi_batch_size_per_image, train.roi_positive_fraction),
+            mask_rois_per_image=train.mask_rois_per_image,
+        )
+    return DetectorSpec(
+        num_classes=model.num_classes,
+        anchor_sizes=tuple(model.anchor_sizes),
+        anchor_aspect_ratios=tuple(model.anchor_aspect_ratios),
+        rpn_box_weights=tuple(model.rpn_box_weights),
+        roi_box_weights=tuple(model.roi_box_weights),
+        box_roi_size=model.box_roi_size,
+        mask_roi_size=model.mask_roi_size,
+        roi_sampling_ratio=model.roi_sampling_ratio,
+        test_proposals=_proposal_spec(test),
+        score_threshold=test.score_threshold,
+        min_box_size=test.min_box_size,
+        nms_threshold=test.nms_threshold,
+        detections_per_image=test.detections_per_image,
+        max_candidates=test.max_candidates,
+        mask_target_size=2 * model.mask_roi_size,
+        **training,
+    )
