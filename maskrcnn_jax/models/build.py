@@ -1,29 +1,37 @@
-"""Builds the model from a config and creates its parameters; the one place that reads `config.model`."""
+"""Builds the model from a config and creates its parameters.
+
+The layer widths come from `config.model`; the class count, anchors per location and RoI sizes
+come from the `DetectorSpec` that the prediction and loss code use, so model and spec agree by
+construction.
+"""
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
+from maskrcnn_jax.detector.spec import spec_from_config
 from maskrcnn_jax.models.mask_rcnn import MaskRCNN
 from maskrcnn_jax.models.resnet import resnet_stage_sizes
 
 
 def build_model(config: ml_collections.ConfigDict) -> MaskRCNN:
-    """MaskRCNN from `config.model` (num_classes, backbone.{depth or stage_sizes, stem_width, bn_eps}, ...)."""
+    """MaskRCNN from `config.model` (backbone.{depth or stage_sizes, stem_width, bn_eps}, fpn_channels,
+    representation_size, mask_head_channels) and `spec_from_config(config)`."""
     model_config = config.model
+    spec = spec_from_config(config)
     backbone = model_config.backbone
     stage_sizes = tuple(backbone.stage_sizes) if backbone.get("stage_sizes") else resnet_stage_sizes(backbone.depth)
     return MaskRCNN(
-        num_classes=model_config.num_classes,
+        num_classes=spec.num_classes,
         stage_sizes=stage_sizes,
         stem_width=backbone.stem_width,
         bn_eps=backbone.bn_eps,
         fpn_channels=model_config.fpn_channels,
-        num_anchors=len(model_config.anchor_aspect_ratios),
+        num_anchors=spec.num_anchors_per_location,
         representation_size=model_config.representation_size,
         mask_head_channels=model_config.mask_head_channels,
-        box_roi_size=model_config.box_roi_size,
-        mask_roi_size=model_config.mask_roi_size,
+        box_roi_size=spec.box_roi_size,
+        mask_roi_size=spec.mask_roi_size,
     )
 
 

@@ -3,10 +3,10 @@
 Legend: B batch, H W image, R RoIs, S RoI output size, C channels, A anchors per location,
 K classes including background. Feature maps are NHWC.
 
-Only the learned layers live here; proposal generation, RoIAlign and post-processing are plain
-functions outside Flax (`maskrcnn_jax.proposals`, `maskrcnn_jax.ops`, `maskrcnn_jax.postprocess`), so
-a head can be swapped without touching them. Call a piece with
-`model.apply({"params": params}, x, method=MaskRCNN.features)` (or `.rpn`, `.box_head`, `.mask_head`).
+Only the learned layers live here; anchors, proposals, RoIAlign, post-processing and the losses are
+plain functions outside Flax (`maskrcnn_jax.detector`, `maskrcnn_jax.ops`), so a head can be swapped
+without touching them. Call a piece with `model.apply({"params": params}, x, method="features")`
+(or "rpn", "box_head", "mask_head"; `method=MaskRCNN.features` works too).
 """
 
 from typing import Sequence

@@ -1,0 +1,94 @@
+"""Mask R-CNN prediction as one pure function: a padded batch in, fixed-shape detections out.
+
+The batch is the data pipeline's schema, produced for single images by `maskrcnn_jax.preprocess`:
+{"image": float32 [B, Hc, Wc, 3] normalised and zero-padded, "image_size": int32 [B, 2] resized
+(h, w) before padding, "original_size": int32 [B, 2] (H, W)}; other keys are ignored.
+
+Legend: B batch, Hc Wc canvas, P proposals, D detections, K classes, C channels.
+"""
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from maskrcnn_jax.detector.postprocess import postprocess_detections
+from maskrcnn_jax.detector.proposals import generate_proposals
+from maskrcnn_jax.detector.pyramid import flatten_rpn_outputs, pool_rois, pyramid_anchors
+from maskrcnn_jax.detector.spec import DetectorSpec
+
+BATCH_KEYS = ("image", "image_size", "original_size")
+
+
+def predict_with_intermediates(model, spec: DetectorSpec, params, batch: dict) -> tuple[dict, dict]:
+    """`predict`'s detections and the intermediates {"features": list of [B, h_l, w_l, C] (P2..P6),
+    "proposals": [B, P, 4] resized-image pixels, "proposal_scores": [B, P], "proposal_valid": bool
+    [B, P]}, for inspection and parity tests (jit drops them when unused).
+
+    model: the Flax MaskRCNN whose pieces are applied by name (the detector never imports Flax).
+    """
+    variables = {"params": params}
+    images, image_sizes = batch["image"], batch["image_size"]
+    features = model.apply(variables, images, method="features")
+    objectness, box_deltas = flatten_rpn_outputs(*model.apply(variables, features, method="rpn"))
+    anchors, level_sizes = pyramid_anchors(spec, images.shape[1:3], [level.shape[1:3] for level in features])
+    propose = functools.partial(
+        generate_proposals,
+        anchors=anchors,
+        level_sizes=level_sizes,
+        proposal_spec=spec.test_proposals,
+        box_weights=spec.rpn_box_weights,
+    )
+    proposals, proposal_scores, proposal_valid = jax.vmap(lambda o, d, s: propose(o, d, image_size=s))(
+        objectness, box_deltas, image_sizes
+    )
+
+    class_logits, class_box_deltas = model.apply(
+        variables, pool_rois(spec, features, proposals, spec.box_roi_size), method="box_head"
+    )
+    detections = jax.vmap(functools.partial(postprocess_detections, spec=spec))(
+        class_logits, class_box_deltas, proposals, proposal_valid, image_sizes
+    )
+
+    mask_logits = model.apply(variables, pool_rois(spec, features, detections["boxes"], spec.mask_roi_size), method="mask_head")
+    class_mask_logits = jnp.take_along_axis(mask_logits, detections["classes"][:, :, None, None, None], axis=-1)[..., 0]
+    valid = detections["valid"]
+    # torchvision's transform.postprocess: per-dimension ratio original / resized.
+    ratios = batch["original_size"].astype(jnp.float32) / image_sizes.astype(jnp.float32)
+    box_scale = jnp.stack([ratios[:, 1], ratios[:, 0], ratios[:, 1], ratios[:, 0]], axis=-1)[:, None, :]
+    outputs = {
+        "boxes": jnp.where(valid[..., None], detections["boxes"] * box_scale, 0.0),
+        "scores": detections["scores"],
+        "classes": jnp.where(valid, detections["classes"], 0),
+        "masks": jnp.where(valid[..., None, None], jax.nn.sigmoid(class_mask_logits), 0.0),
+        "valid": valid,
+    }
+    intermediates = {
+        "features": features,
+        "proposals": proposals,
+        "proposal_scores": proposal_scores,
+        "proposal_valid": proposal_valid,
+    }
+    return outputs, intermediates
+
+
+def predict(model, spec: DetectorSpec, params, batch: dict) -> dict[str, jax.Array]:
+    """Detections of a batch (the module docstring's schema), in fixed shapes.
+
+    Returns {"boxes": [B, D, 4] xyxy original-image pixels, "scores": [B, D], "classes": int32
+    [B, D] (1..K-1), "masks": float32 [B, D, 2S, 2S] probabilities of the predicted class, "valid":
+    bool [B, D]}, sorted by descending score; D = spec.detections_per_image. Padding slots are 0.
+    """
+    return predict_with_intermediates(model, spec, params, batch)[0]
+
+
+def make_predict_fn(model, spec: DetectorSpec) -> Callable[[dict, dict], dict[str, jax.Array]]:
+    """Jitted `predict(params, batch)`, compiled once per canvas and batch size (and batch keys:
+    pass only BATCH_KEYS, `prediction_inputs(batch)`, so that nothing else goes to the device)."""
+    return jax.jit(functools.partial(predict, model, spec))
+
+
+def prediction_inputs(batch: dict) -> dict:
+    """The part of a batch (e.g. an evaluation batch with padded ground truth) that `predict` reads."""
+    return {key: batch[key] for key in BATCH_KEYS}
