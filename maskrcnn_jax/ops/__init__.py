@@ -9,9 +9,11 @@ from maskrcnn_jax.ops.boxes import (
     encode_boxes,
     small_boxes_valid,
 )
-from maskrcnn_jax.ops.masks import crop_and_resize_masks, paste_masks_in_image
+from maskrcnn_jax.ops.masks import crop_and_resize_masks, mask_targets_from_crops, paste_masks_in_image
+from maskrcnn_jax.ops.matching import match_boxes
 from maskrcnn_jax.ops.nms import batched_nms, nms
 from maskrcnn_jax.ops.roi_align import multilevel_roi_align, roi_align, roi_levels
+from maskrcnn_jax.ops.sampling import sample_balanced
 
 __all__ = [
     "anchor_grid",
@@ -22,10 +24,13 @@ __all__ = [
     "crop_and_resize_masks",
     "decode_boxes",
     "encode_boxes",
+    "mask_targets_from_crops",
+    "match_boxes",
     "multilevel_roi_align",
     "nms",
     "paste_masks_in_image",
     "roi_align",
     "roi_levels",
+    "sample_balanced",
     "small_boxes_valid",
 ]

@@ -1,6 +1,7 @@
-"""Instance masks for one image: pasting predicted masks into the image, cropping GT mask targets.
+"""Instance masks for one image: pasting predicted masks into the image, GT mask targets for RoIs.
 
-Shape legend: D detections, M GT instances, S mask size, H W image, P = S + 2 * padding.
+Shape legend: D detections, M GT instances, R RoIs, S mask size, Sm GT crop size, H W image,
+P = S + 2 * padding.
 """
 
 import jax
@@ -76,3 +77,59 @@ def crop_and_resize_masks(masks, boxes, output_size, *, sampling_ratio=2):
         return pooled[0, :, :, 0]
 
     return jax.vmap(crop_one)(masks.astype(jnp.float32), boxes)
+
+
+def _integrated_tent(offset):
+    """Integral of the bilinear hat max(0, 1 - |t|) from -inf to `offset` (elementwise)."""
+    t = jnp.clip(offset, -1.0, 1.0)
+    return jnp.where(t < 0.0, 0.5 * (t + 1.0) ** 2, 1.0 - 0.5 * (1.0 - t) ** 2)
+
+
+def _crop_resample_weights(roi_start, roi_end, box_start, box_end, crop_size, output_size, aligned):
+    """Weights [R, S, Sm] taking one axis of each GT crop onto the RoI's S bins along that axis.
+
+    Coordinates: pixel i covers [i, i + 1). Crop sample j lies at
+    box_start + (j + 0.5) * (box_end - box_start) / Sm (data.transforms.crop_masks_to_boxes).
+    The RoI spans [roi_start, roi_start + max(roi_end - roi_start, 1)]; aligned=False moves it by
+    +0.5 pixel, as roi_align(aligned=False) samples pixel centres at integer coordinates. Each bin
+    gets the mean over its extent of the crop's bilinear interpolant, zero beyond the crop's edge
+    samples: the limit of roi_align's adaptive sampling grid, in closed form with the integrated hat.
+    """
+    roi_length = jnp.maximum(roi_end - roi_start, 1.0)
+    box_length = box_end - box_start
+    crop_per_pixel = crop_size / jnp.where(box_length > 0, box_length, 1.0)
+    bin_edges = jnp.arange(output_size + 1, dtype=jnp.float32) / output_size
+    shift = 0.0 if aligned else 0.5
+    pixel_edges = roi_start[:, None] + shift + bin_edges[None, :] * roi_length[:, None]
+    crop_edges = (pixel_edges - box_start[:, None]) * crop_per_pixel[:, None] - 0.5  # [R, S + 1]
+    sample = jnp.arange(crop_size, dtype=jnp.float32)
+    cumulative = _integrated_tent(crop_edges[:, :, None] - sample[None, None, :])  # [R, S + 1, Sm]
+    bin_width = (crop_edges[:, 1:] - crop_edges[:, :-1])[:, :, None]
+    weights = (cumulative[:, 1:] - cumulative[:, :-1]) / bin_width
+    return jnp.where((box_length > 0)[:, None, None], weights, 0.0)
+
+
+def mask_targets_from_crops(gt_crops, gt_boxes, rois, output_size, *, aligned=True):
+    """Mask targets for RoIs from their GT's box-cropped masks (F-VLM's crop-in-target-box idea).
+
+    Args: gt_crops [R, Sm, Sm] (uint8 or float), for each RoI its matched GT's mask cropped to
+      gt_boxes [R, 4] (xyxy canvas pixels) as data.transforms.crop_masks_to_boxes makes them;
+      rois [R, 4] xyxy canvas pixels; output_size S and aligned (static).
+    Returns: float32 [R, S, S] in [0, 1], zero where the RoI lies beyond its GT box: the mean of
+      the crop's bilinear interpolant over each RoI bin, i.e. roi_align(mask, roi, (S, S), 1.0,
+      sampling_ratio -> infinity, aligned) of a mask whose pixels the crop holds. RoIs narrower than
+      a pixel are widened to 1 pixel, as aligned=False does.
+    aligned=True (default) is closest to torchvision's training targets, roi_align(resized_mask,
+    roi, 28, 1.0, -1, aligned=False): torchvision resizes GT masks with legacy 'nearest' (output
+    pixel i reads input floor(i * in / out)), which moves them by about +0.5 pixel at non-integer
+    scales and cancels aligned=False's half-pixel shift; aligned=True is also the target that lines
+    up with the resized image. docs/training_targets.md measures both.
+    Written separably, rows [R, S, Sm] @ crop @ columns^T: no full-image mask is ever built.
+    """
+    crop_size = gt_crops.shape[-1]
+    row_weights = _crop_resample_weights(
+        rois[:, 1], rois[:, 3], gt_boxes[:, 1], gt_boxes[:, 3], crop_size, output_size, aligned)
+    col_weights = _crop_resample_weights(
+        rois[:, 0], rois[:, 2], gt_boxes[:, 0], gt_boxes[:, 2], crop_size, output_size, aligned)
+    rows_resampled = jnp.einsum("rpi,rij->rpj", row_weights, gt_crops.astype(jnp.float32))
+    return jnp.einsum("rpj,rqj->rpq", rows_resampled, col_weights)
