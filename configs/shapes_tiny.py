@@ -1,0 +1,95 @@
+"""A tiny ResNet-FPN Mask R-CNN trained on synthetic shapes: runs on a laptop CPU with no data.
+
+The shapes (squares, circles, triangles with exact masks) are written into WORKDIR/shapes on
+first use. Model as configs/mask_rcnn_tiny.py (one block per stage, 8-channel stem) with 4 class
+slots, a 64x64 canvas, anchors scaled to the small images and few proposals / RoIs.
+
+  python scripts/train.py --config configs/shapes_tiny.py --workdir /tmp/shapes_tiny
+  python scripts/train.py --config configs/shapes_tiny.py --workdir /tmp/shapes_tiny \
+      --config.train.num_steps=2000 --config.train.global_batch_size=8
+"""
+
+import importlib.util
+import pathlib
+
+import ml_collections
+
+
+def _sibling_config(name: str) -> ml_collections.ConfigDict:
+    path = pathlib.Path(__file__).with_name(name)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = _sibling_config("mask_rcnn_tiny.py")
+    config.model.num_classes = 4  # background + square, circle, triangle
+    config.model.anchor_sizes = (8, 16, 32, 64, 128)
+
+    config.input.min_size = 64
+    config.input.max_size = 64
+    config.input.canvas_size = (64, 64)
+
+    config.test.rpn_pre_nms_top_n = 100
+    config.test.rpn_post_nms_top_n = 50
+    config.test.detections_per_image = 10
+    config.test.max_candidates = 200
+
+    config.targets.rpn_pre_nms_top_n = 200
+    config.targets.rpn_post_nms_top_n = 100
+    config.targets.rpn_batch_size_per_image = 64
+    config.targets.roi_batch_size_per_image = 32
+    config.targets.mask_rois_per_image = 8
+
+    config.data = ml_collections.ConfigDict()
+    config.data.source = "shapes"  # "shapes" | "coco" | "tfds"
+    config.data.shapes = ml_collections.ConfigDict()
+    config.data.shapes.num_train_images = 256
+    config.data.shapes.num_eval_images = 16
+    config.data.shapes.image_size = (48, 64)  # sides drawn from [min, max]
+    config.data.shapes.max_shapes = 3
+    config.data.shapes.seed = 0
+    config.data.train_annotations = ""  # source "coco"
+    config.data.train_images = ""
+    config.data.eval_annotations = ""
+    config.data.eval_images = ""
+    config.data.tfds_data_dir = ""  # source "tfds"
+    config.data.tfds_train_split = "train"
+    config.data.max_instances = 4
+    config.data.mask_size = 112
+    config.data.flip_probability = 0.5
+    config.data.jitter_range = (1.0, 1.0)
+    config.data.large_scale_jitter = False
+    config.data.num_workers = 0
+
+    config.train = ml_collections.ConfigDict()
+    config.train.num_steps = 300
+    config.train.global_batch_size = 4
+    config.train.seed = 0
+    config.train.base_learning_rate = 0.02
+    config.train.warmup_steps = 50
+    config.train.warmup_factor = 1e-3
+    config.train.schedule = "multistep"  # or "cosine"
+    config.train.decay_steps = (200, 260)
+    config.train.decay_factor = 0.1
+    config.train.momentum = 0.9
+    config.train.weight_decay = 1e-4
+    config.train.clip_norm = 0.0  # > 0: clip the trainable gradients' global norm
+    config.train.trainable_backbone_layers = 5  # the tiny backbone is random: train all of it
+    config.train.max_consecutive_bad_steps = 10
+    config.train.log_every = 10
+    config.train.checkpoint_every = 100
+    config.train.keep_checkpoints = 3
+    config.train.async_checkpointing = True
+    config.train.eval_every = 0  # 0: no evaluation during training
+
+    config.eval = ml_collections.ConfigDict()
+    config.eval.batch_size = 4
+    config.eval.max_images = 0  # > 0: the first N images only
+
+    config.init = ml_collections.ConfigDict()
+    config.init.checkpoint = ""  # a converted checkpoint or a training workdir
+    config.init.mode = "none"  # "none" | "backbone" | "all"
+    return config

@@ -1,0 +1,126 @@
+"""The trainer's data, from config.data: the record sources, the model's class slots for their
+labels, and the endless iterator of training batches.
+
+config.data.source picks where records come from:
+  "shapes"  synthetic shapes, written into WORKDIR/shapes/{train,eval} on first use (config.data.shapes)
+  "coco"    COCO json + image folders (train_annotations/train_images, eval_annotations/eval_images)
+  "tfds"    a TFDS dataset written by scripts/build_tfds.py (tfds_data_dir, tfds_train_split); no evaluation
+"""
+
+import dataclasses
+import os
+import pathlib
+import shutil
+import uuid
+
+import grain
+import ml_collections
+import numpy as np
+
+from maskrcnn_jax.coco_classes import COCO_CLASS_NAMES
+from maskrcnn_jax.data import CocoSource, training_dataset
+from maskrcnn_jax.data import shapes
+from maskrcnn_jax.evaluation import model_label_to_category_id
+
+SOURCES = ("shapes", "coco", "tfds")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationData:
+    """What the evaluation needs: the records and the COCO json that scores them."""
+
+    source: CocoSource
+    annotation_file: pathlib.Path
+
+
+def ensure_shapes_dataset(directory: str | os.PathLike, *, num_images: int, seed: int,
+                          image_size: tuple[int, int], max_shapes: int) -> pathlib.Path:
+    """The annotation json of a shapes dataset in `directory`, written there first if absent.
+
+    Written into a private temporary folder and renamed into place, so processes sharing the
+    workdir never read a half-written dataset (the loser of the rename drops its copy).
+    """
+    directory = pathlib.Path(directory)
+    annotation_file = directory / "annotations.json"
+    if annotation_file.is_file():
+        return annotation_file
+    staging = directory.with_name(f"{directory.name}.tmp-{uuid.uuid4().hex}")
+    shapes.write_shapes_dataset(staging, num_images, seed=seed, min_size=image_size[0], max_size=image_size[-1],
+                                max_shapes=max_shapes)
+    try:
+        os.rename(staging, directory)
+    except OSError:
+        if not annotation_file.is_file():
+            raise
+        shutil.rmtree(staging, ignore_errors=True)
+    return annotation_file
+
+
+def _shapes_split(config: ml_collections.ConfigDict, workdir, split: str, num_images: int) -> pathlib.Path:
+    options = config.data.shapes
+    # Different seeds keep the evaluation images out of the training set.
+    seed = options.seed if split == "train" else options.seed + 1
+    return ensure_shapes_dataset(pathlib.Path(workdir) / "shapes" / split, num_images=num_images, seed=seed,
+                                 image_size=tuple(options.image_size), max_shapes=options.max_shapes)
+
+
+def training_source(config: ml_collections.ConfigDict, workdir: str | os.PathLike):
+    """The training records (CocoSource or TfdsSource; images without instances left out)."""
+    data = config.data
+    if data.source == "shapes":
+        annotation_file = _shapes_split(config, workdir, "train", data.shapes.num_train_images)
+        return CocoSource(annotation_file, annotation_file.parent / "images", skip_images_without_annotations=True)
+    if data.source == "coco":
+        return CocoSource(data.train_annotations, data.train_images, skip_images_without_annotations=True)
+    if data.source == "tfds":
+        from maskrcnn_jax.data.tfds_source import TfdsSource  # tensorflow_datasets is slow to import
+
+        return TfdsSource(data.tfds_data_dir, data.tfds_train_split, skip_images_without_annotations=True)
+    raise ValueError(f"config.data.source {data.source!r} is not one of {SOURCES}")
+
+
+def evaluation_data(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> EvaluationData | None:
+    """The evaluation records and their COCO json, or None where the source has none (tfds, or no
+    config.data.eval_annotations)."""
+    data = config.data
+    if data.source == "shapes":
+        annotation_file = _shapes_split(config, workdir, "eval", data.shapes.num_eval_images)
+        return EvaluationData(CocoSource(annotation_file, annotation_file.parent / "images"), annotation_file)
+    if data.source == "coco" and data.eval_annotations:
+        return EvaluationData(CocoSource(data.eval_annotations, data.eval_images), pathlib.Path(data.eval_annotations))
+    return None
+
+
+def class_slots(num_model_classes: int, source) -> tuple[np.ndarray, tuple[str, ...]]:
+    """(slot of each dataset label: int32 [K + 1], slot 0 for background; the model's class names).
+
+    A head with one slot per dataset class uses the labels as they are; torchvision's 91-slot COCO
+    head has slot = COCO category id (names from coco_classes). Other counts raise ValueError.
+    """
+    if num_model_classes == source.num_classes:
+        return np.arange(source.num_classes, dtype=np.int32), tuple(source.class_names)
+    model_label_to_category_id(num_model_classes, source.label_to_category_id)  # raises when nothing fits
+    slots = np.zeros(source.num_classes, np.int32)
+    for label, category_id in source.label_to_category_id.items():
+        slots[label] = category_id
+    return slots, COCO_CLASS_NAMES
+
+
+def training_iterator(config: ml_collections.ConfigDict, source) -> grain.DatasetIterator:
+    """Endless batches of this process's shard (per-process batch = global batch / process count)."""
+    data = config.data
+    dataset = training_dataset(
+        source,
+        global_batch_size=config.train.global_batch_size,
+        seed=config.train.seed,
+        canvas_size=tuple(config.input.canvas_size),
+        min_size=config.input.min_size,
+        max_size=config.input.max_size,
+        max_instances=data.max_instances,
+        mask_size=data.mask_size,
+        flip_probability=data.flip_probability,
+        jitter_range=tuple(data.jitter_range),
+        large_scale_jitter=data.large_scale_jitter,
+        num_workers=data.num_workers,
+    )
+    return iter(dataset)

@@ -1,0 +1,216 @@
+"""`train_and_evaluate(config, workdir)`: the whole training run, resumable and preemption-safe.
+
+Reads the config (once, here), builds the data, model, loss, optimizer and mesh, resumes from the
+latest complete checkpoint in WORKDIR/checkpoints (or starts from config.init), runs the jitted
+step to config.train.num_steps with logs, checkpoints and evaluations, and returns the final state.
+"""
+
+import math
+import os
+import pathlib
+from typing import Callable
+
+import jax
+import ml_collections
+import numpy as np
+
+from maskrcnn_jax.data import global_batch
+from maskrcnn_jax.models import build_model, frozen_parameter_mask, init_params
+from maskrcnn_jax.training import checkpoints, initialization
+from maskrcnn_jax.training import data as data_lib
+from maskrcnn_jax.training import mesh as mesh_lib
+from maskrcnn_jax.training.evaluation import EvaluateFn, make_coco_evaluator
+from maskrcnn_jax.training.loss import make_loss_fn
+from maskrcnn_jax.training.metric_writer import MetricWriter
+from maskrcnn_jax.training.optimizer import learning_rate_schedule, update_direction
+from maskrcnn_jax.training.preemption import StopRequest
+from maskrcnn_jax.training.progress import Progress, say
+from maskrcnn_jax.training.state import (
+    TrainState,
+    abstract_train_state,
+    create_train_state,
+    make_state_initializer,
+    replace_params,
+)
+from maskrcnn_jax.training.step import LossFn, make_train_step
+
+LossFnFactory = Callable[[ml_collections.ConfigDict], LossFn]
+EvaluateFnFactory = Callable[[ml_collections.ConfigDict, pathlib.Path], EvaluateFn | None]
+# Metrics that are not averaged over the steps between two log lines.
+LAST_VALUE_METRICS = ("learning_rate",)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive steps had a non-finite loss or gradient."""
+
+
+def _summarise(step_metrics: list[dict]) -> dict[str, float]:
+    """Host metrics of consecutive steps -> one record: means over the steps that were not skipped,
+    the last learning rate, the number of skipped steps."""
+    kept = [m for m in step_metrics if not m["skipped"]]
+    summary = {}
+    for name in step_metrics[-1]:
+        if name == "skipped":
+            summary["skipped_steps"] = float(sum(int(m["skipped"]) for m in step_metrics))
+        elif name in LAST_VALUE_METRICS:
+            summary[name] = float(step_metrics[-1][name])
+        else:
+            summary[name] = float(np.mean([m[name] for m in kept])) if kept else math.nan
+    return summary
+
+
+def _flatten_evaluation(metrics: dict) -> dict[str, float]:
+    """{"bbox": {"AP": x}} -> {"eval/bbox_AP": x}."""
+    return {f"eval/{iou_type}_{name}": value for iou_type, table in metrics.items() for name, value in table.items()}
+
+
+class _Run:
+    """The mutable bookkeeping of one training loop: unfetched metrics, the bad-step streak, outputs."""
+
+    def __init__(self, *, writer: MetricWriter, progress: Progress, max_consecutive_bad_steps: int):
+        self.writer = writer
+        self.progress = progress
+        self.max_consecutive_bad_steps = max_consecutive_bad_steps
+        self.pending = []  # (step, device metrics) not fetched yet
+        self.bad_streak = 0
+
+    def add(self, step: int, metrics: dict) -> None:
+        self.pending.append((step, metrics))
+
+    def report(self) -> None:
+        """Fetches the pending metrics, counts non-finite steps, writes and shows one record."""
+        if not self.pending:
+            return
+        steps = [step for step, _ in self.pending]
+        host = jax.device_get([metrics for _, metrics in self.pending])
+        self.pending = []
+        for step, metrics in zip(steps, host):
+            if metrics["skipped"]:
+                self.bad_streak += 1
+                self.progress.message(f"step {step}: non-finite loss or gradient, update skipped "
+                                      f"({self.bad_streak} in a row)")
+                if self.bad_streak >= self.max_consecutive_bad_steps:
+                    raise NonFiniteLossError(
+                        f"{self.bad_streak} consecutive steps up to step {step} had a non-finite loss or gradient "
+                        f"(config.train.max_consecutive_bad_steps = {self.max_consecutive_bad_steps}); the "
+                        f"parameters are those of step {step - self.bad_streak}. Lower config.train."
+                        f"base_learning_rate, lengthen warmup_steps or set clip_norm.")
+            else:
+                self.bad_streak = 0
+        record = {**_summarise(host), **self.progress.throughput(steps[-1])}
+        self.writer.write(steps[-1], record)
+        self.progress.show(steps[-1], record)
+
+
+def _is_multiple(step: int, every: int) -> bool:
+    return every > 0 and step % every == 0
+
+
+def _optimizer_from_config(train: ml_collections.ConfigDict, frozen_mask):
+    """(update direction, learning-rate function) from config.train."""
+    optimizer = update_direction(frozen_mask, momentum=train.momentum, weight_decay=train.weight_decay,
+                                 clip_norm=train.clip_norm)
+    learning_rate_fn = learning_rate_schedule(
+        base_learning_rate=train.base_learning_rate, num_steps=train.num_steps, warmup_steps=train.warmup_steps,
+        warmup_factor=train.warmup_factor, schedule=train.schedule, decay_steps=tuple(train.decay_steps),
+        decay_factor=train.decay_factor)
+    return optimizer, learning_rate_fn
+
+
+def _restore_or_initialize(config, workdir, manager, initialize, optimizer, abstract_state, data_iterator, mesh):
+    """(state, step resumed from or None): the latest complete checkpoint, else a fresh state from config.init."""
+    resume_step = manager.latest_step()
+    if resume_step is not None:
+        where = checkpoints.checkpoint_directory(workdir) / str(resume_step)
+        state = checkpoints.restore_checkpoint(manager, resume_step, abstract_state, data_iterator)
+        say(f"resuming from step {resume_step} ({where})")
+        return state, resume_step
+    state = create_train_state(initialize, config.train.seed, mesh)
+    loaded = initialization.initial_params(state.params, config.init.checkpoint, config.init.mode)
+    if loaded is not None:
+        state = replace_params(state, loaded, optimizer, mesh)
+    say(f"starting at step 0 in {workdir} (config.init.mode {config.init.mode})")
+    return state, None
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
+                       loss_fn_factory: LossFnFactory = make_loss_fn,
+                       evaluate_fn_factory: EvaluateFnFactory = make_coco_evaluator,
+                       mesh: jax.sharding.Mesh | None = None) -> TrainState:
+    """Trains to config.train.num_steps in `workdir` and returns the final TrainState.
+
+    Resumes from the latest complete checkpoint of WORKDIR/checkpoints when there is one (parameters,
+    optimizer state, step, key and data position; a checkpoint of another model raises
+    IncompatibleCheckpointError), else starts from config.init. Saves every
+    config.train.checkpoint_every steps, at the end, and on SIGTERM / SIGINT (then returns early).
+    Evaluates every config.train.eval_every steps and at the end (0: never).
+    loss_fn_factory(config) -> loss_fn(params, batch, key) -> (loss, metrics); evaluate_fn_factory
+    (config, workdir) -> evaluate(params) -> {"bbox": {...}, "segm": {...}} or None. mesh: default
+    every device of every process on the data axis.
+    """
+    workdir = pathlib.Path(workdir).absolute()
+    train = config.train
+    mesh = mesh_lib.make_mesh() if mesh is None else mesh
+    if train.global_batch_size % mesh.devices.size:
+        raise ValueError(f"config.train.global_batch_size {train.global_batch_size} does not split over "
+                         f"{mesh.devices.size} devices")
+    manager = checkpoints.checkpoint_manager(workdir, max_to_keep=train.keep_checkpoints,
+                                             asynchronous=train.async_checkpointing)
+    if manager.latest_step() is not None:
+        checkpoints.check_compatible(checkpoints.read_metadata(manager, manager.latest_step())["config"], config,
+                                     str(checkpoints.checkpoint_directory(workdir) / str(manager.latest_step())))
+
+    source = data_lib.training_source(config, workdir)
+    label_slots, class_names = data_lib.class_slots(config.model.num_classes, source)
+    data_iterator = data_lib.training_iterator(config, source)
+    model = build_model(config)
+    init_model_params = lambda key: init_params(model, key)  # noqa: E731
+    frozen_mask = frozen_parameter_mask(jax.eval_shape(init_model_params, jax.random.key(0)),
+                                        train.trainable_backbone_layers)
+    optimizer, learning_rate_fn = _optimizer_from_config(train, frozen_mask)
+    initialize = make_state_initializer(init_model_params, optimizer)
+    abstract_state = abstract_train_state(initialize, mesh)
+    metadata = checkpoints.checkpoint_metadata(config, class_names)
+
+    # Signals are caught from here on: one arriving during the set-up stops the run after its first step.
+    with StopRequest() as stop:
+        state, resume_step = _restore_or_initialize(config, workdir, manager, initialize, optimizer, abstract_state,
+                                                    data_iterator, mesh)
+        train_step = make_train_step(loss_fn_factory(config), optimizer, learning_rate_fn, frozen_mask,
+                                     abstract_state, mesh)
+        evaluate = evaluate_fn_factory(config, workdir) if train.eval_every > 0 else None
+        step = int(resume_step or 0)
+        writer = MetricWriter(workdir, resume_step=resume_step)
+        progress = Progress(first_step=step, num_steps=train.num_steps, global_batch_size=train.global_batch_size)
+        run = _Run(writer=writer, progress=progress, max_consecutive_bad_steps=train.max_consecutive_bad_steps)
+        if step >= train.num_steps:
+            progress.message(f"already at step {step} of {train.num_steps}: nothing to do")
+        try:
+            while step < train.num_steps:
+                host_batch = next(data_iterator)
+                host_batch["gt_classes"] = label_slots[host_batch["gt_classes"]]
+                state, metrics = train_step(state, global_batch(host_batch, mesh))
+                step += 1
+                run.add(step, metrics)
+                last = step == train.num_steps
+                stopping = stop.should_stop(step)
+                save = last or stopping or _is_multiple(step, train.checkpoint_every)
+                evaluating = evaluate is not None and (last or _is_multiple(step, train.eval_every))
+                if save or evaluating or _is_multiple(step, train.log_every):
+                    run.report()
+                if save:
+                    checkpoints.save_checkpoint(manager, step, state, data_iterator, metadata)
+                if evaluating and jax.process_index() == 0:
+                    scores = _flatten_evaluation(evaluate(state.params))
+                    writer.write(step, scores)
+                    progress.message(f"step {step} evaluation: " + " ".join(
+                        f"{name} {value:.4f}" for name, value in scores.items() if name.endswith(("_AP", "_AP50"))))
+                    progress.exclude_time_since_report(step)
+                if stopping:
+                    progress.message(f"stopped by a signal at step {step}; checkpoint saved, rerun to resume")
+                    break
+        finally:
+            manager.wait_until_finished()
+            writer.close()
+            progress.close()
+    return state

@@ -1,0 +1,70 @@
+"""The jitted train step: loss and gradients, the non-finite guard, the optax update.
+
+A loss function is `loss_fn(params, batch, key) -> (loss float32 scalar, metrics {name: scalar})`,
+pure and jittable, with the batch as `data.global_batch` places it (B = the global batch):
+{"image" float32 [B,Hc,Wc,3], "image_size" int32 [B,2], "gt_boxes" float32 [B,M,4], "gt_classes"
+int32 [B,M], "gt_masks" uint8 [B,M,Sm,Sm], "gt_valid" bool [B,M], "valid" bool [B], ...}.
+It must average over the global batch, so that the result does not depend on how many devices
+share it.
+"""
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from maskrcnn_jax.training import mesh as mesh_lib
+from maskrcnn_jax.training.optimizer import LearningRateFn
+from maskrcnn_jax.training.state import TrainState
+
+LossFn = Callable[[dict, dict, jax.Array], tuple[jax.Array, dict]]
+TrainStep = Callable[[TrainState, dict], tuple[TrainState, dict]]
+
+
+def train_step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation, learning_rate_fn: LearningRateFn,
+                  frozen_mask) -> TrainStep:
+    """The pure step: (state, batch) -> (state with step + 1, metrics).
+
+    metrics: the loss function's metrics plus "loss", "learning_rate", "grad_norm" (global norm of
+    the trainable gradients) and "skipped" (1 when the loss or a gradient is not finite: then the
+    parameters and optimizer state stay as they were; the step and the data still move on).
+    """
+
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        step_key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+        (loss, loss_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, step_key)
+        # Frozen gradients are neither used nor checked, so XLA does not compute them.
+        trainable_grads = jax.tree.map(lambda g, frozen: jnp.zeros_like(g) if frozen else g, grads, frozen_mask)
+        grad_norm = optax.global_norm(trainable_grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        learning_rate = learning_rate_fn(state.step)
+        direction, opt_state = optimizer.update(trainable_grads, state.opt_state, state.params)
+        params = jax.tree.map(lambda p, d: p - learning_rate * d.astype(p.dtype), state.params, direction)
+        keep_if_finite = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+        new_state = TrainState(
+            step=state.step + 1,
+            params=jax.tree.map(keep_if_finite, params, state.params),
+            opt_state=jax.tree.map(keep_if_finite, opt_state, state.opt_state),
+            key=state.key,
+        )
+        metrics = {**loss_metrics, "loss": loss, "learning_rate": learning_rate, "grad_norm": grad_norm,
+                   "skipped": jnp.logical_not(finite).astype(jnp.int32)}
+        return new_state, metrics
+
+    return train_step
+
+
+def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, learning_rate_fn: LearningRateFn,
+                    frozen_mask, abstract_state: TrainState, mesh: Mesh) -> TrainStep:
+    """`train_step(state, batch) -> (state, metrics)` jitted over `mesh`; the input state is donated.
+
+    The state keeps the shardings of `abstract_state` (see `mesh.state_shardings`), the batch is
+    split over the data axis, metrics come back replicated. Compiles once per batch shape.
+    """
+    state_shardings = jax.tree.map(lambda leaf: leaf.sharding, abstract_state)
+    return jax.jit(train_step_fn(loss_fn, optimizer, learning_rate_fn, frozen_mask),
+                   in_shardings=(state_shardings, mesh_lib.batch_sharding(mesh, mesh_lib.DATA_AXIS)),
+                   out_shardings=(state_shardings, mesh_lib.replicated(mesh)),
+                   donate_argnums=0)
