@@ -1,0 +1,155 @@
+"""The four Mask R-CNN training losses as one pure function of (params, batch, key).
+
+Legend: B batch, Hc Wc canvas, M max GT instances, A anchors, P proposals, S_rpn sampled anchors,
+R sampled RoIs, Rm mask slots, T mask target side, K classes including background.
+
+Normalisation is torchvision's, over the whole batch (its samples are concatenated before the
+means): RPN objectness BCE averaged over the sampled anchors; RPN box smooth-L1 (beta 1/9) summed
+over positive anchors / sampled anchors; class cross-entropy averaged over sampled RoIs; box
+smooth-L1 (beta 1/9) of the GT class summed over positive RoIs / sampled RoIs; mask BCE on the GT
+class channel averaged over the positive RoIs' pixels.
+"""
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from maskrcnn_jax.detector.proposals import generate_proposals
+from maskrcnn_jax.detector.pyramid import flatten_rpn_outputs, pool_rois, pyramid_anchors
+from maskrcnn_jax.detector.spec import DetectorSpec
+from maskrcnn_jax.detector.targets import crop_mask_targets, mask_slots, roi_targets, rpn_targets
+
+SMOOTH_L1_BETA = 1.0 / 9.0
+LOSS_NAMES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
+
+
+def smooth_l1(x, beta: float = SMOOTH_L1_BETA):
+    """torch's smooth_l1_loss per element: 0.5 x^2 / beta where |x| < beta, else |x| - 0.5 beta."""
+    absolute = jnp.abs(x)
+    return jnp.where(absolute < beta, 0.5 * x * x / beta, absolute - 0.5 * beta)
+
+
+def binary_cross_entropy_with_logits(logits, targets):
+    """Per-element BCE, numerically stable as torch's: max(x, 0) - x t + log(1 + exp(-|x|))."""
+    return jnp.maximum(logits, 0.0) - logits * targets + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+
+
+def _masked_sum(values, mask):
+    return jnp.sum(jnp.where(mask, values, 0.0))
+
+
+def crop_mask_targets_batch(batch: dict, slots: dict, target_size: int) -> jax.Array:
+    """Default mask targets [B, Rm, T, T] from the batch's box-cropped GT masks (see targets.crop_mask_targets)."""
+    return jax.vmap(functools.partial(crop_mask_targets, target_size=target_size))(
+        batch["gt_masks"], batch["gt_boxes"], slots)
+
+
+MaskTargetsFn = Callable[[dict, dict, int], jax.Array]
+
+
+def detector_losses(model, spec: DetectorSpec, params, batch: dict, key: jax.Array,
+                    mask_targets_fn: MaskTargetsFn = crop_mask_targets_batch) -> tuple[dict, dict]:
+    """Losses and the samples they were computed on.
+
+    batch: the data pipeline's {"image" [B,Hc,Wc,3], "image_size" int32 [B,2], "gt_boxes" [B,M,4],
+    "gt_classes" int32 [B,M], "gt_masks" uint8 [B,M,Sm,Sm], "gt_valid" bool [B,M], "valid" bool [B]}
+    (examples with valid False contribute nothing). key: the step's sampling key.
+    mask_targets_fn(batch, mask_slots, T) -> [B, Rm, T, T]: how mask targets are made (parity tests
+    substitute torchvision's roi_align of full-image masks).
+    Returns (losses {LOSS_NAMES: scalar}, aux {"rpn": rpn_targets per image, "proposals" [B,P,4],
+    "proposal_valid" [B,P], "rois": roi_targets per image, "mask_slots": mask_slots per image}).
+    """
+    variables = {"params": params}
+    images = batch["image"]
+    batch_size = images.shape[0]
+    example_valid = batch["valid"]
+    gt_boxes = batch["gt_boxes"]
+    gt_valid = batch["gt_valid"] & example_valid[:, None]
+    rpn_key, roi_key = jax.random.split(key)
+
+    features = model.apply(variables, images, method="features")
+    objectness_levels, deltas_levels = model.apply(variables, features, method="rpn")
+    anchors, level_sizes = pyramid_anchors(spec, images.shape[1:3], [level.shape[1:3] for level in features])
+    objectness, rpn_deltas = flatten_rpn_outputs(objectness_levels, deltas_levels)
+
+    # RPN: sampled anchors' objectness and box regression.
+    rpn = jax.vmap(functools.partial(rpn_targets, anchors, sampler=spec.rpn_sampler, box_weights=spec.rpn_box_weights))(
+        gt_boxes, gt_valid, jax.random.split(rpn_key, batch_size))
+    rpn["valid"] = rpn["valid"] & example_valid[:, None]
+    rpn["positive"] = rpn["positive"] & rpn["valid"]
+    sampled_logits = jnp.take_along_axis(objectness, rpn["index"], axis=1)
+    sampled_deltas = jnp.take_along_axis(rpn_deltas, rpn["index"][..., None], axis=1)
+    num_anchors = jnp.maximum(jnp.sum(rpn["valid"]), 1)
+    losses = {
+        "loss_objectness": _masked_sum(
+            binary_cross_entropy_with_logits(sampled_logits, rpn["positive"].astype(jnp.float32)), rpn["valid"]
+        ) / num_anchors,
+        "loss_rpn_box_reg": _masked_sum(smooth_l1(sampled_deltas - rpn["box_targets"]), rpn["positive"][..., None])
+        / num_anchors,
+    }
+
+    # Proposals from the detached RPN outputs, then RoI sampling with the GT boxes appended.
+    propose = functools.partial(generate_proposals, anchors=anchors, level_sizes=level_sizes,
+                                proposal_spec=spec.train_proposals, box_weights=spec.rpn_box_weights)
+    proposals, _, proposal_valid = jax.vmap(lambda o, d, size: propose(o, d, image_size=size))(
+        jax.lax.stop_gradient(objectness), jax.lax.stop_gradient(rpn_deltas), batch["image_size"])
+    rois = jax.vmap(functools.partial(roi_targets, sampler=spec.roi_sampler, box_weights=spec.roi_box_weights))(
+        proposals, proposal_valid, gt_boxes, batch["gt_classes"], gt_valid, jax.random.split(roi_key, batch_size))
+    rois["valid"] = rois["valid"] & example_valid[:, None]
+    rois["positive"] = rois["positive"] & rois["valid"]
+    rois["boxes"] = jax.lax.stop_gradient(rois["boxes"])
+
+    # Box head on the sampled RoIs.
+    class_logits, box_deltas = model.apply(
+        variables, pool_rois(spec, features, rois["boxes"], spec.box_roi_size), method="box_head")
+    cross_entropy = jax.nn.logsumexp(class_logits, axis=-1) - jnp.take_along_axis(
+        class_logits, rois["classes"][..., None], axis=-1)[..., 0]
+    class_deltas = jnp.take_along_axis(box_deltas, rois["classes"][..., None, None], axis=2)[:, :, 0]
+    num_rois = jnp.maximum(jnp.sum(rois["valid"]), 1)
+    losses["loss_classifier"] = _masked_sum(cross_entropy, rois["valid"]) / num_rois
+    losses["loss_box_reg"] = _masked_sum(smooth_l1(class_deltas - rois["box_targets"]), rois["positive"][..., None]) / num_rois
+
+    # Mask head on the positive RoIs (fixed slots), GT-class channel only.
+    slots = jax.vmap(functools.partial(mask_slots, num_slots=spec.mask_rois_per_image))(rois)
+    mask_logits = model.apply(
+        variables, pool_rois(spec, features, slots["boxes"], spec.mask_roi_size), method="mask_head")
+    class_mask_logits = jnp.take_along_axis(mask_logits, slots["classes"][:, :, None, None, None], axis=-1)[..., 0]
+    mask_targets = jax.lax.stop_gradient(mask_targets_fn(batch, slots, spec.mask_target_size))
+    num_mask_pixels = jnp.maximum(jnp.sum(slots["valid"]), 1) * spec.mask_target_size**2
+    losses["loss_mask"] = _masked_sum(binary_cross_entropy_with_logits(class_mask_logits, mask_targets),
+                                      slots["valid"][..., None, None]) / num_mask_pixels
+
+    aux = {"rpn": rpn, "proposals": proposals, "proposal_valid": proposal_valid, "rois": rois, "mask_slots": slots}
+    return losses, aux
+
+
+def loss_metrics(losses: dict, aux: dict, batch: dict) -> dict:
+    """Scalars worth logging: each loss and per-image means of the sample counts."""
+    num_images = jnp.maximum(jnp.sum(batch["valid"]), 1)
+    rois = aux["rois"]
+    num_positive_rois = jnp.sum(rois["positive"])
+    return {
+        **losses,
+        "positive_anchors": jnp.sum(aux["rpn"]["positive"]) / num_images,
+        "sampled_anchors": jnp.sum(aux["rpn"]["valid"]) / num_images,
+        "positive_rois": num_positive_rois / num_images,
+        "sampled_rois": jnp.sum(rois["valid"]) / num_images,
+        "gt_per_image": jnp.sum(batch["gt_valid"] & batch["valid"][:, None]) / num_images,
+        "positive_roi_iou": _masked_sum(rois["iou"], rois["positive"]) / jnp.maximum(num_positive_rois, 1),
+    }
+
+
+def make_loss_fn(model, spec: DetectorSpec, mask_targets_fn: MaskTargetsFn = crop_mask_targets_batch):
+    """`loss_fn(params, batch, key) -> (total loss, metrics)` for the trainer (pure; jit it there).
+
+    metrics: the five losses, "loss" (their sum) and the sample counts of `loss_metrics`.
+    """
+
+    def loss_fn(params, batch, key):
+        losses, aux = detector_losses(model, spec, params, batch, key, mask_targets_fn)
+        total = sum(losses[name] for name in LOSS_NAMES)
+        return total, {"loss": total, **loss_metrics(losses, aux, batch)}
+
+    return loss_fn

@@ -1,0 +1,98 @@
+"""Training targets for one image (vmap over the batch): anchors and RoIs matched to the ground
+truth, balanced samples drawn, box and mask targets computed. No gradients flow through here.
+
+Legend: A anchors (all levels), M max GT instances, P proposals, N = P + M RoI candidates,
+S_rpn sampled anchors, R sampled RoIs, Rm mask slots, Sm cropped GT mask side, T mask target side.
+Boxes are xyxy pixels of the padded canvas.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from maskrcnn_jax.detector.spec import SamplerSpec
+from maskrcnn_jax.ops.boxes import box_iou, encode_boxes
+from maskrcnn_jax.ops.masks import mask_targets_from_crops
+from maskrcnn_jax.ops.matching import match_boxes
+from maskrcnn_jax.ops.sampling import sample_balanced
+
+
+def _matched_box_targets(gt_boxes, matched_gt, boxes, positive, box_weights):
+    """Deltas from `boxes` to their matched GT, zero where not positive (a background box may be
+    matched to a padding or empty GT, whose log-size delta is -inf)."""
+    deltas = encode_boxes(gt_boxes[matched_gt], boxes, box_weights)
+    return jnp.where(positive[:, None], deltas, 0.0)
+
+
+def rpn_targets(anchors, gt_boxes, gt_valid, key, sampler: SamplerSpec, box_weights) -> dict:
+    """Anchors matched to the GT (torchvision RPN: 0.7 / 0.3 with low-quality matches) and sampled.
+
+    anchors [A, 4]; gt_boxes [M, 4]; gt_valid bool [M]; key: the sampling key.
+    Returns {"index": int32 [S_rpn] sampled anchors, "positive": bool [S_rpn], "valid": bool [S_rpn],
+    "box_targets": [S_rpn, 4] (zero except for positives)}.
+    """
+    anchors = jnp.asarray(anchors)
+    iou = box_iou(gt_boxes, anchors)
+    matched_gt, labels = match_boxes(iou, gt_valid, sampler.foreground_iou, sampler.background_iou,
+                                     sampler.allow_low_quality_matches)
+    index, positive, valid = sample_balanced(key, labels, sampler.batch_size_per_image, sampler.positive_fraction)
+    positive = positive & valid
+    box_targets = _matched_box_targets(gt_boxes, matched_gt[index], anchors[index], positive, box_weights)
+    return {"index": index, "positive": positive, "valid": valid, "box_targets": box_targets}
+
+
+def roi_targets(proposals, proposal_valid, gt_boxes, gt_classes, gt_valid, key, sampler: SamplerSpec,
+                box_weights) -> dict:
+    """GT boxes appended to the proposals (as torchvision), matched (0.5 / 0.5, no low-quality
+    matches), and R = sampler.batch_size_per_image RoIs sampled, positives in the first slots.
+
+    proposals [P, 4] (no gradient); proposal_valid bool [P]; gt_boxes [M, 4]; gt_classes int32 [M]
+    (1..K-1); gt_valid bool [M]. Returns {"boxes": [R, 4], "valid": bool [R], "positive": bool [R],
+    "classes": int32 [R] (0 for background and padding), "matched_gt": int32 [R], "box_targets":
+    [R, 4] (zero except for positives), "iou": [R] IoU with the matched GT, "index": int32 [R]
+    candidate index (proposal p is p, GT m is P + m)}.
+    """
+    candidates = jnp.concatenate([proposals, gt_boxes])
+    candidate_valid = jnp.concatenate([proposal_valid, gt_valid])
+    iou = box_iou(gt_boxes, candidates)
+    matched_gt, labels = match_boxes(iou, gt_valid, sampler.foreground_iou, sampler.background_iou,
+                                     sampler.allow_low_quality_matches)
+    labels = jnp.where(candidate_valid, labels, -1)
+    index, positive, valid = sample_balanced(key, labels, sampler.batch_size_per_image, sampler.positive_fraction)
+    positive = positive & valid
+    boxes = candidates[index]
+    matched = matched_gt[index]
+    return {
+        "boxes": boxes,
+        "valid": valid,
+        "positive": positive,
+        "classes": jnp.where(positive, gt_classes[matched], 0),
+        "matched_gt": matched,
+        "box_targets": _matched_box_targets(gt_boxes, matched, boxes, positive, box_weights),
+        "iou": jnp.where(valid, jnp.max(iou, axis=0)[index], 0.0),
+        "index": index,
+    }
+
+
+def mask_slots(rois: dict, num_slots: int) -> dict:
+    """The first `num_slots` sampled RoIs, where `roi_targets` puts its positives: the mask branch's
+    inputs. Returns {"boxes": [Rm, 4], "valid": bool [Rm] (positive RoIs), "classes": int32 [Rm],
+    "matched_gt": int32 [Rm]}. Positives beyond num_slots (only when num_slots is below
+    batch_size_per_image x positive_fraction) get no mask loss."""
+    return {
+        "boxes": rois["boxes"][:num_slots],
+        "valid": rois["positive"][:num_slots],
+        "classes": rois["classes"][:num_slots],
+        "matched_gt": rois["matched_gt"][:num_slots],
+    }
+
+
+def crop_mask_targets(gt_masks, gt_boxes, slots: dict, target_size: int):
+    """Soft mask targets [Rm, T, T] in [0, 1] from the pipeline's box-cropped GT masks.
+
+    gt_masks uint8 [M, Sm, Sm] (each GT mask cropped to its box), gt_boxes [M, 4]; each slot's RoI
+    region of its matched GT's crop is resampled (zero outside the GT box). Padding slots give
+    arbitrary values; the loss masks them.
+    """
+    matched = slots["matched_gt"]
+    targets = mask_targets_from_crops(gt_masks[matched], gt_boxes[matched], slots["boxes"], target_size)
+    return jax.lax.stop_gradient(targets)
