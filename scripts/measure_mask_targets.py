@@ -1,14 +1,15 @@
 """How far ops.mask_targets_from_crops is from torchvision's mask targets on real COCO masks.
 
     .venv/bin/python scripts/measure_mask_targets.py [--data ../shared/data/coco_train2017_85] \
-        [--rois-per-gt 8] [--seed 0] [--output F.json]
+        [--rois-per-gt 8] [--seed 0] [--native-scale] [--output F.json]
 
-Each image is resized as torchvision trains (short side 800, long side at most 1333). Ours: the
-pipeline's 112x112 box crops (data.transforms.crop_masks_to_boxes of the original-resolution
-masks) resampled to 28x28 per RoI. torchvision's: the GT masks resized to the training scale as
-GeneralizedRCNNTransform does (nearest), then roi_align(mask, roi, 28, 1.0, sampling_ratio=-1,
-aligned=False). RoIs: each GT box itself (torchvision appends GT boxes to the proposals) and
-boxes jittered around it with IoU >= 0.5, clipped to the image, as positive proposals are.
+Each image is resized as torchvision trains (short side 800, long side at most 1333; with
+--native-scale not at all). Ours: the pipeline's 112x112 box crops (data.transforms.
+crop_masks_to_boxes of the original-resolution masks) resampled to 28x28 per RoI. torchvision's:
+the GT masks resized to the training scale as GeneralizedRCNNTransform does (legacy nearest), then
+roi_align(mask, roi, 28, 1.0, sampling_ratio=-1, aligned=False). RoIs: each GT box itself
+(torchvision appends GT boxes to the proposals) and boxes jittered around it with IoU >= 0.5,
+clipped to the image, as positive proposals are.
 Prints the mean, 99th percentile and max absolute difference per pixel and the mean IoU of the
 targets thresholded at 0.5, overall and per GT size (COCO small / medium / large by box area at the
 training scale), for ours with aligned=True (the default) and aligned=False, and for scale:
@@ -51,23 +52,25 @@ def jittered_rois(rng, box, count, height, width, min_iou=0.5):
     return np.stack(rois)
 
 
-def torchvision_full_masks(masks, height, width):
+def torchvision_full_masks(masks, scale, height, width):
     """GT masks uint8 [M, h, w] resized like GeneralizedRCNNTransform: float32 [M, height, width] (nearest)."""
-    scale = transforms.resize_scale(*masks.shape[1:], MIN_SIZE, MAX_SIZE)
     resized = torch.nn.functional.interpolate(
         torch.from_numpy(masks)[:, None].float(), scale_factor=scale, recompute_scale_factor=True)[:, 0]
     assert resized.shape[1:] == (height, width), (resized.shape, height, width)
     return resized
 
 
-def image_targets(record, rng, rois_per_gt):
+def image_targets(record, rng, rois_per_gt, native_scale=False):
     """Torchvision's targets and each candidate's for every kept GT of one record and its jittered RoIs.
 
+    native_scale: keep the image at its own size (torchvision's nearest mask resize is then the identity).
     Returns (torchvision's float32 [R, 28, 28], {candidate: float32 [R, 28, 28]}, GT box area [R]).
     """
     height, width = record["image"].shape[:2]
-    geometry = transforms.evaluation_geometry(height, width, canvas_size=(MAX_SIZE + 32, MAX_SIZE + 32),
-                                              min_size=MIN_SIZE, max_size=MAX_SIZE)
+    scale = 1.0 if native_scale else transforms.resize_scale(height, width, MIN_SIZE, MAX_SIZE)
+    resized_height, resized_width = transforms.scaled_shape(height, width, scale)
+    geometry = transforms.Geometry(height, width, resized_height, resized_width, 0, 0, resized_height, resized_width,
+                                   flip=False)
     boxes = transforms.transform_boxes(record["boxes"], geometry)
     kept = np.flatnonzero(np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) >= 1.0)  # as the pipeline
     boxes, masks = boxes[kept], record["masks"][kept]
@@ -75,7 +78,7 @@ def image_targets(record, rng, rois_per_gt):
     rois = np.concatenate([jittered_rois(rng, box, rois_per_gt, geometry.height, geometry.width) for box in boxes])
     gt_index = np.repeat(np.arange(len(boxes)), rois_per_gt)
 
-    full = torchvision_full_masks(masks, geometry.height, geometry.width)[:, None]
+    full = torchvision_full_masks(masks, scale, geometry.height, geometry.width)[:, None]
     indexed_rois = torch.from_numpy(np.concatenate([gt_index[:, None].astype(np.float32), rois], axis=1))
     size = (OUTPUT_SIZE, OUTPUT_SIZE)
     reference = torchvision.ops.roi_align(full, indexed_rois, size, 1.0, -1, False)[:, 0].numpy()
@@ -104,12 +107,12 @@ def summarize(ours, reference):
             "mean_iou_at_0.5": float(thresholded_iou(ours, reference).mean())}
 
 
-def measure(data_dir, rois_per_gt, seed):
+def measure(data_dir, rois_per_gt, seed, native_scale=False):
     """{candidate: {size bucket or "all": summary}} over every image with GT of the COCO folder `data_dir`."""
     source = CocoSource(data_dir / "annotations.json", data_dir / "images")
     rng = np.random.default_rng(seed)
-    results = [image_targets(record, rng, rois_per_gt) for record in map(source.__getitem__, range(len(source)))
-               if len(record["boxes"])]
+    records = (source[index] for index in range(len(source)))
+    results = [image_targets(record, rng, rois_per_gt, native_scale) for record in records if len(record["boxes"])]
     reference = np.concatenate([result[0] for result in results])
     areas = np.concatenate([result[2] for result in results])
     buckets = {"all": np.ones(len(areas), bool)}
@@ -128,9 +131,11 @@ def main():
     parser.add_argument("--data", type=pathlib.Path, default=default_data)
     parser.add_argument("--rois-per-gt", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--native-scale", action="store_true",
+                        help="no resize: compare at each image's own size (torchvision's mask resize does nothing)")
     parser.add_argument("--output", type=pathlib.Path)
     args = parser.parse_args()
-    summaries = measure(args.data, args.rois_per_gt, args.seed)
+    summaries = measure(args.data, args.rois_per_gt, args.seed, args.native_scale)
     for name, buckets in summaries.items():
         print(f"\n{name}, against torchvision's roi_align(sampling_ratio=-1, aligned=False)")
         print(f"{'GT size':8} {'RoIs':>6} {'mean |diff|':>12} {'p99 |diff|':>11} {'max |diff|':>11} {'IoU@0.5':>8}")

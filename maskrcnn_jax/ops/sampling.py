@@ -20,7 +20,7 @@ def sample_balanced(key, labels, num_samples, positive_fraction):
     Returns: indices int32 [S], is_positive bool [S], valid bool [S]. As torchvision,
       num_pos = min(int(S * positive_fraction), #positives) and num_neg = min(S - num_pos, #negatives);
       slots 0..num_pos-1 hold the sampled positives, the next num_neg the negatives, the rest are
-      invalid (index 0, is_positive False). Works for N < S.
+      invalid (index 0, is_positive False). Works for N < S (N >= 1).
     Each candidate gets one random 31-bit score; the top-scoring members of a class are a uniform
     subset of it (ties, about N^2 / 2^32 pairs, go to the lower index).
     """
