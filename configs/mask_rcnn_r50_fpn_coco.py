@@ -1,7 +1,10 @@
 """Mask R-CNN R50-FPN equivalent to torchvision's `maskrcnn_resnet50_fpn` (v1) for COCO.
 
 91 class slots (background + the 90 COCO category ids, as torchvision's COCO head); contiguous
-label i is COCO category id i. Training fields arrive with the training issue.
+label i is COCO category id i.
+
+    python scripts/convert_torchvision.py --config configs/mask_rcnn_r50_fpn_coco.py --input model.pth --output DIR
+    python scripts/predict.py --checkpoint DIR --output OUT photo.jpg    # the checkpoint holds this config
 """
 
 import ml_collections
@@ -17,7 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.backbone.stage_sizes = ()  # empty: derived from depth; set e.g. (1, 1, 1, 1) for a tiny net
     config.model.backbone.stem_width = 64
     # torchvision's COCO_V1 weights use FrozenBatchNorm eps = 0.0; a torchvision model built with
-    # weights=None (random or your own training) uses 1e-5.
+    # weights=None (random or your own training) uses 1e-5. The converter records the right one.
     config.model.backbone.bn_eps = 0.0
     config.model.fpn_channels = 256
     config.model.anchor_sizes = (32, 64, 128, 256, 512)  # one size per level P2..P6

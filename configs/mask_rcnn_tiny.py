@@ -2,19 +2,21 @@
 
 Same structure and prediction path as configs/mask_rcnn_r50_fpn_coco.py, a few thousand times
 cheaper; 5 class slots (background + 4), small images and few proposals / detections.
+
+    python scripts/predict.py --config configs/mask_rcnn_tiny.py --checkpoint DIR --output OUT IMAGE...
 """
 
 import pathlib
 
 import ml_collections
 
-from maskrcnn_jax.config_file import load_config
+from maskrcnn_jax.command_line import load_config_file
 
 BASE = pathlib.Path(__file__).with_name("mask_rcnn_r50_fpn_coco.py")
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = load_config(BASE)
+    config = load_config_file(BASE)
     config.model.num_classes = 5
     config.model.backbone.stage_sizes = (1, 1, 1, 1)
     config.model.backbone.stem_width = 8

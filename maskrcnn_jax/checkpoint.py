@@ -1,23 +1,119 @@
-"""Saving and loading a parameter tree with Orbax (the model's `params` collection only)."""
+"""Self-describing checkpoints: the parameters together with the model config and the class names.
 
+A checkpoint is a directory holding two entries:
+
+    DIR/metadata.json  {"config": the ml_collections config as JSON, "class_names": [K] names,
+                        index = label, index 0 "__background__"}
+    DIR/params/        the parameter tree (the model's `params` collection), an Orbax checkpoint
+                       written by ocp.StandardCheckpointer (or a CheckpointManager item named
+                       "params" saved with ocp.args.StandardSave)
+
+`save_checkpoint` writes one (the torchvision converter does). A trainer writes the same two entries
+into each step directory of an Orbax CheckpointManager, WORKDIR/checkpoints/<step>/: its item
+"params", then `save_metadata` once the step is saved, so that a step without metadata.json is
+never read. The readers (`load_checkpoint`, `load_params`, `load_metadata`) accept a checkpoint
+directory, a directory of numbered step directories, or a training workdir (its checkpoints/
+folder), and then read the latest step that has its metadata.json.
+
+JSON has no tuples: the config's sequences come back as tuples (configs use tuples, not lists).
+"""
+
+import json
 import os
+import pathlib
+from typing import Sequence
 
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+METADATA_FILE = "metadata.json"
+PARAMS_DIR = "params"
+STEPS_DIR = "checkpoints"  # in a training workdir
 
-def save_params(directory: str | os.PathLike, params: dict) -> None:
-    """Writes `params` (a nested dict of arrays) as an Orbax checkpoint; `directory` must not exist yet."""
+
+def _tuples(value):
+    """JSON lists back to the tuples a config holds, recursively."""
+    if isinstance(value, dict):
+        return {key: _tuples(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return tuple(_tuples(item) for item in value)
+    return value
+
+
+def save_metadata(directory: str | os.PathLike, config: ml_collections.ConfigDict, class_names: Sequence[str]) -> None:
+    """Writes DIR/metadata.json. class_names: [K] names, index = label, one per class slot of the model
+    (config.model.num_classes, background included)."""
+    class_names = [str(name) for name in class_names]
+    if len(class_names) != config.model.num_classes:
+        raise ValueError(
+            f"{len(class_names)} class names for a model with {config.model.num_classes} class slots "
+            "(give one name per slot, index 0 the background)"
+        )
+    metadata = {"config": json.loads(config.to_json()), "class_names": class_names}
+    pathlib.Path(directory, METADATA_FILE).write_text(json.dumps(metadata, indent=1) + "\n")
+
+
+def save_checkpoint(
+    directory: str | os.PathLike, params: dict, config: ml_collections.ConfigDict, class_names: Sequence[str]
+) -> None:
+    """Writes a checkpoint directory (the module docstring's layout); `directory` must not hold one already."""
+    directory = pathlib.Path(directory).absolute()
+    if (directory / PARAMS_DIR).exists() or (directory / METADATA_FILE).exists():
+        raise FileExistsError(f"{directory} already holds a checkpoint")
+    directory.mkdir(parents=True, exist_ok=True)
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(os.path.abspath(directory), params)
+    checkpointer.save(directory / PARAMS_DIR, params)
     checkpointer.wait_until_finished()
+    # Metadata last: a directory with metadata.json holds complete parameters.
+    save_metadata(directory, config, class_names)
 
 
-def load_params(directory: str | os.PathLike) -> dict:
-    """Reads a tree written by `save_params`; leaves come back as numpy arrays on the host."""
-    path = os.path.abspath(directory)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"no checkpoint directory at {path}")
-    restored = ocp.StandardCheckpointer().restore(path)
+def _step_directories(folder: pathlib.Path) -> list[pathlib.Path]:
+    """Numbered step directories of a CheckpointManager folder that have their metadata, oldest first."""
+    steps = [path for path in folder.iterdir() if path.name.isdigit() and (path / METADATA_FILE).is_file()]
+    return sorted(steps, key=lambda path: int(path.name))
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> pathlib.Path:
+    """The checkpoint directory that `path` names: itself if it holds metadata.json, else the latest
+    step of `path` (a folder of numbered steps) or of `path`/checkpoints (a training workdir)."""
+    path = pathlib.Path(path).absolute()
+    if (path / METADATA_FILE).is_file():
+        return path
+    for folder in (path, path / STEPS_DIR):
+        if folder.is_dir():
+            steps = _step_directories(folder)
+            if steps:
+                return steps[-1]
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    raise FileNotFoundError(
+        f"{path} is not a checkpoint: it has no {METADATA_FILE}, nor step directories with one "
+        "(a checkpoint written before checkpoints described themselves: convert the model again)"
+    )
+
+
+def load_metadata(path: str | os.PathLike) -> tuple[ml_collections.ConfigDict, tuple[str, ...]]:
+    """(config, class_names) of the checkpoint at `path` (see `resolve_checkpoint`); the config is unlocked."""
+    metadata = json.loads((resolve_checkpoint(path) / METADATA_FILE).read_text())
+    return ml_collections.ConfigDict(_tuples(metadata["config"])), tuple(metadata["class_names"])
+
+
+def load_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
+    """The model config stored with the checkpoint at `path`."""
+    return load_metadata(path)[0]
+
+
+def load_params(path: str | os.PathLike) -> dict:
+    """The parameter tree of the checkpoint at `path` (see `resolve_checkpoint`), as host numpy arrays."""
+    restored = ocp.StandardCheckpointer().restore(resolve_checkpoint(path) / PARAMS_DIR)
     return jax.tree_util.tree_map(np.asarray, restored)
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict, ml_collections.ConfigDict, tuple[str, ...]]:
+    """(params, config, class_names) of the checkpoint at `path`, all from the same step."""
+    directory = resolve_checkpoint(path)
+    config, class_names = load_metadata(directory)
+    return load_params(directory), config, class_names

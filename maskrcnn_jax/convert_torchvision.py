@@ -1,17 +1,35 @@
-"""torchvision `maskrcnn_resnet50_fpn` state_dict -> our parameter tree (numpy only; no torch import).
+"""torchvision `maskrcnn_resnet50_fpn` state_dict -> a self-describing checkpoint of our parameters.
 
 Every parameter our model expects is looked up under torchvision's name, its layout converted
 (OIHW conv -> HWIO, [out, in] linear -> [in, out], fc6's CHW flattening -> HWC, transposed-conv
 kernel flipped), and its shape checked. Both the current key names and the older ones that
 torchvision's own loader upgrades (e.g. `rpn.head.conv.weight`, `mask_head.mask_fcn1.weight`)
-are accepted.
+are accepted. Only `read_state_dict` needs torch (imported when it runs).
+
+BatchNorm eps is not stored in a state_dict, so the converter decides it and records it in the
+checkpoint's config (`model.backbone.bn_eps`):
+  * BatchNorm2d buffers (`num_batches_tracked`): a model built with weights=None (random, or
+    trained by you from scratch) normalises with eps 1e-5;
+  * FrozenBatchNorm2d buffers only: torchvision's pretrained COCO_V1 weights use eps 0.0; a model
+    fine-tuned from them with another eps needs it given explicitly.
 """
 
-from typing import Callable, Mapping
+import dataclasses
+import os
+from typing import Callable, Mapping, Sequence
 
+import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
+from maskrcnn_jax.checkpoint import save_checkpoint
+from maskrcnn_jax.coco_classes import COCO_CLASS_NAMES
+from maskrcnn_jax.models import build_model
+
 IGNORED_SUFFIXES = ("num_batches_tracked",)
+BATCHNORM2D_EPS = 1e-5  # torch.nn.BatchNorm2d's default
+COCO_V1_FROZEN_BN_EPS = 0.0  # torchvision's pretrained FrozenBatchNorm2d
 NORM_NAMES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
 # A state_dict from any Mask R-CNN has these; used to tell a wrong file from an incomplete one.
 SIGNATURE_KEYS = ("roi_heads.mask_predictor.mask_fcn_logits.weight", "rpn.head.cls_logits.weight")
@@ -146,3 +164,75 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], expected_params: di
     if problems:
         raise ConversionError("cannot convert the state_dict: " + " | ".join(problems))
     return unflatten_tree(converted)
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """torch.load(weights_only=True) -> {key: float32 numpy}; a {"model": state_dict} wrapper is unwrapped.
+
+    weights_only=True unpickles only tensors and plain containers, never arbitrary objects.
+    """
+    import torch  # only reading .pth files needs torch
+
+    if not os.path.isfile(path):
+        raise ConversionError(f"no file at {path}")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a non-checkpoint or unsafe pickle
+        raise ConversionError(f"{path} is not a torch state_dict readable with weights_only=True: {error}") from error
+    if isinstance(loaded, dict) and isinstance(loaded.get("model"), dict):
+        loaded = loaded["model"]
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise ConversionError(f"{path} does not hold a state_dict (a dict of tensors), but {type(loaded).__name__}")
+    return {key: value.detach().float().numpy() for key, value in loaded.items()}
+
+
+def batchnorm_eps(state_dict: Mapping[str, np.ndarray], bn_eps: float | None = None) -> tuple[float, str]:
+    """(eps, why) for the backbone's BatchNorm (see the module docstring); an explicit bn_eps wins."""
+    if bn_eps is not None:
+        return bn_eps, "as given"
+    if any(key.endswith("num_batches_tracked") for key in state_dict):
+        return BATCHNORM2D_EPS, "BatchNorm2d buffers (num_batches_tracked): a model built with weights=None"
+    return COCO_V1_FROZEN_BN_EPS, (
+        "FrozenBatchNorm2d buffers only: torchvision's COCO_V1 weights; a model fine-tuned with another eps needs --bn_eps"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Conversion:
+    """What `convert_torchvision_checkpoint` wrote."""
+
+    num_parameters: int
+    bn_eps: float
+    bn_eps_reason: str
+
+
+def convert_torchvision_checkpoint(
+    state_dict_path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    config: ml_collections.ConfigDict,
+    class_names: Sequence[str] | None = None,
+    bn_eps: float | None = None,
+) -> Conversion:
+    """Converts a torchvision Mask R-CNN .pth into a checkpoint directory (`maskrcnn_jax.checkpoint`)
+    holding the parameters, `config` with the BatchNorm eps decided by `batchnorm_eps`, and the class names.
+
+    class_names: [K] names, index = label, index 0 the background; by default COCO's for a 91-slot
+    model (torchvision's COCO head), required otherwise. Raises ConversionError (nothing written).
+    """
+    num_classes = config.model.num_classes
+    if class_names is None:
+        if num_classes != len(COCO_CLASS_NAMES):
+            raise ConversionError(f"a model with {num_classes} class slots needs its class names")
+        class_names = COCO_CLASS_NAMES
+    if len(class_names) != num_classes:
+        raise ConversionError(f"{len(class_names)} class names for a model with {num_classes} class slots")
+    state_dict = read_state_dict(state_dict_path)
+    eps, reason = batchnorm_eps(state_dict, bn_eps)
+    config = config.copy_and_resolve_references()
+    config.model.backbone.bn_eps = eps
+    model = build_model(config)
+    expected = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3), jnp.float32))["params"]
+    params = convert_state_dict(state_dict, expected, fpn_channels=config.model.fpn_channels)
+    save_checkpoint(output_dir, params, config, class_names)
+    count = sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
+    return Conversion(num_parameters=count, bn_eps=eps, bn_eps_reason=reason)

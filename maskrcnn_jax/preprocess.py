@@ -1,5 +1,8 @@
 """Host-side preprocessing for prediction: torchvision's GeneralizedRCNNTransform in numpy.
 
+Produces the one batch schema that prediction, evaluation and training read (the data pipeline's):
+"image", "image_size", "original_size".
+
 Legend: B batch, H W original image, h w resized image, Hc Wc canvas.
 """
 
@@ -42,15 +45,15 @@ def preprocess_batch(
 ) -> dict[str, np.ndarray]:
     """Preprocesses B images onto one canvas (the config's, or torchvision's padded batch size when None).
 
-    Returns {"images": float32 [B, Hc, Wc, 3], "image_sizes": int32 [B, 2] resized (h, w),
-    "original_sizes": int32 [B, 2] (H, W)}.
+    Returns {"image": float32 [B, Hc, Wc, 3], "image_size": int32 [B, 2] resized (h, w),
+    "original_size": int32 [B, 2] (H, W)}.
     """
     if canvas_size is None:
         shapes = [resized_shape(image.shape[0], image.shape[1], min_size, max_size) for image in images]
         canvas_size = padded_canvas_size(max(h for h, _ in shapes), max(w for _, w in shapes), size_divisible)
     padded, sizes = zip(*(preprocess_image(image, min_size, max_size, canvas_size) for image in images))
     return {
-        "images": np.stack(padded),
-        "image_sizes": np.asarray(sizes, np.int32),
-        "original_sizes": np.asarray([image.shape[:2] for image in images], np.int32),
+        "image": np.stack(padded),
+        "image_size": np.asarray(sizes, np.int32),
+        "original_size": np.asarray([image.shape[:2] for image in images], np.int32),
     }

@@ -1,6 +1,6 @@
 """End-to-end speed of our Mask R-CNN against torchvision's, same weights, same image, same threads.
 
-    python scripts/benchmark.py --task inference --against torchvision --size 800x1216 --output FILE.json
+    python scripts/benchmark.py --task=inference --against=torchvision --size=800x1216 --output=FILE.json
 
 inference: a seeded confident random torchvision `maskrcnn_resnet50_fpn` is converted to our
 parameters; one real photo is resized to exactly --size (so neither side rescales it) and both
@@ -13,63 +13,73 @@ includes torch and the torchvision model, which live in the same process).
 Writes {"jax_s", "torchvision_s", "ratio", "compile_s", "jax_peak_rss_mb", ...} and prints a table.
 """
 
-import argparse
 import json
 import os
 import pathlib
 import resource
 import statistics
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 from PIL import Image
 
-from maskrcnn_jax.config_file import load_config
+from maskrcnn_jax.command_line import define_config_flag, run
 from maskrcnn_jax.convert_torchvision import convert_state_dict
 from maskrcnn_jax.data.image_io import load_image
-from maskrcnn_jax.inference import make_predict_fn
+from maskrcnn_jax.detector import make_binary_mask_paster, make_predict_fn, spec_from_config
 from maskrcnn_jax.models import build_model
-from maskrcnn_jax.ops.masks import paste_masks_in_image
 from maskrcnn_jax.preprocess import preprocess_batch
-from maskrcnn_jax.torchvision_reference import confident_random_torchvision_maskrcnn
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the reference model is a test helper
+from torchvision_reference import confident_random_torchvision_maskrcnn  # noqa: E402
+
 DEFAULT_CONFIG = ROOT / "configs" / "mask_rcnn_r50_fpn_coco.py"
 DEFAULT_IMAGE = ROOT / ".." / "shared" / "data" / "coco_val2014_43" / "images" / "000000000042.jpg"
 
+_CONFIG = define_config_flag("model config file", default=str(DEFAULT_CONFIG))
+_TASK = flags.DEFINE_enum("task", None, ["inference"], "what to time", required=True)
+_AGAINST = flags.DEFINE_enum("against", "torchvision", ["torchvision"], "the reference implementation")
+_SIZE = flags.DEFINE_string("size", "800x1216", "HxW of the image fed to both models")
+_IMAGE = flags.DEFINE_string("image", str(DEFAULT_IMAGE), "photo resized to --size (default: a COCO val photo)")
+_RUNS = flags.DEFINE_integer("runs", 5, "timed runs per system after one warm-up")
+_THREADS = flags.DEFINE_integer("threads", os.cpu_count(), "torch threads; XLA:CPU uses all cores")
+_OUTPUT = flags.DEFINE_string("output", None, "JSON file for the figures", required=True)
 
-def benchmark_inference(args) -> dict:
+
+def benchmark_inference(config, size: str, image_path: str, runs: int, threads: int) -> dict:
     """Median seconds per image for our predict path and torchvision's, plus compile time and peak RSS."""
     import torch
 
-    torch.set_num_threads(args.threads)
-    height, width = (int(side) for side in args.size.split("x"))
-    image = np.asarray(Image.fromarray(load_image(args.image)).resize((width, height), Image.BILINEAR))
+    torch.set_num_threads(threads)
+    height, width = (int(side) for side in size.split("x"))
+    image = np.asarray(Image.fromarray(load_image(image_path)).resize((width, height), Image.BILINEAR))
     reference = confident_random_torchvision_maskrcnn(seed=0, min_size=min(height, width), max_size=max(height, width))
 
-    config = load_config(
-        args.config,
-        ["model.backbone.bn_eps=1e-5", f"input.min_size={min(height, width)}", f"input.max_size={max(height, width)}"],
-    )
+    config = config.copy_and_resolve_references()
+    config.model.backbone.bn_eps = 1e-5  # torchvision built with weights=None
+    config.input.min_size, config.input.max_size = min(height, width), max(height, width)
     model = build_model(config)
     expected = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))["params"]
     params = jax.device_put(convert_state_dict({k: v.numpy() for k, v in reference.state_dict().items()}, expected))
 
     batch = preprocess_batch([image], config.input.min_size, config.input.max_size, None, config.input.size_divisible)
     start = time.perf_counter()
-    predict = make_predict_fn(model, config).lower(params, batch["images"], batch["image_sizes"], batch["original_sizes"]).compile()
-    dummy_masks = jnp.zeros((config.test.detections_per_image, 28, 28))
-    paste = jax.jit(lambda masks, boxes: paste_masks_in_image(masks, boxes, height, width) > 0.5)
-    paste = paste.lower(dummy_masks, jnp.zeros((config.test.detections_per_image, 4))).compile()
+    predict = make_predict_fn(model, spec_from_config(config)).lower(params, batch).compile()
+    dummy_masks = jnp.zeros((1, config.test.detections_per_image, 28, 28))
+    paste = make_binary_mask_paster(height, width)
+    paste = paste.lower(dummy_masks, jnp.zeros((1, config.test.detections_per_image, 4))).compile()
     compile_s = time.perf_counter() - start
 
     def run_jax():
         inputs = preprocess_batch([image], config.input.min_size, config.input.max_size, None, config.input.size_divisible)
-        outputs = predict(params, inputs["images"], inputs["image_sizes"], inputs["original_sizes"])
-        masks = paste(outputs["masks"][0], outputs["boxes"][0])
-        return jax.device_get({"boxes": outputs["boxes"][0], "valid": outputs["valid"][0], "masks": masks})
+        outputs = predict(params, inputs)
+        masks = paste(outputs["masks"], outputs["boxes"])
+        return jax.device_get({"boxes": outputs["boxes"][0], "valid": outputs["valid"][0], "masks": masks[0]})
 
     def run_torchvision():
         with torch.no_grad():
@@ -77,7 +87,7 @@ def benchmark_inference(args) -> dict:
 
     ours, theirs = run_jax(), run_torchvision()  # warm-up
     jax_times, torchvision_times = [], []
-    for _ in range(args.runs):
+    for _ in range(runs):
         start = time.perf_counter()
         run_jax()
         jax_times.append(time.perf_counter() - start)
@@ -90,8 +100,8 @@ def benchmark_inference(args) -> dict:
     return {
         "task": "inference",
         "size": [height, width],
-        "threads": args.threads,
-        "runs": args.runs,
+        "threads": threads,
+        "runs": runs,
         "jax_s": jax_s,
         "torchvision_s": torchvision_s,
         "ratio": jax_s / torchvision_s,
@@ -121,23 +131,13 @@ def print_table(result: dict) -> None:
         print(f"{name:<{width}}  {value}")
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", required=True, choices=["inference"], help="what to time")
-    parser.add_argument("--against", default="torchvision", choices=["torchvision"], help="the reference implementation")
-    parser.add_argument("--size", default="800x1216", help="HxW of the image fed to both models (default %(default)s)")
-    parser.add_argument("--image", default=str(DEFAULT_IMAGE), help="photo resized to --size (default: a COCO val photo)")
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="model config (default %(default)s)")
-    parser.add_argument("--runs", type=int, default=5, help="timed runs per system after one warm-up (default %(default)s)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads; XLA:CPU uses all cores (default %(default)s)")
-    parser.add_argument("--output", required=True, help="JSON file for the figures")
-    args = parser.parse_args(argv)
-
-    if args.task == "inference":
-        result = benchmark_inference(args)
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    result = benchmark_inference(_CONFIG.value, _SIZE.value, _IMAGE.value, _RUNS.value, _THREADS.value)
     print_table(result)
-    pathlib.Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    pathlib.Path(_OUTPUT.value).write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

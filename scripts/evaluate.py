@@ -1,55 +1,48 @@
-"""COCO box and mask AP, of a model or of an existing COCO results file.
+r"""COCO box and mask AP, of a model or of an existing COCO results file.
 
 Score a model (writes coco_results.json, metrics.json, per_category_ap.json into --output and
 prints the throughput with its breakdown per stage):
-  python scripts/evaluate.py --config configs/mask_rcnn_r50_fpn_coco.py --checkpoint DIR \
-      --annotations A.json --images DIR --output DIR [--batch-size B] [--max-images N] [--set key=value]
-Score a results file from any system (several files are concatenated, e.g. a bbox and a segm file):
-  python scripts/evaluate.py --annotations A.json --results R.json --output DIR
-
-A checkpoint converted from a torchvision model built with weights=None needs
-`--set model.backbone.bn_eps=1e-5` (see scripts/convert_torchvision.py).
+  python scripts/evaluate.py --checkpoint DIR --annotations A.json --images IMAGE_DIR --output OUT \
+      [--batch_size=2] [--max_images=N] [--per_category] [--config FILE] [--config.key=value ...]
+The checkpoint brings its config (`--config` replaces it, `--config.key=value` changes a field);
+detections scoring above config.test.score_threshold (0.05) are scored, on config.input.canvas_size.
+Score results files from any system (several are concatenated, e.g. a bbox and a segm file):
+  python scripts/evaluate.py --annotations A.json --results R.json[,R2.json] --output OUT
 """
 
-import argparse
 import json
 import pathlib
 import sys
 import time
 
-import grain
 import jax
+from absl import app, flags
 
 from maskrcnn_jax.checkpoint import load_params
-from maskrcnn_jax.config_file import load_config
+from maskrcnn_jax.command_line import define_config_flag, run
 from maskrcnn_jax.data.coco import CocoSource
-from maskrcnn_jax.data.pipeline import evaluation_dataset
-from maskrcnn_jax.evaluation.coco_metrics import evaluate_results, load_coco_ground_truth
-from maskrcnn_jax.evaluation.evaluator import TIMING_STAGES, model_label_to_category_id, predict_coco_results
-from maskrcnn_jax.evaluation.mask_pasting import make_binary_mask_paster, pasted_canvas_size
-from maskrcnn_jax.inference import make_predict_fn
+from maskrcnn_jax.detector import make_predict_fn, spec_from_config
+from maskrcnn_jax.evaluation import (
+    evaluate_results,
+    evaluation_batches,
+    load_coco_ground_truth,
+    model_label_to_category_id,
+    pasted_canvas_size,
+    predict_coco_results,
+    warm_up,
+)
+from maskrcnn_jax.evaluation.evaluator import TIMING_STAGES
 from maskrcnn_jax.models import build_model
 
-
-def _parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--annotations", required=True, help="COCO instances json (the ground truth)")
-    parser.add_argument("--output", required=True, help="directory for metrics.json and the other outputs")
-    parser.add_argument("--results", nargs="+", help="COCO results json file(s) to score instead of a model")
-    parser.add_argument("--config", help="config file with get_config() (model mode)")
-    parser.add_argument("--checkpoint", help="Orbax params directory (model mode)")
-    parser.add_argument("--images", help="directory of the annotation file's images (model mode)")
-    parser.add_argument("--per-category", action="store_true", help="also print AP of every category")
-    parser.add_argument("--batch-size", type=int, default=2, help="images per predict call (model mode)")
-    parser.add_argument("--max-images", type=int, help="evaluate only the first N images (model mode)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
-    args = parser.parse_args(argv)
-    model_mode = args.config or args.checkpoint or args.images
-    if args.results and model_mode:
-        parser.error("give either --results or --config/--checkpoint/--images, not both")
-    if not args.results and not (args.config and args.checkpoint and args.images):
-        parser.error("give --results, or all of --config, --checkpoint and --images")
-    return args
+_CONFIG = define_config_flag("model config file (model mode; default: the checkpoint's)")
+_ANNOTATIONS = flags.DEFINE_string("annotations", None, "COCO instances json (the ground truth)", required=True)
+_OUTPUT = flags.DEFINE_string("output", None, "directory for metrics.json and the other outputs", required=True)
+_RESULTS = flags.DEFINE_list("results", None, "COCO results json file(s) to score instead of a model")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "checkpoint directory or training workdir (model mode)")
+_IMAGES = flags.DEFINE_string("images", None, "directory of the annotation file's images (model mode)")
+_PER_CATEGORY = flags.DEFINE_bool("per_category", False, "also print AP of every category")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 2, "images per predict call (model mode)")
+_MAX_IMAGES = flags.DEFINE_integer("max_images", None, "evaluate only the first N images (model mode)")
 
 
 def _read_results(paths) -> list:
@@ -78,43 +71,24 @@ def _report(scores, output_dir: pathlib.Path, per_category: bool) -> None:
     print(f"wrote {output_dir / 'metrics.json'}")
 
 
-def _evaluation_batches(args, config, source, coco_gt):
-    if args.max_images is not None:
-        source = grain.MapDataset.source(source)[: args.max_images]
-    # COCOeval reads the GT from the annotation file, but the pipeline pads it too: room for every
-    # instance means none is dropped (and logged as dropped).
-    max_instances = max([len(annotations) for annotations in coco_gt.imgToAnns.values()] + [1])
-    return evaluation_dataset(
-        source,
-        global_batch_size=args.batch_size,
-        canvas_size=tuple(config.input.canvas_size),
-        min_size=config.input.min_size,
-        max_size=config.input.max_size,
-        max_instances=max_instances,
-    ), len(source)
-
-
-def _predict_model(args, coco_gt) -> tuple:
+def _predict_model(config, coco_gt) -> tuple:
     """(COCO results, evaluated image ids, timings) of the model; prints the throughput breakdown."""
-    config = load_config(args.config, args.set)
-    model = build_model(config)
-    params = jax.device_put(load_params(args.checkpoint))
-    predict = make_predict_fn(model, config)
-    source = CocoSource(args.annotations, args.images)
+    params = jax.device_put(load_params(_CHECKPOINT.value))
+    predict = make_predict_fn(build_model(config), spec_from_config(config))
+    source = CocoSource(_ANNOTATIONS.value, _IMAGES.value)
     label_to_category_id = model_label_to_category_id(config.model.num_classes, source.label_to_category_id)
     canvas = pasted_canvas_size(coco_gt)
-    batches, num_images = _evaluation_batches(args, config, source, coco_gt)
-
-    # Compile predict and the paster on the first batch, so the timings below are steady-state.
+    batches, num_images = evaluation_batches(
+        source, coco_gt, batch_size=_BATCH_SIZE.value, canvas_size=config.input.canvas_size,
+        min_size=config.input.min_size, max_size=config.input.max_size, max_images=_MAX_IMAGES.value,
+    )
     start = time.perf_counter()
-    first = next(iter(batches))
-    outputs = predict(params, first["image"], first["image_size"], first["original_size"])
-    jax.block_until_ready(make_binary_mask_paster(*canvas)(outputs["masks"], outputs["boxes"]))
+    warm_up(predict, params, batches, canvas)
     compile_seconds = time.perf_counter() - start
 
     timings = {}
     results, image_ids = predict_coco_results(predict, params, batches, label_to_category_id, canvas, timings)
-    print(f"{num_images} images, batch {args.batch_size}, canvas {tuple(config.input.canvas_size)}, "
+    print(f"{num_images} images, batch {_BATCH_SIZE.value}, canvas {tuple(config.input.canvas_size)}, "
           f"paste canvas {canvas}, backend {jax.default_backend()}; compile + first batch {compile_seconds:.1f} s")
     if len(image_ids) < num_images:
         print(f"warning: {num_images - len(image_ids)} of {num_images} images could not be read (logged above) "
@@ -130,30 +104,36 @@ def _print_throughput(num_images: int, timings: dict) -> None:
         print(f"  {stage:>8s}: {seconds:8.2f} s  {1000 * seconds / num_images:8.1f} ms/image  {100 * seconds / total:5.1f} %")
 
 
-def main(argv=None) -> int:
-    args = _parse_args(argv)
-    coco_gt = load_coco_ground_truth(args.annotations)
-    output_dir = pathlib.Path(args.output)
-    if args.results:
-        results, image_ids, timings = _read_results(args.results), None, {}
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    model_mode = _CHECKPOINT.value or _IMAGES.value
+    if _RESULTS.value and model_mode:
+        raise app.UsageError("give either --results or --checkpoint and --images, not both")
+    if not _RESULTS.value and not (_CHECKPOINT.value and _IMAGES.value):
+        raise app.UsageError("give --results, or --checkpoint and --images")
+    coco_gt = load_coco_ground_truth(_ANNOTATIONS.value)
+    output_dir = pathlib.Path(_OUTPUT.value)
+    if _RESULTS.value:
+        results, image_ids, timings = _read_results(_RESULTS.value), None, {}
     else:
-        results, image_ids, timings = _predict_model(args, coco_gt)
+        results, image_ids, timings = _predict_model(_CONFIG.value, coco_gt)
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "coco_results.json").write_text(json.dumps(results))
     if not results:
         print("warning: the results hold no detections; every AP and AR is 0 (-1 where no GT)", file=sys.stderr)
     start = time.perf_counter()
     try:
-        scores = evaluate_results(coco_gt, results, iou_types=None if args.results else ("bbox", "segm"),
+        scores = evaluate_results(coco_gt, results, iou_types=None if _RESULTS.value else ("bbox", "segm"),
                                   image_ids=image_ids)
     except ValueError as error:
         raise SystemExit(f"error: {error}")
     timings["cocoeval"] = time.perf_counter() - start
-    _report(scores, output_dir, args.per_category)
+    _report(scores, output_dir, _PER_CATEGORY.value)
     if image_ids:
         _print_throughput(len(image_ids), timings)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main, config_from_checkpoint=True)

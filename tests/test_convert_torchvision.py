@@ -1,28 +1,36 @@
-"""The torchvision converter: a full round trip through Orbax, old key names, and clear errors."""
+"""The torchvision converter: layouts, a round trip through a checkpoint, old key names, the
+BatchNorm eps it records, and clear errors. (The script itself runs in test_predict_script.py.)"""
 
 import pathlib
-import runpy
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from maskrcnn_jax.checkpoint import load_params, save_params
-from maskrcnn_jax.config_file import load_config
-from maskrcnn_jax.convert_torchvision import ConversionError, convert_state_dict
+from maskrcnn_jax.checkpoint import load_checkpoint, save_checkpoint
+from maskrcnn_jax.coco_classes import COCO_CLASS_NAMES
+from maskrcnn_jax.command_line import load_config_file
+from maskrcnn_jax.convert_torchvision import (
+    ConversionError,
+    batchnorm_eps,
+    convert_state_dict,
+    convert_torchvision_checkpoint,
+)
 from maskrcnn_jax.models import build_model
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
-from maskrcnn_jax.torchvision_reference import confident_random_torchvision_maskrcnn  # noqa: E402
+from torchvision_reference import confident_random_torchvision_maskrcnn  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "mask_rcnn_r50_fpn_coco.py"
 
 
-def expected_params(overrides=()):
-    model = build_model(load_config(CONFIG, overrides))
+def expected_params(num_classes=91):
+    config = load_config_file(CONFIG)
+    config.model.num_classes = num_classes
+    model = build_model(config)
     return jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))["params"]
 
 
@@ -31,13 +39,7 @@ def state_dict():
     return {key: value.numpy() for key, value in confident_random_torchvision_maskrcnn(seed=3).state_dict().items()}
 
 
-def run_converter(*args: str) -> int:
-    """scripts/convert_torchvision.py main() in this process; returns its exit code."""
-    namespace = runpy.run_path(str(ROOT / "scripts" / "convert_torchvision.py"), run_name="converter")
-    return namespace["main"](list(args))
-
-
-def test_layouts_and_orbax_round_trip(state_dict, tmp_path):
+def test_layouts_and_checkpoint_round_trip(state_dict, tmp_path):
     params = convert_state_dict(state_dict, expected_params())
     # Spot-check each layout conversion against torchvision's tensors.
     np.testing.assert_array_equal(params["backbone"]["layer2"]["0"]["conv2"]["kernel"], state_dict["backbone.body.layer2.0.conv2.weight"].transpose(2, 3, 1, 0))
@@ -48,11 +50,13 @@ def test_layouts_and_orbax_round_trip(state_dict, tmp_path):
     deconv = state_dict["roi_heads.mask_predictor.conv5_mask.weight"]
     np.testing.assert_array_equal(params["mask_predictor"]["conv5_mask"]["kernel"][0, 1], deconv[:, :, 1, 0])
 
-    save_params(tmp_path / "checkpoint", params)
-    restored = load_params(tmp_path / "checkpoint")
+    config = load_config_file(CONFIG)
+    save_checkpoint(tmp_path / "checkpoint", params, config, COCO_CLASS_NAMES)
+    restored, restored_config, class_names = load_checkpoint(tmp_path / "checkpoint")
     assert jax.tree_util.tree_structure(restored) == jax.tree_util.tree_structure(params)
     for mine, theirs in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(params)):
         np.testing.assert_array_equal(mine, theirs)
+    assert restored_config == config and class_names == COCO_CLASS_NAMES
 
 
 def test_older_torchvision_key_names_are_accepted(state_dict):
@@ -79,24 +83,38 @@ def test_missing_and_unexpected_keys_are_named(state_dict):
 
 def test_shape_mismatch_names_the_key_and_the_shapes(state_dict):
     with pytest.raises(ConversionError, match=r"cls_score\.weight: torchvision shape \(91, 1024\).*model expects \(1024, 5\)"):
-        convert_state_dict(state_dict, expected_params(["model.num_classes=5"]))
+        convert_state_dict(state_dict, expected_params(num_classes=5))
 
 
-def test_script_rejects_a_classifier_state_dict(tmp_path, capsys):
+def test_batchnorm_eps_follows_the_buffers(state_dict):
+    # A model built with weights=None has BatchNorm2d, whose buffers include num_batches_tracked.
+    assert any(key.endswith("num_batches_tracked") for key in state_dict)
+    assert batchnorm_eps(state_dict)[0] == torch.nn.BatchNorm2d(3).eps == 1e-5
+    # torchvision's pretrained models use FrozenBatchNorm2d (no such buffer), eps 0.0 for COCO_V1.
+    frozen_keys = torchvision.ops.FrozenBatchNorm2d(3).state_dict().keys()
+    assert not any(key.endswith("num_batches_tracked") for key in frozen_keys)
+    frozen = {key: value for key, value in state_dict.items() if not key.endswith("num_batches_tracked")}
+    assert batchnorm_eps(frozen)[0] == 0.0
+    assert batchnorm_eps(frozen, bn_eps=1e-3) == (1e-3, "as given")
+
+
+def test_rejects_a_classifier_state_dict_and_writes_nothing(tmp_path):
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "resnet18.pth")
-    assert run_converter("--input", str(tmp_path / "resnet18.pth"), "--output", str(tmp_path / "out")) == 1
-    assert "not a torchvision Mask R-CNN state_dict" in capsys.readouterr().err
+    with pytest.raises(ConversionError, match="not a torchvision Mask R-CNN state_dict"):
+        convert_torchvision_checkpoint(tmp_path / "resnet18.pth", tmp_path / "out", load_config_file(CONFIG))
     assert not (tmp_path / "out").exists()
 
 
-def test_script_refuses_to_unpickle_arbitrary_objects(tmp_path, capsys):
+def test_refuses_to_unpickle_arbitrary_objects(tmp_path):
     torch.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "pickled_module.pth")  # a whole module, not tensors
-    assert run_converter("--input", str(tmp_path / "pickled_module.pth"), "--output", str(tmp_path / "out")) == 1
-    assert "weights_only=True" in capsys.readouterr().err
+    with pytest.raises(ConversionError, match="weights_only=True"):
+        convert_torchvision_checkpoint(tmp_path / "pickled_module.pth", tmp_path / "out", load_config_file(CONFIG))
 
 
-def test_help_says_which_eps_to_set(capsys):
-    with pytest.raises(SystemExit):
-        run_converter("--help")
-    text = capsys.readouterr().out
-    assert "eps = 0.0" in text and "model.backbone.bn_eps=1e-5" in text
+def test_a_head_other_than_cocos_needs_its_class_names(tmp_path):
+    config = load_config_file(CONFIG)
+    config.model.num_classes = 5
+    with pytest.raises(ConversionError, match="5 class slots needs its class names"):
+        convert_torchvision_checkpoint(tmp_path / "any.pth", tmp_path / "out", config)
+    with pytest.raises(ConversionError, match="3 class names for a model with 5 class slots"):
+        convert_torchvision_checkpoint(tmp_path / "any.pth", tmp_path / "out", config, ["__background__", "a", "b"])

@@ -1,32 +1,36 @@
 """evaluate_model's wiring (batches with padding, device paste at the original size, label mapping,
-image ids) against torchvision's paste + pycocotools, and the script's model mode."""
+image ids) against torchvision's paste + pycocotools, and the script's model mode from a checkpoint."""
 
-import importlib.util
 import json
 import pathlib
+import subprocess
+import sys
 
-import jax
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
 from conftest import shared_data_path
-from maskrcnn_jax.checkpoint import save_params
+from maskrcnn_jax.checkpoint import save_checkpoint
+from maskrcnn_jax.command_line import load_config_file
 from maskrcnn_jax.data.coco import CocoSource
 from maskrcnn_jax.data.pipeline import evaluation_dataset
-from maskrcnn_jax.evaluation.coco_metrics import STAT_NAMES, evaluate_results, load_coco_ground_truth
-from maskrcnn_jax.evaluation.evaluator import evaluate_model, model_label_to_category_id
-from maskrcnn_jax.evaluation.mask_pasting import make_binary_mask_paster, pasted_canvas_size
-from maskrcnn_jax.config_file import load_config
-from maskrcnn_jax.models import build_model, init_params
+from maskrcnn_jax.detector import make_binary_mask_paster
+from maskrcnn_jax.evaluation import (
+    STAT_NAMES,
+    evaluate_model,
+    evaluate_results,
+    load_coco_ground_truth,
+    model_label_to_category_id,
+    pasted_canvas_size,
+)
+from maskrcnn_jax.models import build_model
+from random_params import random_params
 
 torch = pytest.importorskip("torch")
 roi_heads = pytest.importorskip("torchvision.models.detection.roi_heads")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("evaluate_script", ROOT / "scripts" / "evaluate.py")
-evaluate_script = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(evaluate_script)
 
 NUM_IMAGES = 5
 MASK_SIZE = 28
@@ -47,9 +51,10 @@ class GroundTruthOracle:
             self.batch = batch
             yield batch
 
-    def predict(self, params, images, image_sizes, original_sizes):
+    def predict(self, params, inputs):
+        assert set(inputs) == {"image", "image_size", "original_size"}  # only what predict reads
         batch = self.batch
-        ratios = np.asarray(original_sizes, np.float32) / np.asarray(image_sizes, np.float32)
+        ratios = np.asarray(inputs["original_size"], np.float32) / np.asarray(inputs["image_size"], np.float32)
         boxes = batch["gt_boxes"] * np.stack([ratios[:, 1], ratios[:, 0]] * 2, axis=-1)[:, None, :]
         crops = batch["gt_masks"].astype(np.float32)
         b, m, size, _ = crops.shape
@@ -121,52 +126,26 @@ def test_label_mapping_for_torchvision_coco_head():
         model_label_to_category_id(10, coco_ids)
 
 
-TINY_MODEL = [
-    "model.backbone.stage_sizes=(1, 1, 1, 1)",
-    "model.backbone.stem_width=8",
-    "model.fpn_channels=16",
-    "model.representation_size=32",
-    "model.mask_head_channels=16",
-    "model.num_classes=21",  # labelme_voc3: 20 classes + background
-    "test.rpn_pre_nms_top_n=200",
-    "test.rpn_post_nms_top_n=100",
-    "test.detections_per_image=10",
-    "test.score_threshold=0.0",  # random weights: keep detections so the results are not empty
-    "input.min_size=128",
-    "input.max_size=192",
-    "input.canvas_size=(192, 192)",
-]
+def run_evaluate_script(*args: str) -> str:
+    result = subprocess.run([sys.executable, "scripts/evaluate.py", *args], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
 
 
-def _random_params(model) -> dict:
-    """Seeded random parameters of the model's shapes without compiling its init (slow on 2 cores):
-    He-scaled kernels, zero biases and identity FrozenBatchNorm statistics."""
-    rng = np.random.default_rng(0)
-    shapes = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
-
-    def fill(path, leaf):
-        name = path[-1].key
-        if name in ("scale", "var"):
-            return np.ones(leaf.shape, np.float32)
-        if name == "kernel":
-            return (rng.normal(size=leaf.shape) * np.sqrt(2.0 / np.prod(leaf.shape[:-1]))).astype(np.float32)
-        return np.zeros(leaf.shape, np.float32)
-
-    return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
-def test_script_model_mode_agrees_with_results_mode(tmp_path, capsys):
+def test_script_model_mode_agrees_with_results_mode(tmp_path):
     folder = shared_data_path("labelme_voc3")
-    config_file = ROOT / "configs" / "mask_rcnn_r50_fpn_coco.py"
-    config = load_config(config_file, TINY_MODEL)
-    save_params(tmp_path / "checkpoint", _random_params(build_model(config)))
-    overrides = [arg for override in TINY_MODEL for arg in ("--set", override)]
+    source = CocoSource(folder / "annotations.json", folder / "images")
+    config = load_config_file(ROOT / "configs" / "mask_rcnn_tiny.py")
+    config.model.num_classes = len(source.class_names)  # labelme_voc3: 20 classes + background
+    config.test.detections_per_image = 10
+    config.test.score_threshold = 0.0  # random weights: keep detections so the results are not empty
+    config.input.min_size, config.input.max_size, config.input.canvas_size = 128, 192, (192, 192)
+    save_checkpoint(tmp_path / "checkpoint", random_params(build_model(config)), config, source.class_names)
     annotations = ["--annotations", str(folder / "annotations.json")]
-    argv = ["--config", str(config_file), "--checkpoint", str(tmp_path / "checkpoint"), "--images",
-            str(folder / "images"), "--output", str(tmp_path / "model"), "--batch-size", "2"]
-    assert evaluate_script.main(argv + annotations + overrides) == 0
-    printed = capsys.readouterr().out
-    assert "images/s" in printed and "cocoeval" in printed
+    printed = run_evaluate_script("--checkpoint", str(tmp_path / "checkpoint"), "--images", str(folder / "images"),
+                                  "--output", str(tmp_path / "model"), "--batch_size=2", *annotations)
+    assert "images/s" in printed and "cocoeval" in printed and "canvas (192, 192)" in printed
 
     results = json.loads((tmp_path / "model" / "coco_results.json").read_text())
     images = {image["id"]: image for image in json.loads((folder / "annotations.json").read_text())["images"]}
@@ -177,6 +156,6 @@ def test_script_model_mode_agrees_with_results_mode(tmp_path, capsys):
         assert 1 <= r["category_id"] <= 20
     metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
 
-    assert evaluate_script.main(["--results", str(tmp_path / "model" / "coco_results.json"), "--output",
-                                 str(tmp_path / "rescored")] + annotations) == 0
+    run_evaluate_script("--results", str(tmp_path / "model" / "coco_results.json"), "--output",
+                        str(tmp_path / "rescored"), *annotations)
     assert json.loads((tmp_path / "rescored" / "metrics.json").read_text()) == metrics

@@ -19,19 +19,19 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from conftest import shared_data_path
-from maskrcnn_jax.config_file import load_config
+from maskrcnn_jax.command_line import load_config_file
 from maskrcnn_jax.convert_torchvision import convert_state_dict
 from maskrcnn_jax.data.coco import CocoSource
 from maskrcnn_jax.data.pipeline import evaluation_dataset
+from maskrcnn_jax.data.transforms import resized_shape
+from maskrcnn_jax.detector import make_predict_fn, spec_from_config
 from maskrcnn_jax.evaluation.coco_metrics import STAT_NAMES, evaluate_results
 from maskrcnn_jax.evaluation.evaluator import evaluate_model
-from maskrcnn_jax.inference import make_predict_fn
 from maskrcnn_jax.models import build_model
 from maskrcnn_jax.preprocess import padded_canvas_size
-from maskrcnn_jax.data.transforms import resized_shape
 
 torch = pytest.importorskip("torch")
-torchvision_reference = pytest.importorskip("maskrcnn_jax.torchvision_reference")
+torchvision_reference = pytest.importorskip("torchvision_reference")
 
 NUM_IMAGES = 4
 MIN_SIZE, MAX_SIZE = 320, 512
@@ -107,11 +107,10 @@ def both_evaluations():
     # canvas, so both systems see the same padded input.
     shapes = [resized_shape(*record["image"].shape[:2], MIN_SIZE, MAX_SIZE) for record in records]
     canvas = padded_canvas_size(max(h for h, _ in shapes), max(w for _, w in shapes))
-    config = load_config(CONFIG_FILE, [
-        "model.backbone.bn_eps=1e-5", f"input.min_size={MIN_SIZE}", f"input.max_size={MAX_SIZE}",
-        f"input.canvas_size={canvas}", f"test.rpn_post_nms_top_n={POST_NMS_TOP_N}",
-        f"test.detections_per_image={DETECTIONS_PER_IMAGE}",
-    ])
+    config = load_config_file(CONFIG_FILE)
+    config.model.backbone.bn_eps = 1e-5  # torchvision's BatchNorm2d (a model built with weights=None)
+    config.test.rpn_post_nms_top_n = POST_NMS_TOP_N
+    config.test.detections_per_image = DETECTIONS_PER_IMAGE
     model = build_model(config)
     expected_params = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 64, 64, 3), np.float32))["params"])
     params = convert_state_dict({k: v.numpy() for k, v in reference.state_dict().items()}, expected_params)
@@ -119,7 +118,8 @@ def both_evaluations():
     batches = evaluation_dataset(records, global_batch_size=3, canvas_size=canvas, min_size=MIN_SIZE,
                                  max_size=MAX_SIZE, max_instances=max(len(r["boxes"]) for r in records),
                                  shard_index=0, shard_count=1)
-    our_metrics = evaluate_model(make_predict_fn(model, config), params, batches, coco_gt, {i: i for i in range(1, 91)})
+    predict = make_predict_fn(model, spec_from_config(config))
+    our_metrics = evaluate_model(predict, params, batches, coco_gt, {i: i for i in range(1, 91)})
     return reference_metrics, our_metrics
 
 

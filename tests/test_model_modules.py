@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from maskrcnn_jax.config_file import load_config
-from maskrcnn_jax.inference import make_predict_fn
+from maskrcnn_jax.command_line import load_config_file
+from maskrcnn_jax.detector import make_predict_fn, spec_from_config
 from maskrcnn_jax.models import build_model, frozen_parameter_mask, init_params
 from maskrcnn_jax.models.fpn import upsample_nearest
 from maskrcnn_jax.models.resnet import FrozenBatchNorm, ResNet
@@ -54,7 +54,7 @@ def test_resnet101_has_torchvisions_parameter_count():
 
 
 def test_frozen_mask_matches_torchvision_trainable_layers_3():
-    params = jax.eval_shape(build_model(load_config(CONFIG)).init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))["params"]
+    params = jax.eval_shape(build_model(load_config_file(CONFIG)).init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))["params"]
     frozen = traverse_util.flatten_dict(frozen_parameter_mask(params, trainable_backbone_layers=3))
     body = torchvision.models.detection.backbone_utils._resnet_fpn_extractor(torchvision.models.resnet50(norm_layer=torchvision.ops.misc.FrozenBatchNorm2d), 3).body
     frozen_convs = {name for name, p in body.named_parameters() if not p.requires_grad}
@@ -66,7 +66,7 @@ def test_frozen_mask_matches_torchvision_trainable_layers_3():
 
 
 def test_parameter_tree_reads_like_torchvision():
-    params = jax.eval_shape(build_model(load_config(CONFIG)).init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))["params"]
+    params = jax.eval_shape(build_model(load_config_file(CONFIG)).init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))["params"]
     paths = {"/".join(path) for path in traverse_util.flatten_dict(params)}
     for path in ("backbone/layer1/0/conv1/kernel", "backbone/layer4/2/bn3/var", "fpn/inner_3/kernel", "rpn_head/cls_logits/bias",
                  "box_mlp/fc6/kernel", "box_predictor/bbox_pred/kernel", "mask_convs/mask_fcn4/kernel", "mask_predictor/conv5_mask/kernel"):
@@ -75,18 +75,20 @@ def test_parameter_tree_reads_like_torchvision():
 
 @pytest.fixture(scope="module")
 def tiny_predict():
-    config = load_config(TINY_CONFIG, ["test.score_threshold=0.0"])  # random weights: keep every detection
+    config = load_config_file(TINY_CONFIG)
+    config.test.score_threshold = 0.0  # random weights: keep every detection
     model = build_model(config)
-    return make_predict_fn(model, config), init_params(model, jax.random.key(0)), config
+    return make_predict_fn(model, spec_from_config(config)), init_params(model, jax.random.key(0)), config
 
 
 def test_predict_shapes_valid_padding_and_one_compile_per_canvas(tiny_predict):
     predict, params, config = tiny_predict
     rng = np.random.default_rng(0)
-    images = rng.normal(size=(2, 96, 128, 3)).astype(np.float32)
     image_sizes = np.asarray([[96, 128], [80, 100]], np.int32)
     original_sizes = np.asarray([[192, 256], [40, 50]], np.int32)
-    outputs = jax.device_get(predict(params, images, image_sizes, original_sizes))
+    batch = {"image": rng.normal(size=(2, 96, 128, 3)).astype(np.float32), "image_size": image_sizes,
+             "original_size": original_sizes}
+    outputs = jax.device_get(predict(params, batch))
     detections = config.test.detections_per_image
     assert outputs["boxes"].shape == (2, detections, 4)
     assert outputs["masks"].shape == (2, detections, 28, 28)
@@ -104,7 +106,7 @@ def test_predict_shapes_valid_padding_and_one_compile_per_canvas(tiny_predict):
         assert np.all(outputs["boxes"][b][~valid] == 0) and np.all(outputs["masks"][b][~valid] == 0)
         masks = outputs["masks"][b][valid]
         assert masks.min() >= 0 and masks.max() <= 1
-    predict(params, images + 1, image_sizes, original_sizes)
+    predict(params, dict(batch, image=batch["image"] + 1))
     assert predict._cache_size() == 1
-    predict(params, np.zeros((2, 64, 96, 3), np.float32), image_sizes // 2, original_sizes)
+    predict(params, dict(batch, image=np.zeros((2, 64, 96, 3), np.float32), image_size=image_sizes // 2))
     assert predict._cache_size() == 2

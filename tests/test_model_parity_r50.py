@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 
 from conftest import shared_data_path
-from maskrcnn_jax.config_file import load_config
+from maskrcnn_jax.command_line import load_config_file
 from maskrcnn_jax.convert_torchvision import convert_state_dict
 from maskrcnn_jax.data.image_io import load_image
-from maskrcnn_jax.inference import run_model
+from maskrcnn_jax.detector import make_binary_mask_paster, predict_with_intermediates, spec_from_config
 from maskrcnn_jax.models import build_model
 from maskrcnn_jax.preprocess import preprocess_batch
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
-from maskrcnn_jax.torchvision_reference import confident_random_torchvision_maskrcnn  # noqa: E402
+from torchvision_reference import confident_random_torchvision_maskrcnn  # noqa: E402
 
 MIN_SIZE, MAX_SIZE = 320, 512
 # Two photos of different orientation (landscape 640x427, portrait 381x500), so the batch pads both ways.
@@ -53,15 +53,14 @@ def outputs(request):
         masks_28 = [d["masks"][:, 0].numpy() for d in detections]
         detections = reference.transform.postprocess(detections, image_list.image_sizes, [i.shape[:2] for i in images])
 
-    config = load_config(
-        root / CONFIG, ["model.backbone.bn_eps=1e-5", f"input.min_size={MIN_SIZE}", f"input.max_size={MAX_SIZE}"]
-    )
-    model = build_model(config)
+    config = load_config_file(root / CONFIG)
+    config.model.backbone.bn_eps = 1e-5  # torchvision's BatchNorm2d (a model built with weights=None)
+    model, spec = build_model(config), spec_from_config(config)
     expected = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))["params"]
     params = convert_state_dict({k: v.numpy() for k, v in reference.state_dict().items()}, expected)
     batch = preprocess_batch(images, MIN_SIZE, MAX_SIZE, None)
-    run = jax.jit(lambda p, x, s, o: run_model(model, config, p, x, s, o))
-    ours, intermediates = jax.device_get(run(params, batch["images"], batch["image_sizes"], batch["original_sizes"]))
+    run = jax.jit(lambda p, b: predict_with_intermediates(model, spec, p, b))
+    ours, intermediates = jax.device_get(run(params, batch))
     return {
         "torch": {
             "images": image_list.tensors.numpy().transpose(0, 2, 3, 1),
@@ -80,9 +79,9 @@ def outputs(request):
 
 def test_preprocessing_matches_torchvision_transform(outputs):
     torch_side, batch = outputs["torch"], outputs["batch"]
-    np.testing.assert_array_equal(batch["image_sizes"], torch_side["image_sizes"])
-    assert batch["images"].shape == torch_side["images"].shape
-    np.testing.assert_allclose(batch["images"], torch_side["images"], atol=1e-5)
+    np.testing.assert_array_equal(batch["image_size"], torch_side["image_sizes"])
+    assert batch["image"].shape == torch_side["images"].shape
+    np.testing.assert_allclose(batch["image"], torch_side["images"], atol=1e-5)
 
 
 def test_fpn_features_within_1e4_relative(outputs):
@@ -143,15 +142,14 @@ def test_detections_match_boxes_classes_scores(outputs):
 
 
 def test_mask_probabilities_and_pasted_masks_match(outputs):
-    from maskrcnn_jax.ops.masks import paste_masks_in_image
-
     for b, theirs in enumerate(outputs["torch"]["detections"]):
         mine = our_detections(outputs, b)
         match = match_detections(theirs, mine)
         found = match >= 0
         np.testing.assert_allclose(mine["masks"][match[found]], outputs["torch"]["masks_28"][b][found], atol=1e-3)
         height, width = outputs["images"][b].shape[:2]
-        pasted = np.asarray(paste_masks_in_image(mine["masks"][match[found]], mine["boxes"][match[found]], height, width)) > 0.5
+        paste = make_binary_mask_paster(height, width)
+        pasted = np.asarray(paste(mine["masks"][match[found]][None], mine["boxes"][match[found]][None]))[0]
         reference = theirs["masks"][found, 0] > 0.5
         intersection = (pasted & reference).sum(axis=(1, 2))
         union = (pasted | reference).sum(axis=(1, 2))

@@ -32,10 +32,10 @@ def test_matches_generalized_rcnn_transform(shapes, min_size, max_size):
     images = [rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8) for h, w in shapes]
     expected_images, expected_sizes = torchvision_batch(images, min_size, max_size)
     batch = preprocess_batch(images, min_size, max_size, canvas_size=None)
-    np.testing.assert_array_equal(batch["image_sizes"], expected_sizes)
-    np.testing.assert_array_equal(batch["original_sizes"], np.asarray(shapes))
-    assert batch["images"].shape == expected_images.shape
-    np.testing.assert_allclose(batch["images"], expected_images, atol=1e-5)
+    np.testing.assert_array_equal(batch["image_size"], expected_sizes)
+    np.testing.assert_array_equal(batch["original_size"], np.asarray(shapes))
+    assert batch["image"].shape == expected_images.shape
+    np.testing.assert_allclose(batch["image"], expected_images, atol=1e-5)
 
 
 def test_fixed_canvas_pads_further_with_zeros_and_rejects_small_canvases():
@@ -43,9 +43,9 @@ def test_fixed_canvas_pads_further_with_zeros_and_rejects_small_canvases():
     expected, _ = torchvision_batch([image], 320, 512)
     batch = preprocess_batch([image], 320, 512, canvas_size=(512, 512))
     height, width = expected.shape[1:3]
-    assert batch["images"].shape == (1, 512, 512, 3)
-    np.testing.assert_allclose(batch["images"][:, :height, :width], expected, atol=1e-5)
-    assert not batch["images"][:, height:].any() and not batch["images"][:, :, width:].any()
+    assert batch["image"].shape == (1, 512, 512, 3)
+    np.testing.assert_allclose(batch["image"][:, :height, :width], expected, atol=1e-5)
+    assert not batch["image"][:, height:].any() and not batch["image"][:, :, width:].any()
     assert padded_canvas_size(341, 512) == (352, 512)
     with pytest.raises(ValueError, match="does not fit the canvas"):
         preprocess_batch([image], 320, 512, canvas_size=(256, 512))

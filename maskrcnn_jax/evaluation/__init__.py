@@ -8,7 +8,14 @@ from maskrcnn_jax.evaluation.coco_metrics import (
     validate_results,
 )
 from maskrcnn_jax.evaluation.coco_results import encode_binary_masks, image_detections_to_coco, xyxy_to_xywh
-from maskrcnn_jax.evaluation.evaluator import evaluate_model, model_label_to_category_id, predict_coco_results
+from maskrcnn_jax.evaluation.evaluator import (
+    evaluate_model,
+    evaluation_batches,
+    model_label_to_category_id,
+    pasted_canvas_size,
+    predict_coco_results,
+    warm_up,
+)
 
 __all__ = [
     "CocoScores",
@@ -16,10 +23,13 @@ __all__ = [
     "encode_binary_masks",
     "evaluate_model",
     "evaluate_results",
+    "evaluation_batches",
     "image_detections_to_coco",
     "load_coco_ground_truth",
     "model_label_to_category_id",
+    "pasted_canvas_size",
     "predict_coco_results",
     "validate_results",
+    "warm_up",
     "xyxy_to_xywh",
 ]

@@ -6,12 +6,14 @@ Shapes: B batch, Hc Wc the input canvas, D detections per image, S mask size (28
 
 import time
 
+import grain
 import jax
 import numpy as np
 
+from maskrcnn_jax.data.pipeline import evaluation_dataset
+from maskrcnn_jax.detector import make_binary_mask_paster, prediction_inputs
 from maskrcnn_jax.evaluation.coco_metrics import evaluate_results
 from maskrcnn_jax.evaluation.coco_results import image_detections_to_coco
-from maskrcnn_jax.evaluation.mask_pasting import make_binary_mask_paster, pasted_canvas_size
 
 # Seconds spent in each stage, the keys of the `timings` dicts below.
 TIMING_STAGES = ("data", "model", "paste", "rle", "cocoeval")
@@ -35,6 +37,51 @@ def model_label_to_category_id(num_model_classes: int, dataset_label_to_category
     )
 
 
+def pasted_canvas_size(coco_gt) -> tuple:
+    """(Hc, Wc): the largest height and the largest width among the images of a COCO index: one
+    paste canvas (one compile) for every image, each image's masks its top-left corner."""
+    images = coco_gt.dataset["images"]
+    return max(image["height"] for image in images), max(image["width"] for image in images)
+
+
+def evaluation_batches(
+    source,
+    coco_gt,
+    *,
+    batch_size: int,
+    canvas_size: tuple[int, int],
+    min_size: int,
+    max_size: int,
+    max_images: int | None = None,
+):
+    """(grain dataset of fixed-shape evaluation batches, number of images) over `source` (or its first
+    max_images). Batches carry the predict schema ("image", "image_size", "original_size") plus
+    "image_id" and "valid"; canvas_size, min_size and max_size as config.input."""
+    if max_images is not None:
+        source = grain.MapDataset.source(source)[:max_images]
+    # COCOeval reads the GT from the annotation file, but the pipeline pads it too: room for every
+    # instance means none is dropped (and logged as dropped).
+    max_instances = max([len(annotations) for annotations in coco_gt.imgToAnns.values()] + [1])
+    dataset = evaluation_dataset(
+        source,
+        global_batch_size=batch_size,
+        canvas_size=tuple(canvas_size),
+        min_size=min_size,
+        max_size=max_size,
+        max_instances=max_instances,
+    )
+    return dataset, len(source)
+
+
+def warm_up(predict_fn, params, batches, paste_canvas_size: tuple | None) -> None:
+    """Compiles predict and the mask paster on the first batch, so that later timings are steady-state."""
+    batch = next(iter(batches))
+    outputs = predict_fn(params, prediction_inputs(batch))
+    if paste_canvas_size is not None:
+        outputs = make_binary_mask_paster(*paste_canvas_size)(outputs["masks"], outputs["boxes"])
+    jax.block_until_ready(outputs)
+
+
 def predict_coco_results(
     predict_fn,
     params,
@@ -45,9 +92,10 @@ def predict_coco_results(
 ) -> tuple:
     """Runs the model over `batches` and returns (COCO results list, list of evaluated image ids).
 
-    predict_fn: jitted predict(params, images [B,Hc,Wc,3], image_sizes int32 [B,2], original_sizes
-      int32 [B,2]) -> {"boxes" [B,D,4] xyxy original pixels, "scores" [B,D], "classes" [B,D] labels
-      1..K, "masks" [B,D,S,S] probabilities, "valid" [B,D]}.
+    predict_fn: jitted predict(params, batch {"image" [B,Hc,Wc,3], "image_size" int32 [B,2],
+      "original_size" int32 [B,2]}) -> {"boxes" [B,D,4] xyxy original pixels, "scores" [B,D],
+      "classes" [B,D] labels 1..K, "masks" [B,D,S,S] probabilities, "valid" [B,D]}
+      (`maskrcnn_jax.detector.make_predict_fn`); it gets only those three keys of each batch.
     batches: iterable of dicts with "image" [B,Hc,Wc,3], "image_size" [B,2], "original_size" [B,2],
       "image_id" [B], "valid" [B] (False for the padding examples of the last batch).
     paste_canvas_size: (height, width) at least as large as every original image, or None for
@@ -70,9 +118,7 @@ def predict_coco_results(
             break
 
         start = time.perf_counter()
-        predictions = jax.block_until_ready(
-            predict_fn(params, batch["image"], batch["image_size"], batch["original_size"])
-        )
+        predictions = jax.block_until_ready(predict_fn(params, prediction_inputs(batch)))
         timings["model"] = timings.get("model", 0.0) + time.perf_counter() - start
 
         start = time.perf_counter()
