@@ -1,0 +1,147 @@
+"""The jitted train step on 8 fake CPU devices against one device, and the non-finite guard.
+
+One subprocess (the device count is fixed at jax's first use) builds the tiny shapes model, takes
+two real batches of global size 8 from the pipeline, and runs the same two steps on a mesh of all
+8 devices and on a mesh of one device from the same initial state; then a batch with a NaN image
+goes through the 8-device step. The test compares what it saved.
+"""
+
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+SCRIPT = textwrap.dedent("""
+    import importlib.util, sys
+    import jax, numpy as np
+    from maskrcnn_jax.data import global_batch
+    from maskrcnn_jax.models import build_model, frozen_parameter_mask, init_params
+    from maskrcnn_jax.training import data as data_lib, mesh as mesh_lib, state as state_lib
+    from maskrcnn_jax.training.loss import make_loss_fn
+    from maskrcnn_jax.training.optimizer import learning_rate_schedule, update_direction
+    from maskrcnn_jax.training.step import make_train_step
+
+    workdir, output = sys.argv[1], sys.argv[2]
+    assert jax.device_count() == 8
+    spec = importlib.util.spec_from_file_location("config", "configs/shapes_tiny.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.train.global_batch_size = 8
+    config.data.shapes.num_train_images = 24
+
+    source = data_lib.training_source(config, workdir)
+    batches = data_lib.training_iterator(config, source)
+    host_batches = [next(batches) for _ in range(3)]
+    host_batches[2]["image"][3, 10, 10, 0] = np.nan
+
+    model = build_model(config)
+    init = lambda key: init_params(model, key)
+    frozen = frozen_parameter_mask(jax.eval_shape(init, jax.random.key(0)), 3)
+    optimizer = update_direction(frozen, momentum=0.9, weight_decay=1e-4)
+    learning_rate = learning_rate_schedule(base_learning_rate=0.02, num_steps=10)
+    initialize = state_lib.make_state_initializer(init, optimizer)
+    loss_fn = make_loss_fn(config)
+
+    results = {}
+    meshes = {"eight": mesh_lib.make_mesh(), "one": mesh_lib.make_mesh(jax.devices()[:1])}
+    initial = None
+    for name, mesh in meshes.items():
+        abstract = state_lib.abstract_train_state(initialize, mesh)
+        if initial is None:
+            state = state_lib.create_train_state(initialize, 0, mesh)
+            initial = jax.device_get(state)
+        else:
+            state = jax.device_put(initial, jax.tree.map(lambda leaf: leaf.sharding, abstract))
+        train_step = make_train_step(loss_fn, optimizer, learning_rate, frozen, abstract, mesh)
+        losses = []
+        for host in host_batches[:2]:
+            state, metrics = train_step(state, global_batch(host, mesh))
+            losses.append([float(metrics[key]) for key in sorted(metrics)])
+        results[name] = jax.device_get(state)
+        results[name + "_losses"] = np.array(losses)
+        results[name + "_devices"] = len(state.params["fpn"]["inner_0"]["kernel"].sharding.device_set)
+        if name == "eight":
+            before = jax.device_get(state)
+            state, metrics = train_step(state, global_batch(host_batches[2], mesh))
+            results["nan"] = {"before": before, "after": jax.device_get(state),
+                              "skipped": int(metrics["skipped"]), "loss": float(metrics["loss"])}
+            results["compilations"] = train_step._cache_size()
+
+    flat = {}
+    for name in ("eight", "one"):
+        for path, leaf in jax.tree_util.tree_leaves_with_path(results[name].params):
+            flat[f"{name}/params/{jax.tree_util.keystr(path)}"] = leaf
+        flat[f"{name}/losses"] = results[name + "_losses"]
+        flat[f"{name}/devices"] = results[name + "_devices"]
+        flat[f"{name}/step"] = results[name].step
+    flat["initial/step"] = initial.step
+    for path, leaf in jax.tree_util.tree_leaves_with_path(initial.params):
+        flat[f"initial/params/{jax.tree_util.keystr(path)}"] = leaf
+    nan = results["nan"]
+    for part in ("before", "after"):
+        for path, leaf in jax.tree_util.tree_leaves_with_path(nan[part]):
+            flat[f"nan_{part}/{jax.tree_util.keystr(path)}"] = leaf
+    flat["nan/skipped"], flat["nan/loss"] = nan["skipped"], nan["loss"]
+    flat["eight/compilations"] = results["compilations"]
+    for path, leaf in jax.tree_util.tree_leaves_with_path(frozen):
+        flat[f"frozen/{jax.tree_util.keystr(path)}"] = leaf
+    np.savez(output, **flat)
+    print("ok")
+""")
+
+
+@pytest.fixture(scope="module")
+def device_run(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("devices")
+    output = directory / "results.npz"
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    process = subprocess.run([sys.executable, "-c", SCRIPT, str(directory / "workdir"), str(output)], cwd=REPO,
+                             env=env, capture_output=True, text=True, timeout=600)
+    assert process.returncode == 0 and process.stdout.strip().endswith("ok"), process.stderr[-4000:]
+    with np.load(output) as saved:
+        return dict(saved)
+
+
+def _params(results: dict, prefix: str) -> dict:
+    return {key[len(prefix):]: value for key, value in results.items() if key.startswith(prefix)}
+
+
+def test_eight_devices_give_the_losses_and_parameters_of_one_device(device_run):
+    assert int(device_run["eight/devices"]) == 8 and int(device_run["one/devices"]) == 1
+    assert int(device_run["eight/step"]) == int(device_run["one/step"]) == 2
+    np.testing.assert_allclose(device_run["eight/losses"], device_run["one/losses"], rtol=1e-5)
+    initial = _params(device_run, "initial/params/")
+    eight, one = _params(device_run, "eight/params/"), _params(device_run, "one/params/")
+    assert eight.keys() == one.keys() == initial.keys() and len(eight) > 50
+    frozen = _params(device_run, "frozen/")
+    assert 0 < sum(map(bool, frozen.values())) < len(frozen)
+    for name in eight:
+        np.testing.assert_allclose(eight[name], one[name], rtol=1e-5, atol=1e-7, err_msg=name)
+        update_eight, update_one = eight[name] - initial[name], one[name] - initial[name]
+        if frozen[name]:
+            assert not update_eight.any() and not update_one.any(), name
+        else:
+            # The updates themselves agree, relative to the largest update of the leaf.
+            scale = np.abs(update_one).max()
+            assert scale > 0, name
+            np.testing.assert_allclose(update_eight, update_one, rtol=0, atol=1e-4 * scale, err_msg=name)
+
+
+def test_nan_batch_on_devices_is_skipped_with_parameters_and_optimizer_state_unchanged(device_run):
+    assert int(device_run["nan/skipped"]) == 1 and np.isnan(device_run["nan/loss"])
+    before, after = _params(device_run, "nan_before/"), _params(device_run, "nan_after/")
+    assert before.keys() == after.keys()
+    for name in before:
+        if name == ".step":
+            assert int(after[name]) == int(before[name]) + 1  # the batch is consumed
+        else:
+            np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+    assert any(name.startswith(".opt_state") for name in before)
+    assert int(device_run["eight/compilations"]) == 1  # one compile for every step, the NaN batch included
