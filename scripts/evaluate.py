@@ -29,7 +29,9 @@ from maskrcnn_jax.evaluation import (
     model_label_to_category_id,
     pasted_canvas_size,
     predict_coco_results,
+    read_results_files,
     warm_up,
+    write_scores,
 )
 from maskrcnn_jax.evaluation.evaluator import TIMING_STAGES
 from maskrcnn_jax.models import build_model
@@ -45,29 +47,13 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 2, "images per predict call (mo
 _MAX_IMAGES = flags.DEFINE_integer("max_images", None, "evaluate only the first N images (model mode)")
 
 
-def _read_results(paths) -> list:
-    results = []
-    for path in paths:
-        try:
-            with open(path) as f:
-                loaded = json.load(f)
-        except (OSError, json.JSONDecodeError) as error:
-            raise SystemExit(f"error: cannot read results file {path}: {error}")
-        if not isinstance(loaded, list):
-            raise SystemExit(f"error: {path} is not a COCO results file (a json list of detections)")
-        results.extend(loaded)
-    return results
-
-
 def _report(scores, output_dir: pathlib.Path, per_category: bool) -> None:
     for iou_type, table in scores.tables.items():
         print(f"IoU metric: {iou_type}\n{table}")
         if per_category:
             for name, ap in scores.per_category_ap[iou_type].items():
                 print(f"  {iou_type} AP {name:>20s}: {ap:.4f}")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "metrics.json").write_text(json.dumps(scores.metrics, indent=1))
-    (output_dir / "per_category_ap.json").write_text(json.dumps(scores.per_category_ap, indent=1))
+    write_scores(scores, output_dir)
     print(f"wrote {output_dir / 'metrics.json'}")
 
 
@@ -115,7 +101,10 @@ def main(argv: list[str]) -> int:
     coco_gt = load_coco_ground_truth(_ANNOTATIONS.value)
     output_dir = pathlib.Path(_OUTPUT.value)
     if _RESULTS.value:
-        results, image_ids, timings = _read_results(_RESULTS.value), None, {}
+        try:
+            results, image_ids, timings = read_results_files(_RESULTS.value), None, {}
+        except ValueError as error:
+            raise SystemExit(f"error: {error}")
     else:
         results, image_ids, timings = _predict_model(_CONFIG.value, coco_gt)
         output_dir.mkdir(parents=True, exist_ok=True)

@@ -2,23 +2,25 @@
 
 import contextlib
 import copy
-import importlib.util
 import io
 import json
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from pycocotools.cocoeval import COCOeval
 
-from maskrcnn_jax.evaluation.coco_metrics import STAT_NAMES, evaluate_results, load_coco_ground_truth
+from maskrcnn_jax.evaluation.coco_metrics import (
+    STAT_NAMES,
+    evaluate_results,
+    load_coco_ground_truth,
+    read_results_files,
+)
 from conftest import shared_data_path
 
-# scripts/ is not a package: load the script as a module to call its main().
-_SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "evaluate.py"
-_spec = importlib.util.spec_from_file_location("evaluate_script", _SCRIPT)
-evaluate_script = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(evaluate_script)
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _load_json(path):
@@ -131,35 +133,40 @@ def test_asking_segm_of_box_only_results_is_a_clear_error(tiny_gt, tiny_folder):
         evaluate_results(tiny_gt, boxes_only, iou_types=("bbox", "segm"))
 
 
-def test_script_results_mode_writes_metrics_json(tiny_folder, tmp_path, capsys):
+def test_results_files_are_concatenated_and_unreadable_ones_named(tiny_gt, tiny_folder, tmp_path):
+    detections = _load_json(tiny_folder / "dt.json")
     expected = _load_json(tiny_folder / "expected.json")
-    boxes_only = [{k: v for k, v in d.items() if k != "segmentation"} for d in _load_json(tiny_folder / "dt.json")]
-    (tmp_path / "boxes.json").write_text(json.dumps(boxes_only))
-    argv = ["--annotations", str(tiny_folder / "gt.json"), "--output", str(tmp_path / "out")]
+    # A bbox file and a segm file, as detectron2 writes them, score as one list.
+    (tmp_path / "boxes.json").write_text(json.dumps([{k: v for k, v in d.items() if k != "segmentation"} for d in detections]))
+    (tmp_path / "masks.json").write_text(json.dumps([{k: v for k, v in d.items() if k != "bbox"} for d in detections]))
+    boxes_only = read_results_files([tmp_path / "boxes.json"])
+    assert set(evaluate_results(tiny_gt, boxes_only).metrics) == {"bbox"}
+    both = evaluate_results(tiny_gt, read_results_files([tmp_path / "boxes.json", tmp_path / "masks.json"])).metrics
+    for iou_type in ("bbox", "segm"):
+        _assert_stats_equal(both[iou_type], expected[iou_type])
 
-    assert evaluate_script.main(argv + ["--results", str(tiny_folder / "dt.json"), "--per-category"]) == 0
+    (tmp_path / "truncated.json").write_text('[{"image_id": 139, ')
+    with pytest.raises(ValueError, match="cannot read results file .*truncated.json"):
+        read_results_files([tmp_path / "truncated.json"])
+    (tmp_path / "dict.json").write_text("{}")
+    with pytest.raises(ValueError, match="dict.json is not a COCO results file"):
+        read_results_files([tmp_path / "dict.json"])
+
+
+def test_script_results_mode_writes_metrics_json(tiny_folder, tmp_path):
+    expected = _load_json(tiny_folder / "expected.json")
+    command = [sys.executable, "scripts/evaluate.py", "--annotations", str(tiny_folder / "gt.json"),
+               "--output", str(tmp_path / "out"), "--results", str(tiny_folder / "dt.json"), "--per_category"]
+    printed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=True).stdout
     metrics = _load_json(tmp_path / "out" / "metrics.json")
     assert set(metrics) == {"bbox", "segm"} and all(list(metrics[t]) == list(STAT_NAMES) for t in metrics)
     for iou_type in ("bbox", "segm"):
         _assert_stats_equal(metrics[iou_type], expected[iou_type])
-    assert "person" in capsys.readouterr().out
-
-    assert evaluate_script.main(argv + ["--results", str(tmp_path / "boxes.json")]) == 0
-    metrics = _load_json(tmp_path / "out" / "metrics.json")
-    assert set(metrics) == {"bbox"}
-    _assert_stats_equal(metrics["bbox"], expected["bbox"])
-
-    (tmp_path / "empty.json").write_text("[]")
-    assert evaluate_script.main(argv + ["--results", str(tmp_path / "empty.json")]) == 0
-    assert np.all(np.array(list(_load_json(tmp_path / "out" / "metrics.json")["bbox"].values())) <= 0)
-    assert "no detections" in capsys.readouterr().err
-
-    (tmp_path / "truncated.json").write_text('[{"image_id": 139, ')
-    with pytest.raises(SystemExit, match="cannot read results file .*truncated.json"):
-        evaluate_script.main(argv + ["--results", str(tmp_path / "truncated.json")])
+    assert "person" in printed and set(_load_json(tmp_path / "out" / "per_category_ap.json")) == {"bbox", "segm"}
 
     unknown = _load_json(tiny_folder / "dt.json")
     unknown[0]["image_id"] = 4
     (tmp_path / "unknown.json").write_text(json.dumps(unknown))
-    with pytest.raises(SystemExit, match="not in the ground truth"):
-        evaluate_script.main(argv + ["--results", str(tmp_path / "unknown.json")])
+    failed = subprocess.run(command[:-2] + [str(tmp_path / "unknown.json")], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert failed.returncode != 0 and "not in the ground truth" in failed.stderr

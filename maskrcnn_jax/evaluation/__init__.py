@@ -5,7 +5,9 @@ from maskrcnn_jax.evaluation.coco_metrics import (
     CocoScores,
     evaluate_results,
     load_coco_ground_truth,
+    read_results_files,
     validate_results,
+    write_scores,
 )
 from maskrcnn_jax.evaluation.coco_results import encode_binary_masks, image_detections_to_coco, xyxy_to_xywh
 from maskrcnn_jax.evaluation.evaluator import (
@@ -29,7 +31,9 @@ __all__ = [
     "model_label_to_category_id",
     "pasted_canvas_size",
     "predict_coco_results",
+    "read_results_files",
     "validate_results",
     "warm_up",
+    "write_scores",
     "xyxy_to_xywh",
 ]

@@ -10,6 +10,9 @@ import contextlib
 import copy
 import dataclasses
 import io
+import json
+import os
+import pathlib
 
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -157,3 +160,29 @@ def evaluate_results(coco_gt: COCO, results: list, iou_types=None, image_ids=Non
         per_category[iou_type] = _per_category_ap(coco_eval, coco_gt)
         tables[iou_type] = table.getvalue()
     return CocoScores(metrics=metrics, per_category_ap=per_category, tables=tables)
+
+
+def read_results_files(paths) -> list:
+    """The COCO results lists of several json files, concatenated (e.g. a bbox file and a segm file).
+
+    Raises ValueError naming a file that cannot be read or does not hold a list.
+    """
+    results = []
+    for path in paths:
+        try:
+            with open(path) as f:
+                loaded = json.load(f)
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"cannot read results file {path}: {error}") from error
+        if not isinstance(loaded, list):
+            raise ValueError(f"{path} is not a COCO results file (a json list of detections)")
+        results.extend(loaded)
+    return results
+
+
+def write_scores(scores: CocoScores, output_dir: str | os.PathLike) -> None:
+    """Writes output_dir/metrics.json ({iou_type: {stat: value}}) and per_category_ap.json."""
+    output_dir = pathlib.Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "metrics.json").write_text(json.dumps(scores.metrics, indent=1))
+    (output_dir / "per_category_ap.json").write_text(json.dumps(scores.per_category_ap, indent=1))
