@@ -3,7 +3,8 @@ resume, logs, and `train_and_evaluate(config, workdir)` that runs it all (see do
 
 from maskrcnn_jax.training.checkpoints import IncompatibleCheckpointError, latest_params, latest_step
 from maskrcnn_jax.training.loop import NonFiniteLossError, train_and_evaluate
-from maskrcnn_jax.training.mesh import initialize_distributed, make_mesh
+from maskrcnn_jax.training.mesh import make_mesh
+from maskrcnn_jax.training.processes import initialize_distributed
 from maskrcnn_jax.training.state import TrainState
 
 __all__ = [

@@ -24,6 +24,7 @@ from maskrcnn_jax.training.loss import make_loss_fn
 from maskrcnn_jax.training.metric_writer import MetricWriter
 from maskrcnn_jax.training.optimizer import learning_rate_schedule, update_direction
 from maskrcnn_jax.training.preemption import StopRequest
+from maskrcnn_jax.training.processes import wait_for_all_processes
 from maskrcnn_jax.training.progress import Progress, say
 from maskrcnn_jax.training.state import (
     TrainState,
@@ -185,11 +186,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         run = _Run(writer=writer, progress=progress, max_consecutive_bad_steps=train.max_consecutive_bad_steps)
         if step >= train.num_steps:
             progress.message(f"already at step {step} of {train.num_steps}: nothing to do")
+        compiled_step = None
         try:
             while step < train.num_steps:
                 host_batch = next(data_iterator)
                 host_batch["gt_classes"] = label_slots[host_batch["gt_classes"]]
-                state, metrics = train_step(state, global_batch(host_batch, mesh))
+                batch = global_batch(host_batch, mesh)
+                if compiled_step is None:
+                    # Compile first, then start together: the first step's collectives must not wait
+                    # for another process's compilation.
+                    compiled_step = train_step.lower(state, batch).compile()
+                    wait_for_all_processes("train step compiled")
+                state, metrics = compiled_step(state, batch)
                 step += 1
                 run.add(step, metrics)
                 last = step == train.num_steps
@@ -205,6 +213,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                     writer.write(step, scores)
                     progress.message(f"step {step} evaluation: " + " ".join(
                         f"{name} {value:.4f}" for name, value in scores.items() if name.endswith(("_AP", "_AP50"))))
+                if evaluating:
+                    wait_for_all_processes(f"evaluated step {step}")
                     progress.exclude_time_since_report(step)
                 if stopping:
                     progress.message(f"stopped by a signal at step {step}; checkpoint saved, rerun to resume")

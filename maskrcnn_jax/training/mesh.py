@@ -1,5 +1,5 @@
-"""Where arrays live: the device mesh, the one place that decides how the train state and batches
-are sharded, and joining the processes of a multi-host run.
+"""Where arrays live: the device mesh and the one place that decides how the train state and
+batches are sharded.
 
 Today the batch is split over the mesh's `data` axis and the train state is replicated; sharding
 parameters over a second axis (FSDP) would change `state_shardings` only.
@@ -12,29 +12,7 @@ from maskrcnn_jax.data.sharding import batch_sharding
 
 DATA_AXIS = "data"
 
-__all__ = ["DATA_AXIS", "batch_sharding", "initialize_distributed", "make_mesh", "replicated", "state_shardings"]
-
-
-def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None) -> None:
-    """Joins this process to a multi-process run (`jax.distributed.initialize`), before any other jax use.
-
-    With no arguments, jax detects the cluster itself (Cloud TPU, SLURM, ...); elsewhere give all
-    three (the coordinator is process 0's "host:port", reachable by every process). Does nothing
-    when no argument is given and no cluster is detected (a single-process run).
-    """
-    explicit = coordinator_address is not None or num_processes is not None or process_id is not None
-    if explicit:
-        if coordinator_address is None or num_processes is None or process_id is None:
-            raise ValueError("give all of coordinator_address, num_processes and process_id, or none of them")
-        jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                                   process_id=process_id)
-        return
-    try:
-        jax.distributed.initialize()
-    except ValueError:
-        # No cluster environment detected: one process.
-        pass
+__all__ = ["DATA_AXIS", "batch_sharding", "make_mesh", "replicated", "state_shardings"]
 
 
 def make_mesh(devices: list | None = None) -> Mesh:

@@ -37,7 +37,7 @@ def train_step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation, lear
         (loss, loss_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, step_key)
         # Frozen gradients are neither used nor checked, so XLA does not compute them.
         trainable_grads = jax.tree.map(lambda g, frozen: jnp.zeros_like(g) if frozen else g, grads, frozen_mask)
-        grad_norm = optax.global_norm(trainable_grads)
+        grad_norm = optax.tree.norm(trainable_grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         learning_rate = learning_rate_fn(state.step)
         direction, opt_state = optimizer.update(trainable_grads, state.opt_state, state.params)

@@ -1,0 +1,76 @@
+"""Two local processes of 4 fake CPU devices each, joined with jax.distributed on 127.0.0.1 through
+scripts/train.py's multi-host flags: they train 3 steps on one 8-device mesh, checkpoint (each
+its own data-iterator state) and evaluate on process 0 (at step 2, mid-run, while process 1 waits,
+and at the end); started again, both resume from step 3.
+"""
+
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from maskrcnn_jax.training import latest_step
+from maskrcnn_jax.training.metric_writer import read_metrics
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def train_both(workdir, num_steps: int, environment) -> list[subprocess.CompletedProcess]:
+    """Runs scripts/train.py as processes 0 and 1 of a 2-process job; returns both outcomes."""
+    port = free_port()
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(REPO / "scripts" / "train.py"), "--config", str(REPO / "configs" / "shapes_tiny.py"),
+             "--workdir", str(workdir), "--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2",
+             "--process_id", str(index), f"--config.train.num_steps={num_steps}", "--config.train.checkpoint_every=3",
+             "--config.train.eval_every=2", "--config.train.log_every=1", "--config.train.global_batch_size=8",
+             "--config.data.shapes.num_train_images=16", "--config.data.shapes.num_eval_images=4"],
+            cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for index in range(2)
+    ]
+    outcomes = []
+    for process in processes:
+        stdout, stderr = process.communicate(timeout=600)
+        outcomes.append(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr))
+    return outcomes
+
+
+@pytest.fixture(scope="module")
+def environment(tmp_path_factory):
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+            "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache"))}
+
+
+def test_two_distributed_processes_train_checkpoint_and_resume(tmp_path, environment):
+    workdir = tmp_path / "workdir"
+    first = train_both(workdir, 3, environment)
+    for outcome in first:
+        assert outcome.returncode == 0, outcome.stderr[-4000:]
+    assert "starting at step 0" in first[0].stdout and "step 3/3" in first[0].stdout
+    assert "starting at step" not in first[1].stdout and "step 1/3" not in first[1].stdout  # only process 0 reports
+    assert latest_step(workdir) == 3
+    iterator_states = sorted(path.name for path in (workdir / "checkpoints" / "3" / "data_iterator").iterdir()
+                             if path.suffix == ".json")
+    assert iterator_states == ["process_0-of-2.json", "process_1-of-2.json"]
+
+    second = train_both(workdir, 5, environment)
+    for outcome in second:
+        assert outcome.returncode == 0, outcome.stderr[-4000:]
+    assert f"resuming from step 3 ({workdir / 'checkpoints' / '3'})" in second[0].stdout
+    assert "step 4/5" in second[0].stdout and "step 1/" not in second[0].stdout
+    assert latest_step(workdir) == 5
+
+    records = read_metrics(workdir)
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5]
+    evaluations = [r for r in records if "eval/bbox_AP" in r]
+    assert [r["step"] for r in evaluations] == [2, 3, 4, 5]
+    assert all(-1 <= r["eval/segm_AP"] <= 1 for r in evaluations)
