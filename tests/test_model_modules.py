@@ -9,9 +9,10 @@ from flax import traverse_util
 
 from maskrcnn_jax.command_line import load_config_file
 from maskrcnn_jax.detector import make_predict_fn, spec_from_config
-from maskrcnn_jax.models import build_model, frozen_parameter_mask, init_params
+from maskrcnn_jax.models import build_model, frozen_parameter_mask
 from maskrcnn_jax.models.fpn import upsample_nearest
 from maskrcnn_jax.models.resnet import FrozenBatchNorm, ResNet
+from random_params import random_params
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
@@ -78,7 +79,7 @@ def tiny_predict():
     config = load_config_file(TINY_CONFIG)
     config.test.score_threshold = 0.0  # random weights: keep every detection
     model = build_model(config)
-    return make_predict_fn(model, spec_from_config(config)), init_params(model, jax.random.key(0)), config
+    return make_predict_fn(model, spec_from_config(config)), random_params(model), config
 
 
 def test_predict_shapes_valid_padding_and_one_compile_per_canvas(tiny_predict):
