@@ -9,22 +9,17 @@ slots, a 64x64 canvas, anchors scaled to the small images and few proposals / Ro
       --config.train.num_steps=2000 --config.train.global_batch_size=8
 """
 
-import importlib.util
 import pathlib
 
 import ml_collections
 
+from maskrcnn_jax.command_line import load_config_file
 
-def _sibling_config(name: str) -> ml_collections.ConfigDict:
-    path = pathlib.Path(__file__).with_name(name)
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+BASE = pathlib.Path(__file__).with_name("mask_rcnn_tiny.py")
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = _sibling_config("mask_rcnn_tiny.py")
+    config = load_config_file(BASE)
     config.model.num_classes = 4  # background + square, circle, triangle
     config.model.anchor_sizes = (8, 16, 32, 64, 128)
 

@@ -2,15 +2,15 @@
 
   python scripts/train.py --config configs/shapes_tiny.py --workdir /tmp/shapes_tiny [--config.train.num_steps=500]
 
-Multi-host (one command per host; on Cloud TPU and SLURM the three flags are detected):
-  python scripts/train.py --config ... --workdir gs://.../run --coordinator_address HOST0:1234 \
-      --num_processes N --process_id I
+Multi-host, one command per host (on Cloud TPU and SLURM leave the three flags out: jax detects them):
+  python scripts/train.py --config configs/mask_rcnn_r50_fpn_coco.py --workdir /shared/run \
+      --coordinator_address HOST0:1234 --num_processes N --process_id I
 See docs/training.md.
 """
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags
 
+from maskrcnn_jax.command_line import define_config_flag, run
 from maskrcnn_jax.training import (
     IncompatibleCheckpointError,
     NonFiniteLossError,
@@ -18,19 +18,18 @@ from maskrcnn_jax.training import (
     train_and_evaluate,
 )
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "config file with get_config()", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics.jsonl and TensorBoard events")
+_CONFIG = define_config_flag("config file with get_config(), e.g. configs/shapes_tiny.py")
+_WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints/, metrics.jsonl and tensorboard/",
+                               required=True)
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "multi-host: process 0's host:port")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "multi-host: number of processes")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "multi-host: this process's index, 0 to num_processes - 1")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["config"])
 
 
 def main(argv) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
+        raise SystemExit(f"error: unexpected arguments {argv[1:]}")
     initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     try:
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
@@ -39,4 +38,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)
