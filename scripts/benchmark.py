@@ -1,6 +1,7 @@
-"""End-to-end speed of our Mask R-CNN against torchvision's, same weights, same image, same threads.
+"""End-to-end speed of our Mask R-CNN against torchvision's, same weights, same images, same threads.
 
     python scripts/benchmark.py --task=inference --against=torchvision --size=800x1216 --output=FILE.json
+    python scripts/benchmark.py --task=train --against=torchvision --size=512x512 --batch=2 --output=FILE.json
 
 inference: a seeded confident random torchvision `maskrcnn_resnet50_fpn` is converted to our
 parameters; one real photo is resized to exactly --size (so neither side rescales it) and both
@@ -10,11 +11,20 @@ results to the host). Runs alternate between the two after a warm-up, so load fr
 processes hits both alike; the medians of --runs are reported. compile_s is the XLA compile time
 of predict plus the paster; jax_peak_rss_mb is the process's peak RSS after the JAX runs (it
 includes torch and the torchvision model, which live in the same process).
+
+train: one full training step (forward, backward, SGD momentum + weight decay update) of R50-FPN on
+--batch real photos resized to exactly --size with their COCO ground truth, torchvision's sampling
+sizes (2000 proposals, 256 anchors, 512 RoIs per image) on both sides, the same converted weights
+(torchvision's training recipe: FrozenBatchNorm, stem and layer1 frozen). Each framework runs in
+its own worker process, so each peak RSS is its own; the driver alternates single steps between
+them after a warm-up step. compile_s is the XLA compile of our jitted step.
 Writes {"jax_s", "torchvision_s", "ratio", "compile_s", "jax_peak_rss_mb", ...} and prints a table.
 """
 
 import json
+import multiprocessing
 import os
+import tempfile
 import pathlib
 import resource
 import statistics
@@ -42,10 +52,11 @@ DEFAULT_CONFIG = ROOT / "configs" / "mask_rcnn_r50_fpn_coco.py"
 DEFAULT_IMAGE = ROOT / ".." / "shared" / "data" / "coco_val2014_43" / "images" / "000000000042.jpg"
 
 _CONFIG = define_config_flag("model config file", default=str(DEFAULT_CONFIG))
-_TASK = flags.DEFINE_enum("task", None, ["inference"], "what to time", required=True)
+_TASK = flags.DEFINE_enum("task", None, ["inference", "train"], "what to time", required=True)
 _AGAINST = flags.DEFINE_enum("against", "torchvision", ["torchvision"], "the reference implementation")
 _SIZE = flags.DEFINE_string("size", "800x1216", "HxW of the image fed to both models")
 _IMAGE = flags.DEFINE_string("image", str(DEFAULT_IMAGE), "photo resized to --size (default: a COCO val photo)")
+_BATCH = flags.DEFINE_integer("batch", 2, "images per training step (task train)")
 _RUNS = flags.DEFINE_integer("runs", 5, "timed runs per system after one warm-up")
 _THREADS = flags.DEFINE_integer("threads", os.cpu_count(), "torch threads; XLA:CPU uses all cores")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON file for the figures", required=True)
@@ -114,6 +125,173 @@ def benchmark_inference(config, size: str, image_path: str, runs: int, threads: 
     }
 
 
+TRAIN_PHOTOS = (0, 10)  # ../shared/data/coco_train2017_85 records with 8 objects each
+TRAIN_MAX_INSTANCES = 16
+TRAIN_LEARNING_RATE = 1e-3  # small: the timed steps must stay finite on random weights
+
+
+def write_training_inputs(path: str, size: tuple[int, int], batch_size: int) -> None:
+    """Real photos resized to exactly `size` with their GT, saved for both workers: float [0, 1]
+    images, boxes, labels, full-image masks (torchvision's targets) and 112x112 box crops (ours)."""
+    from maskrcnn_jax.data.coco import CocoSource
+    from maskrcnn_jax.data.transforms import crop_masks_to_boxes, resize_image
+
+    root = ROOT / ".." / "shared" / "data" / "coco_train2017_85"
+    source = CocoSource(root / "annotations.json", root / "images")
+    height, width = size
+    arrays = {}
+    for index in range(batch_size):
+        record = source[TRAIN_PHOTOS[index % len(TRAIN_PHOTOS)]]
+        original_height, original_width = record["image"].shape[:2]
+        rows = np.minimum((np.arange(height) + 0.5) * original_height / height, original_height - 1).astype(int)
+        cols = np.minimum((np.arange(width) + 0.5) * original_width / width, original_width - 1).astype(int)
+        scale = np.array([width / original_width, height / original_height] * 2, np.float32)
+        boxes = np.asarray(record["boxes"], np.float32).reshape(-1, 4)[:TRAIN_MAX_INSTANCES] * scale
+        masks = record["masks"][:TRAIN_MAX_INSTANCES][:, rows][:, :, cols]
+        arrays[f"image_{index}"] = resize_image(record["image"].astype(np.float32) / 255.0, height, width)
+        arrays[f"boxes_{index}"] = boxes
+        arrays[f"labels_{index}"] = np.asarray(record["labels"], np.int64)[:TRAIN_MAX_INSTANCES]
+        arrays[f"masks_{index}"] = masks
+        arrays[f"crops_{index}"] = crop_masks_to_boxes(masks, boxes, 112)
+    np.savez(path, **arrays)
+
+
+def _serve_steps(connection, step) -> None:
+    """Runs `step()` each time the driver says "step" and answers its seconds; "done" answers the peak RSS."""
+    connection.send("ready")
+    while connection.recv() == "step":
+        start = time.perf_counter()
+        step()
+        connection.send(time.perf_counter() - start)
+    connection.send(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def torchvision_train_worker(connection, inputs_path: str, weights_path: str, size, batch_size: int, threads: int):
+    """torchvision's training step; saves the model's initial state_dict for the JAX worker first."""
+    import torch
+    from torchvision_reference import trainable_torchvision_maskrcnn
+
+    torch.set_num_threads(threads)
+    model = trainable_torchvision_maskrcnn(seed=0, min_size=min(size), max_size=max(size))
+    np.savez(weights_path, **{key: value.numpy() for key, value in model.state_dict().items()})
+    inputs = np.load(inputs_path)
+    images = [torch.from_numpy(inputs[f"image_{b}"]).permute(2, 0, 1).contiguous() for b in range(batch_size)]
+    targets = [{"boxes": torch.from_numpy(inputs[f"boxes_{b}"]), "labels": torch.from_numpy(inputs[f"labels_{b}"]),
+                "masks": torch.from_numpy(inputs[f"masks_{b}"])} for b in range(batch_size)]
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=TRAIN_LEARNING_RATE,
+                                momentum=0.9, weight_decay=1e-4)
+
+    def step():
+        optimizer.zero_grad()
+        sum(model(images, targets).values()).backward()
+        optimizer.step()
+
+    step()  # warm-up
+    _serve_steps(connection, step)
+
+
+def jax_train_worker(connection, inputs_path: str, weights_path: str, config, size, batch_size: int):
+    """Our jitted training step (the trainer's step function) on the same weights and inputs."""
+    from maskrcnn_jax.detector.losses import make_loss_fn
+    from maskrcnn_jax.models import frozen_parameter_mask
+    from maskrcnn_jax.training.optimizer import update_direction
+    from maskrcnn_jax.training.state import TrainState
+    from maskrcnn_jax.training.step import train_step_fn
+
+    config = config.copy_and_resolve_references()
+    config.model.backbone.bn_eps = 1e-5  # torchvision's FrozenBatchNorm2d default
+    model, spec = build_model(config), spec_from_config(config)
+    expected = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))["params"]
+    params = jax.device_put(convert_state_dict(dict(np.load(weights_path)), expected))
+    frozen = frozen_parameter_mask(params, trainable_backbone_layers=3)
+    optimizer = update_direction(frozen, momentum=0.9, weight_decay=1e-4)
+    step_fn = train_step_fn(make_loss_fn(model, spec), optimizer, lambda step: jnp.float32(TRAIN_LEARNING_RATE), frozen)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
+                       key=jax.random.key_data(jax.random.key(0)))
+    batch = our_training_batch(np.load(inputs_path), size, batch_size)
+    start = time.perf_counter()
+    compiled = jax.jit(step_fn, donate_argnums=0).lower(state, batch).compile()
+    compile_s = time.perf_counter() - start
+
+    def step():
+        nonlocal state
+        state, metrics = compiled(state, batch)
+        jax.block_until_ready(metrics["loss"])
+
+    step()  # warm-up
+    connection.send(compile_s)
+    _serve_steps(connection, step)
+
+
+def our_training_batch(inputs, size, batch_size: int) -> dict:
+    """The data pipeline's batch schema for the saved inputs (canvas = size rounded up to 32)."""
+    canvas = tuple(-(-side // 32) * 32 for side in size)
+    mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+    batch = {key: [] for key in ("image", "image_size", "gt_boxes", "gt_classes", "gt_masks", "gt_valid")}
+    for b in range(batch_size):
+        count = len(inputs[f"boxes_{b}"])
+        padding = TRAIN_MAX_INSTANCES - count
+        image = np.zeros((*canvas, 3), np.float32)
+        image[: size[0], : size[1]] = (inputs[f"image_{b}"] - mean) / std
+        batch["image"].append(image)
+        batch["image_size"].append(np.array(size, np.int32))
+        batch["gt_boxes"].append(np.pad(inputs[f"boxes_{b}"], ((0, padding), (0, 0))))
+        batch["gt_classes"].append(np.pad(inputs[f"labels_{b}"].astype(np.int32), (0, padding)))
+        batch["gt_masks"].append(np.pad(inputs[f"crops_{b}"], ((0, padding), (0, 0), (0, 0))))
+        batch["gt_valid"].append(np.arange(TRAIN_MAX_INSTANCES) < count)
+    batch = {key: jnp.asarray(np.stack(value)) for key, value in batch.items()}
+    batch["valid"] = jnp.ones(batch_size, bool)
+    return batch
+
+
+def benchmark_train(config, size: str, batch_size: int, runs: int, threads: int) -> dict:
+    """Median seconds per training step for ours and torchvision's, each in its own process."""
+    height, width = (int(side) for side in size.split("x"))
+    context = multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory() as scratch:
+        inputs_path, weights_path = os.path.join(scratch, "inputs.npz"), os.path.join(scratch, "weights.npz")
+        write_training_inputs(inputs_path, (height, width), batch_size)
+        torch_end, torch_worker_end = context.Pipe()
+        torch_worker = context.Process(target=torchvision_train_worker, args=(
+            torch_worker_end, inputs_path, weights_path, (height, width), batch_size, threads))
+        torch_worker.start()
+        assert torch_end.recv() == "ready"
+        jax_end, jax_worker_end = context.Pipe()
+        jax_worker = context.Process(target=jax_train_worker, args=(
+            jax_worker_end, inputs_path, weights_path, config, (height, width), batch_size))
+        jax_worker.start()
+        compile_s = jax_end.recv()
+        assert jax_end.recv() == "ready"
+        jax_times, torchvision_times = [], []
+        for _ in range(runs):
+            for end, times in ((jax_end, jax_times), (torch_end, torchvision_times)):
+                end.send("step")
+                times.append(end.recv())
+        peaks = []
+        for end in (jax_end, torch_end):
+            end.send("done")
+            peaks.append(end.recv())
+        jax_worker.join()
+        torch_worker.join()
+    jax_s, torchvision_s = statistics.median(jax_times), statistics.median(torchvision_times)
+    return {
+        "task": "train",
+        "size": [height, width],
+        "batch": batch_size,
+        "threads": threads,
+        "runs": runs,
+        "jax_s": jax_s,
+        "torchvision_s": torchvision_s,
+        "ratio": jax_s / torchvision_s,
+        "compile_s": compile_s,
+        "jax_peak_rss_mb": peaks[0],
+        "torchvision_peak_rss_mb": peaks[1],
+        "jax_runs_s": jax_times,
+        "torchvision_runs_s": torchvision_times,
+        "device": jax.devices()[0].device_kind,
+    }
+
+
 def print_table(result: dict) -> None:
     rows = [
         ("task", result["task"]),
@@ -124,8 +302,12 @@ def print_table(result: dict) -> None:
         ("ratio jax / torchvision", f"{result['ratio']:.2f}"),
         ("compile s", f"{result['compile_s']:.1f}"),
         ("jax peak RSS MB", f"{result['jax_peak_rss_mb']:.0f}"),
-        ("detections jax / torchvision", f"{result['detections']['jax']} / {result['detections']['torchvision']}"),
     ]
+    if result["task"] == "train":
+        rows.insert(2, ("batch", result["batch"]))
+        rows.append(("torchvision peak RSS MB", f"{result['torchvision_peak_rss_mb']:.0f}"))
+    else:
+        rows.append(("detections jax / torchvision", f"{result['detections']['jax']} / {result['detections']['torchvision']}"))
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
@@ -134,7 +316,10 @@ def print_table(result: dict) -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    result = benchmark_inference(_CONFIG.value, _SIZE.value, _IMAGE.value, _RUNS.value, _THREADS.value)
+    if _TASK.value == "train":
+        result = benchmark_train(_CONFIG.value, _SIZE.value, _BATCH.value, _RUNS.value, _THREADS.value)
+    else:
+        result = benchmark_inference(_CONFIG.value, _SIZE.value, _IMAGE.value, _RUNS.value, _THREADS.value)
     print_table(result)
     pathlib.Path(_OUTPUT.value).write_text(json.dumps(result, indent=2) + "\n")
 

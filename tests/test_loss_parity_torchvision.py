@@ -16,8 +16,6 @@ torchvision = pytest.importorskip("torchvision")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from torchvision.models.detection import MaskRCNN as TorchMaskRCNN  # noqa: E402
-from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor  # noqa: E402
 
 from conftest import shared_data_path  # noqa: E402
 from maskrcnn_jax.convert_torchvision import convert_state_dict  # noqa: E402
@@ -26,36 +24,13 @@ from maskrcnn_jax.data.transforms import crop_masks_to_boxes, resize_image, resi
 from maskrcnn_jax.detector import DetectorSpec  # noqa: E402
 from maskrcnn_jax.detector.losses import LOSS_NAMES, detector_losses  # noqa: E402
 from maskrcnn_jax.models import MaskRCNN, frozen_parameter_mask  # noqa: E402
+from torchvision_reference import trainable_torchvision_maskrcnn  # noqa: E402
 
 MIN_SIZE, MAX_SIZE = 320, 512
 MAX_INSTANCES = 12
 IMAGE_INDICES = (0, 10, 31)  # 8 objects, 8 objects, none
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
-
-
-def torchvision_model(seed: int = 0):
-    """torchvision Mask R-CNN R50-FPN as its COCO recipe trains it: FrozenBatchNorm (eps 1e-5),
-    stem and layer1 frozen, random weights and random (non-trivial) frozen statistics. The RPN's and
-    the classifier's output layers are scaled down so that they look trained: unscaled random
-    deltas stretch every proposal to the image border (NMS then leaves a few hundred, not 2000), and
-    objectness logits of +-30 saturate the sigmoid into ties that no two sorts order alike."""
-    torch.manual_seed(seed)
-    body = torchvision.models.resnet50(weights=None, norm_layer=torchvision.ops.FrozenBatchNorm2d)
-    model = TorchMaskRCNN(_resnet_fpn_extractor(body, 3), num_classes=91, min_size=MIN_SIZE, max_size=MAX_SIZE)
-    generator = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torchvision.ops.FrozenBatchNorm2d):
-                channels = module.weight.shape[0]
-                module.weight.copy_(0.8 + 0.4 * torch.rand(channels, generator=generator))
-                module.bias.copy_(0.2 * torch.rand(channels, generator=generator) - 0.1)
-                module.running_mean.copy_(0.2 * torch.rand(channels, generator=generator) - 0.1)
-                module.running_var.copy_(0.5 + torch.rand(channels, generator=generator))
-        model.rpn.head.bbox_pred.weight.mul_(0.01)
-        model.rpn.head.cls_logits.weight.mul_(0.1)
-        model.roi_heads.box_predictor.cls_score.weight.mul_(0.1)
-    return model.train()
 
 
 def real_examples():
@@ -165,7 +140,7 @@ def split_samples(index, positive, valid):
 @pytest.fixture(scope="module")
 def parity():
     examples = real_examples()
-    torch_model = torchvision_model()
+    torch_model = trainable_torchvision_maskrcnn(seed=0, min_size=MIN_SIZE, max_size=MAX_SIZE)
     spec = DetectorSpec(num_classes=91)
     model = MaskRCNN(num_classes=91, bn_eps=1e-5)
     state_dict = {key: value.detach().numpy() for key, value in torch_model.state_dict().items()}
