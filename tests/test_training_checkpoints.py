@@ -20,9 +20,11 @@ def model_like_params(num_classes: int, seed: int = 0, stem: int = 8) -> dict:
     rng = np.random.default_rng(seed)
     normal = lambda *shape: rng.normal(size=shape).astype(np.float32)  # noqa: E731
     return {
-        "backbone": {"conv1": {"kernel": normal(3, 3, 3, stem)}, "layer1": {"0": {"conv1": {"kernel": normal(1, 1, stem, 4)}}}},
+        "backbone": {"conv1": {"kernel": normal(3, 3, 3, stem)},
+                     "layer1": {"0": {"conv1": {"kernel": normal(1, 1, stem, 4)}}}},
         "fpn": {"inner_0": {"kernel": normal(1, 1, 4, 4), "bias": normal(4)}},
-        "box_predictor": {"cls_score": {"kernel": normal(6, num_classes)}, "bbox_pred": {"kernel": normal(6, 4 * num_classes)}},
+        "box_predictor": {"cls_score": {"kernel": normal(6, num_classes)},
+                          "bbox_pred": {"kernel": normal(6, 4 * num_classes)}},
         "mask_predictor": {"mask_fcn_logits": {"kernel": normal(1, 1, 4, num_classes)}},
     }
 

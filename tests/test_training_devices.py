@@ -18,8 +18,9 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 SCRIPT = textwrap.dedent("""
-    import importlib.util, sys
+    import sys
     import jax, numpy as np
+    from maskrcnn_jax.command_line import load_config_file
     from maskrcnn_jax.data import global_batch
     from maskrcnn_jax.models import build_model, frozen_parameter_mask, init_params
     from maskrcnn_jax.training import data as data_lib, mesh as mesh_lib, state as state_lib
@@ -29,10 +30,7 @@ SCRIPT = textwrap.dedent("""
 
     workdir, output = sys.argv[1], sys.argv[2]
     assert jax.device_count() == 8
-    spec = importlib.util.spec_from_file_location("config", "configs/shapes_tiny.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = load_config_file("configs/shapes_tiny.py")
     config.train.global_batch_size = 8
     config.data.shapes.num_train_images = 24
 
@@ -49,16 +47,19 @@ SCRIPT = textwrap.dedent("""
     initialize = state_lib.make_state_initializer(init, optimizer)
     loss_fn = make_loss_fn(config)
 
+    # Seeded random parameters without compiling the initialiser (the steps are what is compared).
+    rng = np.random.default_rng(0)
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, leaf: rng.uniform(0.5, 1.5, leaf.shape).astype(leaf.dtype) if path[-1].key == "var"
+        else rng.uniform(-0.1, 0.1, leaf.shape).astype(leaf.dtype), jax.eval_shape(init, jax.random.key(0)))
+    initial = state_lib.TrainState(np.int32(0), params, jax.device_get(optimizer.init(params)),
+                                   np.array([0, 42], np.uint32))
+
     results = {}
     meshes = {"eight": mesh_lib.make_mesh(), "one": mesh_lib.make_mesh(jax.devices()[:1])}
-    initial = None
     for name, mesh in meshes.items():
         abstract = state_lib.abstract_train_state(initialize, mesh)
-        if initial is None:
-            state = state_lib.create_train_state(initialize, 0, mesh)
-            initial = jax.device_get(state)
-        else:
-            state = jax.device_put(initial, jax.tree.map(lambda leaf: leaf.sharding, abstract))
+        state = jax.device_put(initial, jax.tree.map(lambda leaf: leaf.sharding, abstract))
         train_step = make_train_step(loss_fn, optimizer, learning_rate, frozen, abstract, mesh)
         losses = []
         for host in host_batches[:2]:

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from maskrcnn_jax.training import latest_step
+from maskrcnn_jax.training import latest_params, latest_step
 from maskrcnn_jax.training.metric_writer import read_metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -74,3 +74,8 @@ def test_two_distributed_processes_train_checkpoint_and_resume(tmp_path, environ
     evaluations = [r for r in records if "eval/bbox_AP" in r]
     assert [r["step"] for r in evaluations] == [2, 3, 4, 5]
     assert all(-1 <= r["eval/segm_AP"] <= 1 for r in evaluations)
+
+    # This one-device process reads the parameters that the 8-device mesh wrote.
+    params, config, class_names = latest_params(workdir)
+    assert class_names == ["__background__", "square", "circle", "triangle"] and config["train"]["num_steps"] == 5
+    assert params["box_predictor"]["cls_score"]["kernel"].shape == (32, 4)

@@ -50,7 +50,8 @@ def test_unknown_schedule_is_refused():
 def _toy_problem(seed=0):
     rng = np.random.default_rng(seed)
     params = {"backbone": {"kernel": rng.normal(size=(3, 4)).astype(np.float32)},
-              "head": {"kernel": rng.normal(size=(4, 2)).astype(np.float32), "bias": rng.normal(size=(2,)).astype(np.float32)}}
+              "head": {"kernel": rng.normal(size=(4, 2)).astype(np.float32),
+                       "bias": rng.normal(size=(2,)).astype(np.float32)}}
     frozen = {"backbone": {"kernel": True}, "head": {"kernel": False, "bias": False}}
     batches = [{"x": rng.normal(size=(5, 3)).astype(np.float32), "y": rng.normal(size=(5, 2)).astype(np.float32)}
                for _ in range(6)]

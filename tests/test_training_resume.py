@@ -99,7 +99,8 @@ def test_resume_after_sigkill_ends_with_the_parameters_of_an_uninterrupted_run(t
     reference_params, reference_config, reference_class_names = latest_params(reference_dir)
     assert_same_params(params, reference_params, rtol=1e-6)
     assert class_names == reference_class_names == SHAPES_CLASS_NAMES
-    assert config == reference_config and config["model"]["num_classes"] == 4 and config["train"]["num_steps"] == NUM_STEPS
+    assert config == reference_config
+    assert config["model"]["num_classes"] == 4 and config["train"]["num_steps"] == NUM_STEPS
 
     # Each step is logged once, and the resumed steps saw the same batches and keys (same losses).
     records = [r for r in read_metrics(killed_dir) if "loss" in r]

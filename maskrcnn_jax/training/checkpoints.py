@@ -21,6 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from maskrcnn_jax.training.state import TrainState
+from maskrcnn_jax.training.trees import flatten_dict
 
 CHECKPOINT_SUBDIR = "checkpoints"
 # Fields of the config that fix the parameter tree and its meaning; a checkpoint of another value
@@ -37,15 +38,23 @@ def checkpoint_directory(workdir: str | os.PathLike) -> pathlib.Path:
 
 
 def checkpoint_manager(workdir: str | os.PathLike, *, max_to_keep: int | None = 3,
-                       asynchronous: bool = True, read_only: bool = False) -> ocp.CheckpointManager:
+                       asynchronous: bool = True) -> ocp.CheckpointManager:
     """Manager of WORKDIR/checkpoints keeping the last `max_to_keep` steps (None keeps all).
 
     asynchronous: `save` returns once the arrays are copied off the devices and the files are
     written in the background (call `wait_until_finished` before exiting).
     """
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=asynchronous,
-                                           read_only=read_only, create=not read_only)
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=asynchronous)
     return ocp.CheckpointManager(checkpoint_directory(workdir), options=options)
+
+
+def _reader(workdir: str | os.PathLike) -> ocp.CheckpointManager:
+    """A manager that reads an existing WORKDIR/checkpoints, knowing the handler of every item."""
+    return ocp.CheckpointManager(
+        checkpoint_directory(workdir), options=ocp.CheckpointManagerOptions(create=False),
+        item_handlers={"params": ocp.StandardCheckpointHandler(), "train_state": ocp.StandardCheckpointHandler(),
+                       "data_iterator": grain.checkpoint.CheckpointHandler(),
+                       "metadata": ocp.JsonCheckpointHandler()})
 
 
 def checkpoint_metadata(config: ml_collections.ConfigDict, class_names) -> dict:
@@ -82,22 +91,13 @@ def restore_checkpoint(manager: ocp.CheckpointManager, step: int, abstract_state
     return TrainState(step=rest["step"], params=restored.params, opt_state=rest["opt_state"], key=rest["key"])
 
 
-def _flatten(tree, prefix: str = "") -> dict:
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    flat = {}
-    for key, value in tree.items():
-        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
-
-
 def incompatible_fields(saved_config: dict, config: ml_collections.ConfigDict) -> list[str]:
     """'field: checkpoint X, config Y' for each field of COMPATIBILITY_FIELDS that differs."""
     current = json.loads(config.to_json())
     differences = []
     for section in COMPATIBILITY_FIELDS:
-        saved = _flatten(saved_config.get(section, {}), section)
-        now = _flatten(current.get(section, {}), section)
+        saved, now = ({".".join(path): value for path, value in flatten_dict(tree.get(section, {}), (section,)).items()}
+                      for tree in (saved_config, current))
         for field in sorted(set(saved) | set(now)):
             if saved.get(field, "<absent>") != now.get(field, "<absent>"):
                 differences.append(f"{field}: checkpoint {saved.get(field, '<absent>')}, "
@@ -119,19 +119,23 @@ def latest_step(workdir: str | os.PathLike) -> int | None:
     """The last complete checkpoint step in WORKDIR/checkpoints, or None."""
     if not checkpoint_directory(workdir).is_dir():
         return None
-    return checkpoint_manager(workdir, read_only=True).latest_step()
+    return _reader(workdir).latest_step()
 
 
 def latest_params(workdir: str | os.PathLike) -> tuple[dict, dict, list[str]]:
     """(params as numpy arrays, config dict, class names) of the last complete checkpoint of a training workdir.
 
-    Raises FileNotFoundError when the workdir holds no complete checkpoint.
+    Works on any machine: the parameters are read onto this process's first device, whatever mesh
+    wrote them. Raises FileNotFoundError when the workdir holds no complete checkpoint.
     """
     step = latest_step(workdir)
     if step is None:
         raise FileNotFoundError(f"no complete training checkpoint in {checkpoint_directory(workdir)}")
-    manager = checkpoint_manager(workdir, read_only=True)
-    restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(),
+    manager = _reader(workdir)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
+                          manager.item_metadata(step)["params"])
+    restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target),
                                                              metadata=ocp.args.JsonRestore()))
     params = jax.tree.map(np.asarray, restored.params)
     return params, restored.metadata["config"], list(restored.metadata["class_names"])

@@ -16,6 +16,7 @@ from absl import logging
 
 from maskrcnn_jax import checkpoint as converted_checkpoint
 from maskrcnn_jax.training import checkpoints
+from maskrcnn_jax.training.trees import flatten_dict, unflatten_dict
 
 MODES = ("none", "backbone", "all")
 BACKBONE_SUBTREES = ("backbone",)
@@ -35,15 +36,6 @@ def num_class_slots(params: dict) -> int:
     return int(np.shape(params["box_predictor"]["cls_score"]["kernel"])[-1])
 
 
-def _leaves(tree: dict, prefix: tuple = ()) -> dict:
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    flat = {}
-    for key, value in tree.items():
-        flat.update(_leaves(value, prefix + (key,)))
-    return flat
-
-
 def merge_initial_params(random_params: dict, loaded: dict, mode: str) -> dict:
     """`random_params` with the subtrees that `mode` takes replaced by `loaded`'s (host numpy).
 
@@ -58,7 +50,7 @@ def merge_initial_params(random_params: dict, loaded: dict, mode: str) -> dict:
         logging.info("init: %d class slots in the checkpoint, %d in the config: box and mask predictors stay random",
                      num_class_slots(loaded), num_class_slots(random_params))
         subtrees -= set(PREDICTOR_SUBTREES)
-    target, source = _leaves(random_params), _leaves(loaded)
+    target, source = flatten_dict(random_params), flatten_dict(loaded)
     problems, merged = [], {}
     for path, value in target.items():
         if path[0] not in subtrees:
@@ -71,17 +63,7 @@ def merge_initial_params(random_params: dict, loaded: dict, mode: str) -> dict:
             merged[path] = np.asarray(source[path], dtype=value.dtype)
     if problems:
         raise ValueError("config.init.checkpoint does not fit the model:\n  " + "\n  ".join(problems))
-    return _unflatten(merged)
-
-
-def _unflatten(flat: dict) -> dict:
-    tree = {}
-    for path, value in flat.items():
-        node = tree
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = value
-    return tree
+    return unflatten_dict(merged)
 
 
 def initial_params(random_params, init_checkpoint: str, mode: str):

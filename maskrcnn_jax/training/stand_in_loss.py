@@ -36,7 +36,8 @@ def make_stand_in_loss_fn(model, spec: DetectorSpec):
     def loss_fn(params, batch, key):
         variables = {"params": params}
         features = model.apply(variables, batch["image"], method="features")
-        objectness, rpn_deltas = flatten_rpn_outputs(*model.apply(variables, features, method="rpn"))  # [B, A], [B, A, 4]
+        # [B, A] and [B, A, 4]
+        objectness, rpn_deltas = flatten_rpn_outputs(*model.apply(variables, features, method="rpn"))
         loss_objectness = jnp.mean(optax.sigmoid_binary_cross_entropy(objectness, jnp.zeros_like(objectness)))
         loss_rpn_box_reg = jnp.mean(jnp.square(rpn_deltas))
 
