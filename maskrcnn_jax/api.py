@@ -3,16 +3,21 @@
     from maskrcnn_jax import Detector
 
     detector = Detector.from_checkpoint("/tmp/ckpt")          # config and class names come with it
-    detections = detector.detect([image])                     # uint8 RGB [H, W, 3], any sizes
-    detector.draw(image, detections[0]).save("image.png")
+    detections = detector.detect(["photo.jpg"])               # paths or arrays, any sizes
+    detector.draw("photo.jpg", detections[0]).save("photo.png")
 
-Each image is preprocessed as torchvision does (resize to min/max size, pad to a multiple of
-`config.input.size_divisible`), so the model compiles once per padded size and reuses it.
+Images: a file path, a PIL image, or an array: uint8 [0, 255] or float [0, 1]; [H, W] grey,
+[H, W, 1], [H, W, 3] RGB or [H, W, 4] RGBA (alpha dropped). Anything else raises ValueError saying
+what was expected. Each image is preprocessed as torchvision does (resize to min/max size, pad to a
+multiple of `config.input.size_divisible`), so the model compiles once per padded size and reuses
+it; masks are pasted on the host for the kept detections only, each within its box
+(`detect_with_mask_windows` keeps them that way: memory bounded whatever the photo's size).
 
 Legend: H W original image, N detections kept.
 """
 
 import math
+import os
 from typing import Sequence
 
 import jax
@@ -20,13 +25,74 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from maskrcnn_jax.checkpoint import load_checkpoint
-from maskrcnn_jax.detector import make_binary_mask_paster, make_predict_fn, spec_from_config
-from maskrcnn_jax.models import build_model
+from maskrcnn_jax.checkpoint import check_params_fit, load_checkpoint
+from maskrcnn_jax.data.image_io import load_image
+from maskrcnn_jax.detector import make_predict_fn, spec_from_config
+from maskrcnn_jax.detector.paste import masks_from_windows, paste_mask_windows
+from maskrcnn_jax.models import build_model, init_params
 from maskrcnn_jax.preprocess import preprocess_batch
 from maskrcnn_jax.visualize import draw_instances
 
 DEFAULT_SCORE_THRESHOLD = 0.5  # as matterport's DETECTION_MIN_CONFIDENCE; evaluation keeps config.test's 0.05
+
+
+def _check_range(name: str, value, low, high=math.inf) -> None:
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high):
+        bounds = f"in [{low}, {high}]" if high != math.inf else f"at least {low}"
+        raise ValueError(f"{name} = {value!r}: must be a number {bounds}")
+
+
+def check_prediction_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the first config field that prediction cannot use (sizes, thresholds, counts)."""
+    _check_range("config.input.min_size", config.input.min_size, 1)
+    _check_range("config.input.max_size", config.input.max_size, 1)
+    _check_range("config.input.size_divisible", config.input.size_divisible, 1)
+    canvas = config.input.canvas_size
+    if not (isinstance(canvas, tuple) and len(canvas) == 2 and all(isinstance(v, int) and v > 0 for v in canvas)):
+        raise ValueError(f"config.input.canvas_size = {canvas!r}: must be two positive integers, e.g. '(800,1344)'")
+    _check_range("config.test.score_threshold", config.test.score_threshold, 0.0, 1.0)
+    _check_range("config.test.nms_threshold", config.test.nms_threshold, 0.0, 1.0)
+    _check_range("config.test.detections_per_image", config.test.detections_per_image, 1)
+
+
+def as_rgb_image(image) -> np.ndarray:
+    """An image given as a path, PIL image or array (module docstring) -> uint8 [H, W, 3], or
+    float32 [H, W, 3] in [0, 255] for a float image (kept exact for preprocessing)."""
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(image)
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    array = np.asarray(image)
+    shape = array.shape
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
+        hint = "; channels first? use image.transpose(1, 2, 0)" if array.ndim == 3 and shape[0] in (1, 3, 4) else ""
+        raise ValueError(f"expected an image [H, W] (grey), [H, W, 3] (RGB) or [H, W, 4] (RGBA), got shape {shape}{hint}")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"the image is empty (shape {shape})")
+    if array.dtype == np.uint8:
+        pass
+    elif np.issubdtype(array.dtype, np.floating):
+        low, high = float(np.min(array)), float(np.max(array))
+        if not (math.isfinite(low) and math.isfinite(high) and 0.0 <= low and high <= 1.0):
+            raise ValueError(
+                f"a float image must hold values in [0, 1], found [{low}, {high}] (values 0-255: pass "
+                "image.astype(np.uint8), or divide by 255)"
+            )
+        array = array.astype(np.float32) * np.float32(255.0)
+    else:
+        raise ValueError(f"expected a uint8 (0-255) or float (0-1) image, got {array.dtype} (values 0-255: "
+                         "pass image.astype(np.uint8))")
+    if array.shape[-1] == 4:
+        array = array[:, :, :3]  # alpha dropped, as image_io does for RGBA files
+    if array.shape[-1] == 1:
+        array = np.repeat(array, 3, axis=2)
+    return array
+
+
+def _as_uint8(image: np.ndarray) -> np.ndarray:
+    return image if image.dtype == np.uint8 else np.clip(np.round(image), 0, 255).astype(np.uint8)
 
 
 class Detector:
@@ -41,14 +107,18 @@ class Detector:
     ):
         """config: the model config (config.model, config.input, config.test); params: its parameter
         tree; class_names: [K] names, index = label, index 0 the background. Detections scoring below
-        score_threshold are dropped (the model itself keeps those above config.test.score_threshold)."""
+        score_threshold are dropped (the model itself keeps those above config.test.score_threshold).
+        Raises ValueError (CheckpointError for parameters that do not fit the config's model)."""
         if len(class_names) != config.model.num_classes:
             raise ValueError(f"{len(class_names)} class names for a model with {config.model.num_classes} class slots")
+        _check_range("score_threshold", score_threshold, 0.0, 1.0)
+        check_prediction_config(config)
         self.config = config
         self.class_names = tuple(class_names)
         self.score_threshold = score_threshold
         self.spec = spec_from_config(config)
         self.model = build_model(config)
+        check_params_fit(params, jax.eval_shape(lambda: init_params(self.model, jax.random.key(0))))
         self.params = jax.device_put(params)
         self._predict = make_predict_fn(self.model, self.spec)
 
@@ -69,21 +139,34 @@ class Detector:
         config.update_from_flattened_dict(overrides)
         return cls(config, params, class_names, score_threshold)
 
-    def preprocess(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        """One image as a batch of one on torchvision's padded canvas: {"image", "image_size", "original_size"}."""
-        if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"expected a uint8 RGB image [H, W, 3], got {image.dtype} {image.shape}")
+    def preprocess(self, image) -> dict[str, np.ndarray]:
+        """One image (any accepted form) as a batch of one on torchvision's padded canvas:
+        {"image", "image_size", "original_size"}."""
+        return self._batch_of_one(as_rgb_image(image))
+
+    def _batch_of_one(self, rgb: np.ndarray) -> dict[str, np.ndarray]:
         inputs = self.config.input
-        return preprocess_batch([image], inputs.min_size, inputs.max_size, None, inputs.size_divisible)
+        return preprocess_batch([rgb], inputs.min_size, inputs.max_size, None, inputs.size_divisible)
 
-    def detect(self, images: Sequence[np.ndarray]) -> list[dict]:
-        """Detections of each uint8 RGB image [H, W, 3], scoring at least `score_threshold`, best first:
-        {"boxes": float32 [N, 4] xyxy original pixels, "scores": float32 [N], "classes": int32 [N] labels,
-        "class_names": N names, "masks": bool [N, H, W]}."""
-        return [self._detect_one(image) for image in images]
+    def detect(self, images: Sequence) -> list[dict]:
+        """Detections of each image (path, PIL image or array, see the module docstring), scoring at
+        least `score_threshold`, best first: {"boxes": float32 [N, 4] xyxy original pixels, "scores":
+        float32 [N], "classes": int32 [N] labels, "class_names": N names, "masks": bool [N, H, W]}."""
+        detections = []
+        for image in images:
+            found = self.detect_with_mask_windows(image)
+            height, width = found.pop("image_size")
+            found["masks"] = masks_from_windows(found.pop("mask_windows"), height, width)
+            detections.append(found)
+        return detections
 
-    def _detect_one(self, image: np.ndarray) -> dict:
-        outputs = jax.device_get(self._predict(self.params, self.preprocess(image)))
+    def detect_with_mask_windows(self, image) -> dict:
+        """`detect` of one image, with each mask kept within its box: {"boxes", "scores", "classes",
+        "class_names", "mask_windows": N `MaskWindow`s, "image_size": (H, W)}. Memory beyond the
+        model: the image, its preprocessed copy and the largest box's window, however large the photo."""
+        image = as_rgb_image(image)
+        height, width = image.shape[:2]
+        outputs = jax.device_get(self._predict(self.params, self._batch_of_one(image)))
         outputs = {key: value[0] for key, value in outputs.items()}
         keep = np.flatnonzero(outputs["valid"] & (outputs["scores"] >= self.score_threshold))
         return {
@@ -91,22 +174,15 @@ class Detector:
             "scores": outputs["scores"][keep],
             "classes": outputs["classes"][keep],
             "class_names": [self.class_names[label] for label in outputs["classes"][keep]],
-            "masks": self._paste(outputs["masks"], outputs["boxes"], keep, image.shape[:2]),
+            "mask_windows": paste_mask_windows(outputs["masks"][keep], outputs["boxes"][keep], height, width),
+            "image_size": (height, width),
         }
 
-    def _paste(self, masks: np.ndarray, boxes: np.ndarray, keep: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
-        """Binary masks [N, H, W] of the kept detections, pasted on the device."""
-        if len(keep) == 0:
-            return np.zeros((0, *image_size), bool)
-        # Paste a power-of-two number of slots (padded with a repeat of the first): a few compiles
-        # per image size, and no memory spent on the detections that were dropped.
-        slots = min(len(masks), 2 ** math.ceil(math.log2(len(keep))))
-        chosen = np.concatenate([keep, np.full(slots - len(keep), keep[0])])
-        paste = make_binary_mask_paster(*image_size)
-        return np.asarray(paste(masks[chosen][None], boxes[chosen][None]))[0, : len(keep)]
-
-    def draw(self, image: np.ndarray, detections: dict) -> Image.Image:
-        """The image with each detection's mask tinted, box outlined and "class score" written."""
+    def draw(self, image, detections: dict) -> Image.Image:
+        """The image with each detection's mask tinted, box outlined and "class score" written
+        (detections from `detect` or `detect_with_mask_windows`)."""
+        masks = detections["mask_windows"] if "mask_windows" in detections else detections["masks"]
         return draw_instances(
-            image, detections["boxes"], detections["classes"], detections["masks"], self.class_names, detections["scores"]
+            _as_uint8(as_rgb_image(image)), detections["boxes"], detections["classes"], masks, self.class_names,
+            detections["scores"],
         )

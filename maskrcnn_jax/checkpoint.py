@@ -16,11 +16,16 @@ directory, a directory of numbered step directories, or a training workdir (its 
 folder), and then read the latest step that has its metadata.json.
 
 JSON has no tuples: the config's sequences come back as tuples (configs use tuples, not lists).
+
+Errors name the path and what to do: FileNotFoundError / NotADirectoryError for a path that holds
+no checkpoint (a torch file gets the converter's command), `CheckpointError` for one that cannot be
+read or does not fit the model.
 """
 
 import json
 import os
 import pathlib
+import sys
 from typing import Sequence
 
 import jax
@@ -31,6 +36,11 @@ import orbax.checkpoint as ocp
 METADATA_FILE = "metadata.json"
 PARAMS_DIR = "params"
 STEPS_DIR = "checkpoints"  # in a training workdir
+TORCH_SUFFIXES = (".pth", ".pt", ".pkl", ".bin")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read (damaged files, bad metadata) or does not fit the model."""
 
 
 def _tuples(value):
@@ -87,18 +97,31 @@ def resolve_checkpoint(path: str | os.PathLike) -> pathlib.Path:
             steps = _step_directories(folder)
             if steps:
                 return steps[-1]
+    if path.is_file() and path.suffix in TORCH_SUFFIXES:
+        raise NotADirectoryError(
+            f"{path} is a torch file, not a checkpoint directory: convert it first with "
+            f"`python scripts/convert_torchvision.py --input {path} --output DIR` and pass DIR"
+        )
+    if path.is_file():
+        raise NotADirectoryError(f"{path} is a file; a checkpoint is a directory holding {METADATA_FILE} and {PARAMS_DIR}/")
     if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+        raise FileNotFoundError(f"no checkpoint at {path}: no such file or directory")
     raise FileNotFoundError(
         f"{path} is not a checkpoint: it has no {METADATA_FILE}, nor step directories with one "
-        "(a checkpoint written before checkpoints described themselves: convert the model again)"
+        "(an empty directory, a training run that saved no step yet, or a checkpoint written before "
+        "checkpoints described themselves: convert the model again)"
     )
 
 
 def load_metadata(path: str | os.PathLike) -> tuple[ml_collections.ConfigDict, tuple[str, ...]]:
     """(config, class_names) of the checkpoint at `path` (see `resolve_checkpoint`); the config is unlocked."""
-    metadata = json.loads((resolve_checkpoint(path) / METADATA_FILE).read_text())
-    return ml_collections.ConfigDict(_tuples(metadata["config"])), tuple(metadata["class_names"])
+    metadata_file = resolve_checkpoint(path) / METADATA_FILE
+    try:
+        metadata = json.loads(metadata_file.read_text())
+        return ml_collections.ConfigDict(_tuples(metadata["config"])), tuple(metadata["class_names"])
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{metadata_file} is damaged ({type(error).__name__}: {error}); "
+                              "write or copy the checkpoint again") from None
 
 
 def load_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
@@ -106,9 +129,26 @@ def load_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
     return load_metadata(path)[0]
 
 
+def _quiet_closed_event_loop(unraisable) -> None:
+    """sys.unraisablehook after a failed restore: Orbax's pending reads finish on tensorstore's
+    threads after its event loop closed, and each would print "Event loop is closed"."""
+    if not (isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value)):
+        sys.__unraisablehook__(unraisable)
+
+
 def load_params(path: str | os.PathLike) -> dict:
-    """The parameter tree of the checkpoint at `path` (see `resolve_checkpoint`), as host numpy arrays."""
-    restored = ocp.StandardCheckpointer().restore(resolve_checkpoint(path) / PARAMS_DIR)
+    """The parameter tree of the checkpoint at `path` (see `resolve_checkpoint`), as host numpy arrays.
+    Raises CheckpointError for damaged or truncated parameter files."""
+    params_dir = resolve_checkpoint(path) / PARAMS_DIR
+    if not params_dir.is_dir():
+        raise CheckpointError(f"{params_dir} is missing: the checkpoint is incomplete; write or copy it again")
+    try:
+        restored = ocp.StandardCheckpointer().restore(params_dir)
+    except Exception as error:  # Orbax and tensorstore raise many types for damaged files
+        sys.unraisablehook = _quiet_closed_event_loop
+        message = " ".join(str(error).split())[:300]
+        raise CheckpointError(f"cannot read the parameters in {params_dir}, a file may be truncated or damaged: "
+                              f"{message}; write or copy the checkpoint again") from error
     return jax.tree_util.tree_map(np.asarray, restored)
 
 
@@ -117,3 +157,24 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict, ml_collections.Confi
     directory = resolve_checkpoint(path)
     config, class_names = load_metadata(directory)
     return load_params(directory), config, class_names
+
+
+def check_params_fit(params: dict, expected: dict) -> None:
+    """Raises CheckpointError naming the parameters that `expected` (the model's tree of arrays or
+    ShapeDtypeStructs) has and `params` lacks, has extra, or has with another shape."""
+
+    def flat(tree):
+        return {jax.tree_util.keystr(key, simple=True, separator="/"): np.shape(leaf)
+                for key, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+    ours, wanted = flat(params), flat(expected)
+    problems = [f"{name} is missing" for name in wanted if name not in ours]
+    problems += [f"{name} is not in the model" for name in ours if name not in wanted]
+    problems += [f"{name} has shape {ours[name]}, the model expects {wanted[name]}"
+                 for name in wanted if name in ours and ours[name] != wanted[name]]
+    if problems:
+        raise CheckpointError(
+            f"the checkpoint's parameters do not fit the config's model ({len(problems)} problems, e.g. "
+            f"{'; '.join(problems[:3])}): use the checkpoint's own config, or fix config.model "
+            "(num_classes, backbone depth or widths)"
+        )

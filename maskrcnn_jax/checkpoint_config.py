@@ -3,7 +3,7 @@
     --config=maskrcnn_jax/checkpoint_config.py:DIR
 
 predict.py and evaluate.py use it by themselves when given --checkpoint DIR without --config
-(`maskrcnn_jax.command_line.parse_flags_with_checkpoint_config`).
+(`maskrcnn_jax.command_line.checkpoint_config_default`).
 """
 
 import ml_collections

@@ -1,4 +1,4 @@
-"""Configs from files and from the command line, the same way for every script.
+"""Configs from files and from the command line, the same way for every script, and how scripts fail.
 
 A config file is a Python file with `get_config()` returning an `ml_collections.ConfigDict`.
 Scripts take it with `--config FILE` and change fields with `--config.key=value` (ml_collections
@@ -6,14 +6,24 @@ Scripts take it with `--config FILE` and change fields with `--config.key=value`
 read a checkpoint (predict.py, evaluate.py) also run with `--checkpoint DIR` alone: the config is
 then the checkpoint's own, still overridable with `--config.key=value`.
 
-Scripts start with `run(main)`: absl's app.run, with the log verbosity left at WARNING unless
--v/--verbosity is given (absl raises it to INFO, where Orbax reports every read and write).
+How every script ends: a problem is one line on stderr, `error: <what is wrong and what to do>`,
+with exit code 2 for a usage problem (a flag or argument that is missing, malformed or out of range,
+a path that does not exist or is the wrong kind of thing) and 1 for a failure while working (a file
+that exists but cannot be used, an image that fails). `--verbose` adds the traceback.
+
+The user-facing scripts start with `sys.exit(main())`, where `main(argv=None)` calls `run_script`
+(absl flags) or `run_argparse`: both parse into fresh flags on every call, so tests call the
+scripts' `main([...])` in one process. `run(main)` is absl's app.run on its global flags (train.py,
+benchmark.py), with the same one-line errors.
 """
 
+import argparse
 import importlib.util
 import os
 import pathlib
 import re
+import sys
+import traceback
 from typing import Callable, Sequence
 
 import ml_collections
@@ -21,6 +31,14 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 CHECKPOINT_CONFIG_FILE = pathlib.Path(__file__).with_name("checkpoint_config.py")
+USAGE_EXIT_CODE = 2
+FAILURE_EXIT_CODE = 1
+CACHE_DIR_ENVIRONMENT_VARIABLE = "MASKRCNN_JAX_CACHE_DIR"
+_MAX_MESSAGE_LENGTH = 1000  # one line stays readable; --verbose prints the whole message
+
+
+class UsageError(Exception):
+    """A problem with the command line itself (exit code 2)."""
 
 
 def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
@@ -35,9 +53,14 @@ def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
     return module.get_config()
 
 
-def define_config_flag(help_string: str, default: str | None = None) -> flags.FlagHolder:
-    """Defines `--config FILE` with `--config.key=value` overrides (locked config)."""
-    return config_flags.DEFINE_config_file("config", default, help_string, lock_config=True)
+def define_config_flag(
+    help_string: str, default: str | None = None, flag_values: flags.FlagValues = flags.FLAGS, argv=None
+) -> flags.FlagHolder:
+    """Defines `--config FILE` with `--config.key=value` overrides (locked config); argv: the
+    command line the overrides are read from (default sys.argv)."""
+    return config_flags.DEFINE_config_file(
+        "config", default, help_string, flag_values=flag_values, lock_config=True, sys_argv=argv
+    )
 
 
 def _flag_value(argv: Sequence[str], name: str) -> str | None:
@@ -50,24 +73,212 @@ def _flag_value(argv: Sequence[str], name: str) -> str | None:
     return value
 
 
-def parse_flags_with_checkpoint_config(argv: list[str]) -> list[str]:
-    """An `app.run` flags_parser: when argv has no `--config` but a `--checkpoint DIR`, the config flag
-    defaults to that checkpoint's config (so `--config.key=value` overrides apply to it); then absl
-    parses as usual. Returns the positional arguments (argv[0] first)."""
+def checkpoint_config_default(argv: Sequence[str]) -> str | None:
+    """The `--config` default for a script reading a checkpoint: when argv has no `--config` but a
+    `--checkpoint DIR`, the config stored in that checkpoint (so `--config.key=value` overrides apply
+    to it). Raises UsageError when DIR is not a checkpoint."""
+    from maskrcnn_jax.checkpoint import resolve_checkpoint  # imports Orbax: only scripts that read checkpoints
+
     checkpoint = _flag_value(argv, "checkpoint")
-    if _flag_value(argv, "config") is None and checkpoint:
-        # The overrides are read from sys.argv when the default is parsed, as for --config itself.
-        flags.FLAGS.set_default("config", f"{CHECKPOINT_CONFIG_FILE}:{checkpoint}")
-    return app.parse_flags_with_usage(argv)
+    if _flag_value(argv, "config") is not None or not checkpoint:
+        return None
+    try:
+        resolve_checkpoint(checkpoint)
+    except (FileNotFoundError, NotADirectoryError) as error:
+        raise UsageError(f"--checkpoint: {error}") from None
+    return f"{CHECKPOINT_CONFIG_FILE}:{checkpoint}"
+
+
+def _parse_global_flags(argv: list[str], config_from_checkpoint: bool) -> list[str]:
+    """An `app.run` flags_parser on absl's global flags: with config_from_checkpoint, the
+    `checkpoint_config_default`; a problem ends as one `error:` line (exit 2). Returns the
+    positional arguments (argv[0] first)."""
+    try:
+        default = checkpoint_config_default(argv) if config_from_checkpoint else None
+        if default:
+            # The overrides are read from sys.argv when the default is parsed, as for --config itself.
+            flags.FLAGS.set_default("config", default)
+        return flags.FLAGS(argv)
+    except UsageError as error:
+        sys.exit(report_error(error, verbose=False))
+    except Exception as error:  # absl's flag errors, and whatever loading the config file raised
+        sys.exit(report_error(UsageError(_usage_message(error, argv)), verbose=False))
+
+
+def enable_compilation_cache(directory: str | None = None) -> str | None:
+    """Turns on JAX's persistent compilation cache, so that a second run (or another process) loads
+    compiled programs instead of compiling them again; returns the directory, or None when off.
+
+    directory: where to keep it; None: $MASKRCNN_JAX_CACHE_DIR, else $XDG_CACHE_HOME/maskrcnn_jax/jax,
+    else ~/.cache/maskrcnn_jax/jax; "" turns it off. A cache directory the program set already is kept.
+    """
+    import jax  # only when asked: configs import this module and must not pull in JAX
+
+    if jax.config.jax_compilation_cache_dir:
+        return jax.config.jax_compilation_cache_dir
+    if directory is None:
+        directory = os.environ.get(CACHE_DIR_ENVIRONMENT_VARIABLE)
+    if directory is None:
+        cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        directory = os.path.join(cache_home, "maskrcnn_jax", "jax")
+    if not directory:
+        return None
+    jax.config.update("jax_compilation_cache_dir", directory)
+    return directory
+
+
+def one_line_message(error: BaseException) -> str:
+    """The error as one line: its message, prefixed by the exception type unless it is an error
+    written for the user (usage, ValueError, OSError, this package's own)."""
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted"
+    message = " ".join(str(error).split())
+    written_for_the_user = isinstance(error, (UsageError, app.UsageError, ValueError, OSError)) or type(
+        error
+    ).__module__.startswith("maskrcnn_jax")
+    if not (written_for_the_user and message):
+        message = f"{type(error).__name__}: {message} (unexpected; rerun with --verbose for the traceback)"
+    if len(message) > _MAX_MESSAGE_LENGTH:
+        message = message[: _MAX_MESSAGE_LENGTH - 40] + " ... (--verbose prints all of it)"
+    return message
+
+
+def report_error(error: BaseException, verbose: bool) -> int:
+    """Prints `error: ...` (after the traceback when verbose) and returns the exit code for it."""
+    if verbose:
+        traceback.print_exception(error)
+    print(f"error: {one_line_message(error)}", file=sys.stderr, flush=True)
+    if isinstance(error, (UsageError, app.UsageError)):
+        return USAGE_EXIT_CODE
+    return 130 if isinstance(error, KeyboardInterrupt) else FAILURE_EXIT_CODE
+
+
+def _wants_verbose(argv: Sequence[str]) -> bool:
+    return any(arg in ("--verbose", "--verbose=true", "--verbose=True", "--verbose=1") for arg in argv)
+
+
+def _usage_message(error: BaseException, argv: Sequence[str]) -> str:
+    """absl's and config_flags' parsing errors in the user's terms."""
+    message = " ".join(str(error).split())
+    required = re.fullmatch(r"flag --(\w+)=None: Flag --\w+ must have a value other than None\.", message)
+    if required:
+        return f"--{required.group(1)} is required (see --help)"
+    if isinstance(error, (AttributeError, KeyError)):
+        field = message.strip("\"'")
+        given = [arg.split("=")[0] for arg in argv if arg.startswith("--config.") and arg.split("=")[0].endswith(f".{field}")]
+        return f"{', '.join(given) or '--config.*'}: the config has no field {field!r} (overrides must name existing fields)"
+    return message
+
+
+def _print_help(doc: str, flag_values: flags.FlagValues) -> None:
+    print(doc.strip() + "\n\nflags:\n" + flag_values.get_help(include_special_flags=False))
+
+
+def run_script(
+    main: Callable[[flags.FlagValues, list[str]], int | None],
+    define_flags: Callable[[flags.FlagValues], None],
+    argv: Sequence[str] | None = None,
+    *,
+    doc: str = "",
+    config_help: str | None = None,
+    config_default: str | None = None,
+    config_from_checkpoint: bool = False,
+    compilation_cache: bool = False,
+) -> int:
+    """Parses argv (default sys.argv, the program name first) into fresh absl flags and returns the
+    exit code of `main(flag_values, positional arguments)` (None counts as 0).
+
+    define_flags(flag_values) defines the script's flags; `--verbose` is added, and `--config FILE`
+    with overrides when config_help is given (default config_default, or with config_from_checkpoint
+    the checkpoint's; see `checkpoint_config_default`); compilation_cache adds
+    `--compilation_cache_dir` and turns the cache on (`enable_compilation_cache`). `--help` prints
+    doc and the flags. Problems end as one `error:` line (module docstring).
+    """
+    argv = list(sys.argv if argv is None else argv)
+    verbose = _wants_verbose(argv)
+    if not flags.FLAGS.is_parsed():
+        # absl logging (Orbax, grain workers) expects parsed global flags; scripts use their own.
+        flags.FLAGS.mark_as_parsed()
+    logging.set_verbosity(logging.WARNING)  # Orbax reports every read and write at INFO
+    flag_values = flags.FlagValues()
+    try:
+        flags.DEFINE_bool("verbose", False, "print the traceback of an error", flag_values=flag_values)
+        if compilation_cache:
+            flags.DEFINE_string(
+                "compilation_cache_dir", None,
+                f"JAX's persistent compilation cache (default ${CACHE_DIR_ENVIRONMENT_VARIABLE}, else "
+                "~/.cache/maskrcnn_jax/jax); '' turns it off", flag_values=flag_values)
+        define_flags(flag_values)
+        if any(arg in ("--help", "-h", "--helpshort", "--helpfull") for arg in argv[1:]):
+            if config_help is not None:
+                define_config_flag(config_help, config_default, flag_values, argv)
+            _print_help(doc, flag_values)
+            return 0
+        if config_help is not None:
+            default = checkpoint_config_default(argv) if config_from_checkpoint else None
+            config_file = _flag_value(argv, "config")
+            if config_file and not pathlib.Path(config_file.split(":")[0]).is_file():
+                raise UsageError(f"--config {config_file}: no such config file")
+            define_config_flag(config_help, default or config_default, flag_values, argv)
+        positional = flag_values(argv)
+    except UsageError as error:
+        return report_error(error, verbose)
+    except Exception as error:  # absl's flag errors, and whatever loading the config file raised
+        if verbose:
+            traceback.print_exception(error)
+        return report_error(UsageError(_usage_message(error, argv)), verbose=False)
+    try:
+        if compilation_cache:
+            enable_compilation_cache(flag_values.compilation_cache_dir)
+        code = main(flag_values, positional)
+        return 0 if code is None else int(code)
+    except (Exception, KeyboardInterrupt) as error:
+        return report_error(error, flag_values.verbose)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for the scripts: adds `--verbose`, and a usage problem raises UsageError (one
+    `error:` line, exit 2, from `run_argparse`) instead of printing the usage text."""
+
+    def __init__(self, doc: str, **kwargs):
+        super().__init__(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+        self.add_argument("--verbose", action="store_true", help="print the traceback of an error")
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see --help)")
+
+
+def run_argparse(
+    main: Callable[[argparse.Namespace], int | None], parser: ArgumentParser, argv: Sequence[str] | None = None
+) -> int:
+    """Parses argv (default sys.argv, the program name first) with `parser` and returns the exit code
+    of `main(arguments)`; problems end as one `error:` line (module docstring)."""
+    argv = list(sys.argv if argv is None else argv)
+    try:
+        arguments = parser.parse_args(argv[1:])
+    except UsageError as error:
+        return report_error(error, _wants_verbose(argv))
+    except SystemExit as exit_:  # --help
+        return exit_.code or 0
+    try:
+        code = main(arguments)
+        return 0 if code is None else int(code)
+    except (Exception, KeyboardInterrupt) as error:
+        return report_error(error, arguments.verbose)
 
 
 def run(main: Callable[[list[str]], int | None], config_from_checkpoint: bool = False) -> None:
-    """`app.run(main)` for a script; config_from_checkpoint: use `parse_flags_with_checkpoint_config`."""
-    parse = parse_flags_with_checkpoint_config if config_from_checkpoint else app.parse_flags_with_usage
+    """`app.run(main)` on absl's global flags (train.py, benchmark.py); config_from_checkpoint: the
+    `--config` default is `checkpoint_config_default`. Log verbosity stays WARNING unless
+    -v/--verbosity is given; problems end as one `error:` line (module docstring; -v 1 adds the
+    traceback), SystemExit passes through."""
 
-    def main_with_quiet_logs(argv: list[str]) -> int | None:
+    def main_with_one_line_errors(argv: list[str]) -> int | None:
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)
-        return main(argv)
+        try:
+            return main(argv)
+        except (Exception, KeyboardInterrupt) as error:
+            return report_error(error, verbose=flags.FLAGS["verbosity"].value >= 1)
 
-    app.run(main_with_quiet_logs, flags_parser=parse)
+    app.run(main_with_one_line_errors, flags_parser=lambda argv: _parse_global_flags(argv, config_from_checkpoint))

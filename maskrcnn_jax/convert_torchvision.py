@@ -16,6 +16,7 @@ checkpoint's config (`model.backbone.bn_eps`):
 
 import dataclasses
 import os
+import re
 from typing import Callable, Mapping, Sequence
 
 import jax
@@ -127,10 +128,12 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], expected_params: di
     state_dict maps torchvision keys to numpy arrays. Raises ConversionError for a file that is not a
     Mask R-CNN state_dict, for missing or unexpected keys, and for shape mismatches (all listed at once).
     """
-    if not all(key in state_dict for key in SIGNATURE_KEYS):
+    absent = [key for key in SIGNATURE_KEYS if key not in state_dict]
+    if absent:
         sample = ", ".join(list(state_dict)[:5]) or "(empty)"
         raise ConversionError(
-            f"this is not a torchvision Mask R-CNN state_dict: keys {SIGNATURE_KEYS} are absent (first keys: {sample})"
+            f"this is not a torchvision Mask R-CNN state_dict: {', '.join(absent)} "
+            f"{'is' if len(absent) == 1 else 'are'} absent (first keys: {sample})"
         )
     converted, missing, mismatched, used = {}, [], [], set()
     for path, expected in flatten_tree(expected_params).items():
@@ -171,14 +174,30 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
     weights_only=True unpickles only tensors and plain containers, never arbitrary objects.
     """
+    import pickle
+
     import torch  # only reading .pth files needs torch
 
+    if os.path.isdir(path):
+        raise ConversionError(f"{path} is a directory; give the .pth file")
     if not os.path.isfile(path):
         raise ConversionError(f"no file at {path}")
+    if os.path.getsize(path) == 0:
+        raise ConversionError(f"{path} is empty")
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a non-checkpoint or unsafe pickle
-        raise ConversionError(f"{path} is not a torch state_dict readable with weights_only=True: {error}") from error
+    except pickle.UnpicklingError as error:
+        # torch's message suggests weights_only=False (arbitrary code execution); keep only the cause.
+        cause = re.search(r"WeightsUnpickler error: (.*?)(?: was not an allowed global|\n|$)", str(error))
+        raise ConversionError(
+            f"{path} holds Python objects besides tensors ({cause.group(1) if cause else 'not a plain state_dict'}), "
+            "which are not loaded: if you trust the file, load the model in torch yourself and "
+            "torch.save(model.state_dict(), 'model.pth'), then convert that"
+        ) from error
+    except Exception as error:  # torch raises many types for files that are not torch checkpoints
+        message = " ".join(str(error).split())[:200]
+        raise ConversionError(f"{path} is not a torch checkpoint torch.load can read ({type(error).__name__}: "
+                              f"{message or 'no detail'})") from error
     if isinstance(loaded, dict) and isinstance(loaded.get("model"), dict):
         loaded = loaded["model"]
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
@@ -222,7 +241,8 @@ def convert_torchvision_checkpoint(
     num_classes = config.model.num_classes
     if class_names is None:
         if num_classes != len(COCO_CLASS_NAMES):
-            raise ConversionError(f"a model with {num_classes} class slots needs its class names")
+            raise ConversionError(f"a model with {num_classes} class slots needs its class names: "
+                                  f"{num_classes - 1} names for labels 1..{num_classes - 1} (--class_names=a,b,...)")
         class_names = COCO_CLASS_NAMES
     if len(class_names) != num_classes:
         raise ConversionError(f"{len(class_names)} class names for a model with {num_classes} class slots")

@@ -1,7 +1,7 @@
 """Drawing instances (detections or ground truth) over an image, host side with Pillow, in the spirit
 of matterport's display_instances.
 
-Legend: H W image, D instances.
+Legend: H W image, D instances, h w a mask's window.
 """
 
 import colorsys
@@ -9,6 +9,8 @@ from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from maskrcnn_jax.detector.paste import MaskWindow
 
 MASK_ALPHA = 0.5
 
@@ -22,20 +24,24 @@ def draw_instances(
     image: np.ndarray,
     boxes: np.ndarray,
     classes: np.ndarray,
-    masks: np.ndarray,
+    masks,
     class_names: Sequence[str],
     scores: np.ndarray | None = None,
 ) -> Image.Image:
     """Image with each instance's mask tinted, its box outlined and "name [score]" written above it.
 
-    image uint8 [H, W, 3]; boxes [D, 4] xyxy pixels; classes int [D]; masks bool [D, H, W];
+    image uint8 [H, W, 3]; boxes [D, 4] xyxy pixels; classes int [D]; masks bool [D, H, W] or D
+    `MaskWindow`s (each tinted within its window: memory stays about one image however many masks);
     scores [D] or None (ground truth).
     """
     colors = distinct_colors(len(boxes))
-    canvas = image.astype(np.float32)
-    for mask, color in zip(masks.astype(bool), colors):
-        canvas[mask] = (1 - MASK_ALPHA) * canvas[mask] + MASK_ALPHA * np.asarray(color, np.float32)
-    picture = Image.fromarray(canvas.round().clip(0, 255).astype(np.uint8))
+    picture = np.array(image, np.uint8)
+    for mask, color in zip(masks, colors):
+        window = mask if isinstance(mask, MaskWindow) else MaskWindow(0, 0, np.asarray(mask, bool))
+        region = picture[window.slices]
+        tinted = (1 - MASK_ALPHA) * region[window.pixels] + MASK_ALPHA * np.asarray(color, np.float32)
+        region[window.pixels] = tinted.round().clip(0, 255).astype(np.uint8)
+    picture = Image.fromarray(picture)
     draw = ImageDraw.Draw(picture)
     # Lines and text grow with the image so that they stay readable on 2000-pixel photos.
     long_side = max(picture.size)

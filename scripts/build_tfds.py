@@ -5,35 +5,42 @@ r"""Writes COCO-format splits (json + image folder) as a TFDS ArrayRecord datase
       --split val ../shared/data/balloon/annotations_val.json ../shared/data/balloon/images
 
 Read it back with `maskrcnn_jax.data.tfds_source.TfdsSource(DATA_DIR, "train")`. Broken images are
-left out and listed; skipped annotations are counted per reason. Exits 2 on a broken annotation file,
-1 when the dataset exists already (unless --overwrite).
+left out and listed; skipped annotations are counted per reason. Exits 1 on a broken annotation file
+or when the dataset exists already (unless --overwrite), 2 for a usage problem.
 """
 
-import argparse
+import pathlib
 import sys
 
-import tensorflow_datasets as tfds
-
-from maskrcnn_jax.data import tfds_builder
-from maskrcnn_jax.data.validation import DatasetFileError
+from maskrcnn_jax.command_line import ArgumentParser, UsageError, run_argparse
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def make_parser() -> ArgumentParser:
+    parser = ArgumentParser(__doc__)
     parser.add_argument("--data-dir", required=True, help="TFDS data_dir to write to (local path or gs://...)")
     parser.add_argument("--split", nargs=3, action="append", required=True,
                         metavar=("NAME", "ANNOTATIONS", "IMAGES"), help="a split: name, COCO json, image folder")
     parser.add_argument("--overwrite", action="store_true", help="rebuild a dataset that already exists")
-    args = parser.parse_args()
-    splits = {name: (annotations, images) for name, annotations, images in args.split}
-    try:
-        builder = tfds_builder.CocoInstances(splits=splits, data_dir=args.data_dir, file_format="array_record")
-    except (DatasetFileError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return parser
+
+
+def build(args) -> int:
+    splits = {}
+    for name, annotations, images in args.split:
+        if name in splits:
+            raise UsageError(f"--split {name} is given twice")
+        if not pathlib.Path(annotations).is_file():
+            raise UsageError(f"--split {name}: annotation file {annotations}: no such file")
+        if not pathlib.Path(images).is_dir():
+            raise UsageError(f"--split {name}: image folder {images}: no such folder")
+        splits[name] = (annotations, images)
+    import tensorflow_datasets as tfds
+
+    from maskrcnn_jax.data import tfds_builder
+
+    builder = tfds_builder.CocoInstances(splits=splits, data_dir=args.data_dir, file_format="array_record")
     if builder.is_prepared() and not args.overwrite:
-        print(f"error: {builder.data_dir} already exists; pass --overwrite to rebuild it", file=sys.stderr)
-        return 1
+        raise ValueError(f"{builder.data_dir} already exists; pass --overwrite to rebuild it")
     # REUSE_CACHE_IF_EXISTS regenerates the dataset (there is no download to reuse).
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
         download_mode=tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS))
@@ -48,6 +55,10 @@ def main() -> int:
         for path, reason in metadata["broken_images"][name]:
             print(f"  broken image left out: {path}: {reason}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_argparse(build, make_parser(), argv)
 
 
 if __name__ == "__main__":

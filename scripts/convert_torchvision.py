@@ -18,35 +18,45 @@ Class names: COCO's for the default 91-slot head; give --class_names for any oth
 import pathlib
 import sys
 
-from absl import app, flags
+from absl import flags
 
-from maskrcnn_jax.command_line import define_config_flag, run
-from maskrcnn_jax.convert_torchvision import ConversionError, convert_torchvision_checkpoint
+from maskrcnn_jax.command_line import UsageError, run_script
 
 DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "mask_rcnn_r50_fpn_coco.py"
 
-_CONFIG = define_config_flag("model config file", default=str(DEFAULT_CONFIG))
-_INPUT = flags.DEFINE_string("input", None, "torchvision maskrcnn_resnet50_fpn state_dict (.pth)", required=True)
-_OUTPUT = flags.DEFINE_string("output", None, "checkpoint directory to create (must not exist)", required=True)
-_CLASS_NAMES = flags.DEFINE_list("class_names", None, "names of labels 1..K-1 (default: COCO's, for 91 slots)")
-_BN_EPS = flags.DEFINE_float("bn_eps", None, "BatchNorm eps (default: decided from the state_dict, see above)")
+
+def define_flags(flag_values: flags.FlagValues) -> None:
+    flags.DEFINE_string("input", None, "torchvision maskrcnn_resnet50_fpn state_dict (.pth)", required=True,
+                        flag_values=flag_values)
+    flags.DEFINE_string("output", None, "checkpoint directory to create (must not exist)", required=True,
+                        flag_values=flag_values)
+    flags.DEFINE_list("class_names", None, "names of labels 1..K-1 (default: COCO's, for 91 slots)",
+                      flag_values=flag_values)
+    flags.DEFINE_float("bn_eps", None, "BatchNorm eps (default: decided from the state_dict, see above)",
+                       lower_bound=0.0, flag_values=flag_values)
 
 
-def main(argv: list[str]) -> int:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if pathlib.Path(_OUTPUT.value).exists():
-        raise app.UsageError(f"--output {_OUTPUT.value} already exists; choose a new directory")
-    class_names = None if _CLASS_NAMES.value is None else ["__background__", *_CLASS_NAMES.value]
-    try:
-        done = convert_torchvision_checkpoint(_INPUT.value, _OUTPUT.value, _CONFIG.value, class_names, _BN_EPS.value)
-    except ConversionError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(f"wrote {done.num_parameters:,} parameters, the config and the class names to {_OUTPUT.value}")
+def convert(flag_values: flags.FlagValues, positional: list[str]) -> int:
+    if len(positional) > 1:
+        raise UsageError(f"unexpected arguments: {' '.join(positional[1:])}")
+    if not pathlib.Path(flag_values.input).is_file():
+        raise UsageError(f"--input {flag_values.input}: no such file")
+    if pathlib.Path(flag_values.output).exists():
+        raise UsageError(f"--output {flag_values.output} already exists; choose a new directory")
+    from maskrcnn_jax.convert_torchvision import convert_torchvision_checkpoint  # imports torch and the model
+
+    class_names = None if flag_values.class_names is None else ["__background__", *flag_values.class_names]
+    done = convert_torchvision_checkpoint(flag_values.input, flag_values.output, flag_values.config, class_names,
+                                          flag_values.bn_eps)
+    print(f"wrote {done.num_parameters:,} parameters, the config and the class names to {flag_values.output}")
     print(f"bn_eps = {done.bn_eps} ({done.bn_eps_reason})")
     return 0
 
 
+def main(argv: list[str] | None = None) -> int:
+    return run_script(convert, define_flags, argv, doc=__doc__, config_help="model config file",
+                      config_default=str(DEFAULT_CONFIG))
+
+
 if __name__ == "__main__":
-    run(main)
+    sys.exit(main())

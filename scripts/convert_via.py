@@ -4,37 +4,50 @@ r"""Converts a VGG Image Annotator (VIA 1.x / 2.x) polygon json to a COCO instan
       --images ../shared/data/balloon/images --output /tmp/balloon_train.json --category balloon
 """
 
-import argparse
 import json
+import pathlib
 import sys
 
-from maskrcnn_jax.data import via
-from maskrcnn_jax.data.validation import DatasetFileError
+from maskrcnn_jax.command_line import ArgumentParser, UsageError, run_argparse
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def make_parser() -> ArgumentParser:
+    parser = ArgumentParser(__doc__)
     parser.add_argument("--via", required=True, help="VIA json (export or VIA 2 project file)")
     parser.add_argument("--images", required=True, help="folder with the images (their sizes are read from them)")
     parser.add_argument("--output", required=True, help="COCO json to write")
     parser.add_argument("--category", default="object", help="category of regions that name none")
     parser.add_argument("--category-attribute", default=None,
                         help="region attribute that holds each region's category name")
-    args = parser.parse_args()
-    try:
-        entries = via.load_via_json(args.via)
-    except DatasetFileError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return parser
+
+
+def convert(args) -> int:
+    if not pathlib.Path(args.via).is_file():
+        raise UsageError(f"--via {args.via}: no such file")
+    if not pathlib.Path(args.images).is_dir():
+        raise UsageError(f"--images {args.images}: no such folder")
+    if pathlib.Path(args.output).is_dir():
+        raise UsageError(f"--output {args.output} is a folder; give the COCO json file to write")
+    from maskrcnn_jax.data import via
+
+    entries = via.load_via_json(args.via)
     dataset, skipped = via.via_to_coco(entries, args.images, category_attribute=args.category_attribute,
                                        default_category=args.category)
+    for reason, count in sorted(skipped.items()):
+        print(f"skipped {count}: {reason}")
+    if entries and not dataset["images"]:
+        raise ValueError(f"none of the {len(entries)} images of {args.via} was found in --images {args.images} "
+                         f"(e.g. {entries[0]['filename']!r}): is it the folder that holds them?")
     with open(args.output, "w", encoding="utf-8") as handle:
         json.dump(dataset, handle)
     print(f"wrote {args.output}: {len(dataset['images'])} images, {len(dataset['annotations'])} annotations, "
           f"categories {[c['name'] for c in dataset['categories']]}")
-    for reason, count in sorted(skipped.items()):
-        print(f"skipped {count}: {reason}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_argparse(convert, make_parser(), argv)
 
 
 if __name__ == "__main__":

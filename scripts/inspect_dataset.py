@@ -4,17 +4,17 @@ and a few images with their ground truth drawn.
   python scripts/inspect_dataset.py --annotations ../shared/data/balloon/annotations_train.json \
       --images ../shared/data/balloon/images --output /tmp/balloon_inspect
 
-Exits 2 when the annotation file is unusable (the message names the file and the problem); skipped
-annotations and broken images are reported, not fatal.
+Exits 1 when the annotation file is unusable (the message names the file and the problem), 2 for
+a usage problem; skipped annotations, duplicate annotation ids and broken images are reported, not fatal.
 """
 
-import argparse
 import collections
 import pathlib
 import sys
 
 import tqdm
 
+from maskrcnn_jax.command_line import ArgumentParser, UsageError, run_argparse
 from maskrcnn_jax.data import coco
 from maskrcnn_jax.data import image_io
 from maskrcnn_jax.data import validation
@@ -42,23 +42,36 @@ def print_summary(source: coco.CocoSource) -> None:
         print("skipped annotations: none")
     for reason, count in sorted(source.skipped.items()):
         print(f"skipped annotations: {reason}: {count} ({validation.SKIP_REASONS[reason]})")
+    duplicates = source.duplicate_annotation_ids
+    if duplicates:
+        examples = ", ".join(f"{i} ({n} times)" for i, n in list(duplicates.items())[:5])
+        print(f"duplicate annotation ids: {len(duplicates)}, e.g. {examples} (training is unaffected; COCO "
+              "evaluation refuses the file: pycocotools would score only the last annotation of each id)")
+    else:
+        print("duplicate annotation ids: none")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def make_parser() -> ArgumentParser:
+    parser = ArgumentParser(__doc__)
     parser.add_argument("--annotations", required=True, help="COCO instances json")
     parser.add_argument("--images", required=True, help="folder the json's file_name entries are relative to")
     parser.add_argument("--output", default=None, help="folder for PNGs with the ground truth drawn")
     parser.add_argument("--num-drawn", type=int, default=4, help="how many images to draw (those with instances)")
     parser.add_argument("--max-checked", type=int, default=0,
                         help="decode only the first N images to look for broken ones (default 0: all)")
-    args = parser.parse_args()
+    return parser
 
-    try:
-        source = coco.CocoSource(args.annotations, args.images)
-    except validation.DatasetFileError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+
+def inspect(args) -> int:
+    if not pathlib.Path(args.annotations).is_file():
+        raise UsageError(f"--annotations {args.annotations}: no such file")
+    if not pathlib.Path(args.images).is_dir():
+        raise UsageError(f"--images {args.images}: no such folder")
+    if args.output and pathlib.Path(args.output).is_file():
+        raise UsageError(f"--output {args.output} is a file; give a folder for the drawings")
+    if args.num_drawn < 0 or args.max_checked < 0:
+        raise UsageError("--num-drawn and --max-checked take numbers >= 0")
+    source = coco.CocoSource(args.annotations, args.images)
     print_summary(source)
 
     checked = len(source) if args.max_checked <= 0 else min(args.max_checked, len(source))
@@ -86,6 +99,10 @@ def main() -> int:
             picture.save(path)
             print(f"drew {len(record['labels'])} instances: {path}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_argparse(inspect, make_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -1,67 +1,173 @@
 """Detect objects in photos: one annotated PNG per image and one COCO-style results JSON for all of them.
 
-    python scripts/predict.py --checkpoint DIR --output OUT [--score_threshold=0.5] IMAGE...
-        [--config FILE] [--config.key=value ...]
+    python scripts/predict.py --checkpoint DIR --output OUT [--score_threshold=0.5] [--overwrite] IMAGE...
+        [--config FILE] [--config.key=value ...] [--compilation_cache_dir DIR] [--verbose]
 
 The checkpoint brings its config and class names (`--config` replaces the config, `--config.key=value`
 changes a field of either). Each image is preprocessed as torchvision does (resize to min/max size,
-pad to a multiple of 32), so the model compiles once per padded size. Writes OUT/<image stem>.png and
-OUT/detections.json, a list of {"image": file name, "category_id": label, "class_name", "bbox":
-[x, y, w, h], "score", "segmentation": RLE at the original size}.
+pad to a multiple of 32), so the model compiles once per padded size; compiled programs are kept in
+JAX's persistent cache (~/.cache/maskrcnn_jax/jax), so later runs skip most of the compile.
+
+Outputs keep each image's path relative to the folder that holds all the images given, extension
+included, so no two collide: `a/x.jpg` and `b/x.jpg` give OUT/a/x.jpg.png and OUT/b/x.jpg.png.
+OUT/detections.json is a list of {"image_id": the image's position among those predicted (1, 2, ...),
+"file_name": that relative path, "category_id": label, "class_name", "bbox": [x, y, w, h], "score",
+"segmentation": RLE at the original size}; it is rewritten after each image, so what is done is
+kept if the run stops. `evaluate.py --results OUT/detections.json --annotations A.json` scores it:
+file names are matched to A.json's images. An image that fails is reported in one line and the run
+goes on (exit code 1 at the end). Memory: the model plus a few image-sized arrays, whatever the
+photo's size (masks are pasted and encoded one detection at a time, within its box).
 """
 
 import json
+import os
 import pathlib
 import sys
 
-from absl import app, flags
+from absl import flags
 
-from maskrcnn_jax.api import DEFAULT_SCORE_THRESHOLD, Detector
-from maskrcnn_jax.command_line import define_config_flag, run
-from maskrcnn_jax.data.image_io import BrokenImageError, load_image
-from maskrcnn_jax.evaluation.coco_results import encode_binary_masks, xyxy_to_xywh
+from maskrcnn_jax.command_line import UsageError, one_line_message, run_script
 
-_CONFIG = define_config_flag("model config file (default: the checkpoint's)")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "checkpoint directory or training workdir", required=True)
-_OUTPUT = flags.DEFINE_string("output", None, "directory for the PNGs and detections.json", required=True)
-_SCORE_THRESHOLD = flags.DEFINE_float("score_threshold", DEFAULT_SCORE_THRESHOLD, "keep detections scoring at least this")
+RESULTS_FILE = "detections.json"
 
 
-def coco_entries(file_name: str, detections: dict) -> list[dict]:
-    """COCO-style results entries (keyed by file name, with class names) for one image's detections."""
-    rles = encode_binary_masks(detections["masks"])
-    return [
-        {"image": file_name, "category_id": int(label), "class_name": name, "bbox": [float(v) for v in box],
-         "score": float(score), "segmentation": rle}
-        for box, label, name, score, rle in zip(
-            xyxy_to_xywh(detections["boxes"]), detections["classes"], detections["class_names"], detections["scores"], rles
-        )
-    ]
+def define_flags(flag_values: flags.FlagValues) -> None:
+    flags.DEFINE_string("checkpoint", None, "checkpoint directory or training workdir", required=True,
+                        flag_values=flag_values)
+    flags.DEFINE_string("output", None, "directory for the PNGs and detections.json", required=True,
+                        flag_values=flag_values)
+    flags.DEFINE_float("score_threshold", 0.5, "keep detections scoring at least this", lower_bound=0.0,
+                       upper_bound=1.0, flag_values=flag_values)
+    flags.register_validator("score_threshold", lambda value: value == value, "must be a number in [0, 1], not nan",
+                             flag_values=flag_values)
+    flags.DEFINE_bool("overwrite", False, "write into an --output that holds an earlier run's results",
+                      flag_values=flag_values)
 
 
-def main(argv: list[str]) -> int:
-    image_paths = [pathlib.Path(path) for path in argv[1:]]
-    if not image_paths:
-        raise app.UsageError("give one or more image files after the flags")
-    detector = Detector.from_checkpoint(_CHECKPOINT.value, config=_CONFIG.value, score_threshold=_SCORE_THRESHOLD.value)
-    output = pathlib.Path(_OUTPUT.value)
-    output.mkdir(parents=True, exist_ok=True)
-    results, failed = [], 0
-    for path in image_paths:
+class JsonListFile:
+    """A JSON list on disk that is complete after every `extend`: entries go in before the closing bracket."""
+
+    def __init__(self, path: pathlib.Path):
+        self.path = path
+        self._file = open(path, "wb")
+        self._file.write(b"[")
+        self._end = self._file.tell()
+        self._count = 0
+        self._write_tail()
+
+    def _write_tail(self) -> None:
+        self._file.write(b"\n]\n")
+        self._file.truncate()
+        self._file.flush()
+
+    def extend(self, entries: list[dict]) -> None:
+        if not entries:
+            return
+        self._file.seek(self._end)
+        separator = b",\n" if self._count else b"\n"
+        self._file.write(separator + ",\n".join(json.dumps(entry) for entry in entries).encode())
+        self._end = self._file.tell()
+        self._count += len(entries)
+        self._write_tail()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def output_names(paths: list[pathlib.Path]) -> list[str]:
+    """Each image's path relative to the folder holding them all (posix, extension kept)."""
+    parents = [os.path.dirname(os.path.abspath(path)) for path in paths]
+    common = os.path.commonpath(parents)
+    return [pathlib.Path(os.path.relpath(os.path.abspath(path), common)).as_posix() for path in paths]
+
+
+def existing_distinct_images(arguments: list[str]) -> tuple[list[pathlib.Path], int]:
+    """(the image files given, each once; how many arguments are not files). Repeats and
+    arguments that are not files are reported on stderr."""
+    seen, paths, missing = set(), [], 0
+    for argument in arguments:
+        resolved = os.path.realpath(argument)
+        if not os.path.isfile(resolved):
+            print(f"error: {argument}: {'a directory, not an image file' if os.path.isdir(resolved) else 'no such file'}",
+                  file=sys.stderr)
+            missing += 1
+        elif resolved in seen:
+            print(f"warning: {argument} was given more than once; predicted once", file=sys.stderr)
+        else:
+            seen.add(resolved)
+            paths.append(pathlib.Path(argument))
+    if not paths:
+        raise UsageError(f"none of the {len(arguments)} images given is a file")
+    return paths, missing
+
+
+def prepare_output(output: pathlib.Path, overwrite: bool) -> None:
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"--output {output} is a file; give a directory (it is created if missing)")
+    if (output / RESULTS_FILE).exists() and not overwrite:
+        raise UsageError(f"--output {output} already holds {RESULTS_FILE} from an earlier run: "
+                         "choose another directory, or pass --overwrite")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        with open(output / RESULTS_FILE, "a"):
+            pass
+    except OSError as error:
+        raise UsageError(f"--output {output}: cannot write there ({error.strerror or error})") from None
+
+
+def coco_entries(image_id: int, file_name: str, detections: dict) -> list[dict]:
+    """COCO-style results entries of one image's detections (with file name and class names)."""
+    from maskrcnn_jax.evaluation.coco_results import encode_mask_windows, image_detections_to_coco
+
+    height, width = detections["image_size"]
+    rles = encode_mask_windows(detections["mask_windows"], height, width)
+    label_to_category_id = {int(label): int(label) for label in detections["classes"]}
+    entries = image_detections_to_coco(image_id, detections["boxes"], detections["scores"], detections["classes"],
+                                       label_to_category_id, rles)
+    return [dict(entry, file_name=file_name, class_name=name) for entry, name in zip(entries, detections["class_names"])]
+
+
+def predict(flag_values: flags.FlagValues, positional: list[str]) -> int:
+    if len(positional) < 2:
+        raise UsageError("give one or more image files after the flags")
+    output = pathlib.Path(flag_values.output)
+    prepare_output(output, flag_values.overwrite)
+    paths, failed = existing_distinct_images(positional[1:])
+    names = output_names(paths)
+
+    from maskrcnn_jax.api import Detector, as_rgb_image  # after the cheap checks: it imports JAX and the model
+
+    detector = Detector.from_checkpoint(flag_values.checkpoint, config=flag_values.config,
+                                        score_threshold=flag_values.score_threshold)
+    results = JsonListFile(output / RESULTS_FILE)
+    written = 0
+    for image_id, (path, name) in enumerate(zip(paths, names), start=1):
         try:
-            image = load_image(path)
-        except BrokenImageError as error:
-            print(f"skipped {path}: {error}", file=sys.stderr)
+            image = as_rgb_image(path)
+            detections = detector.detect_with_mask_windows(image)
+            picture = output / f"{name}.png"
+            picture.parent.mkdir(parents=True, exist_ok=True)
+            detector.draw(image, detections).save(picture)
+            del image
+            entries = coco_entries(image_id, name, detections)
+            results.extend(entries)
+        except Exception as error:  # one image's failure is reported and the run goes on
+            print(f"error: {path}: {one_line_message(error)}", file=sys.stderr, flush=True)
             failed += 1
             continue
-        detections = detector.detect([image])[0]
-        detector.draw(image, detections).save(output / f"{path.stem}.png")
-        results.extend(coco_entries(path.name, detections))
-        print(f"{path.name}: {len(detections['scores'])} detections")
-    (output / "detections.json").write_text(json.dumps(results))
-    print(f"wrote {len(results)} detections for {len(image_paths) - failed} images to {output}")
+        written += len(entries)
+        print(f"{name}: {len(entries)} detections -> {picture}", flush=True)
+    results.close()
+    given = len(paths) + failed
+    print(f"wrote {written} detections for {given - failed} of {given} images to {output / RESULTS_FILE}"
+          + (f"; {failed} failed (listed above)" if failed else ""))
     return 1 if failed else 0
 
 
+def main(argv: list[str] | None = None) -> int:
+    return run_script(predict, define_flags, argv, doc=__doc__, config_help="model config file (default: the checkpoint's)",
+                      config_from_checkpoint=True, compilation_cache=True)
+
+
 if __name__ == "__main__":
-    run(main, config_from_checkpoint=True)
+    sys.exit(main())

@@ -7,6 +7,7 @@ import pathlib
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from maskrcnn_jax import Detector
 from maskrcnn_jax.checkpoint import save_checkpoint
@@ -79,5 +80,30 @@ def test_class_names_must_fit_the_model(checkpoint):
     config = load_config_file(ROOT / "configs" / "mask_rcnn_tiny.py")
     with pytest.raises(ValueError, match="3 class names for a model with 5 class slots"):
         Detector(config, {}, CLASS_NAMES[:3])
-    with pytest.raises(ValueError, match="uint8 RGB"):
-        Detector.from_checkpoint(checkpoint).detect([np.zeros((10, 10), np.uint8)])
+
+
+def test_grey_rgba_float_pil_and_path_images_give_the_detections_of_their_rgb(detector, tmp_path):
+    grey = photo(120, 160, seed=3)[:, :, 0]
+    rgb = np.repeat(grey[:, :, None], 3, axis=2)
+    expected = detector.detect([rgb])[0]
+    rgba = np.concatenate([rgb, np.full((120, 160, 1), 7, np.uint8)], axis=2)
+    Image.fromarray(rgb).save(tmp_path / "grey.png")
+    forms = [grey, grey[:, :, None], rgba, rgb.astype(np.float64) / 255, Image.fromarray(grey), tmp_path / "grey.png"]
+    for found in detector.detect(forms):
+        np.testing.assert_allclose(found["boxes"], expected["boxes"], atol=1e-3)
+        np.testing.assert_allclose(found["scores"], expected["scores"], atol=1e-5)
+        assert found["class_names"] == expected["class_names"]
+        assert (found["masks"] != expected["masks"]).mean() < 1e-3
+
+
+@pytest.mark.parametrize("image, message", [
+    (np.zeros((3, 40, 50), np.uint8), r"got shape \(3, 40, 50\); channels first"),
+    (np.zeros((40, 50, 2), np.uint8), r"\[H, W, 4\] \(RGBA\), got shape \(40, 50, 2\)"),
+    (np.zeros((0, 50, 3), np.uint8), "the image is empty"),
+    (np.full((40, 50, 3), 200.0), r"float image must hold values in \[0, 1\], found \[200.0, 200.0\]"),
+    (np.full((40, 50, 3), np.nan, np.float32), "float image must hold values in"),
+    (np.zeros((40, 50, 3), np.int64), "uint8 .* or float .* image, got int64"),
+])
+def test_other_images_are_refused_saying_what_is_expected(detector, image, message):
+    with pytest.raises(ValueError, match=message):
+        detector.detect([image])

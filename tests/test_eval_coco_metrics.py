@@ -123,7 +123,7 @@ def test_unknown_category_id_is_a_clear_error(tiny_gt, tiny_folder):
 def test_mask_of_the_wrong_size_is_a_clear_error(tiny_gt, tiny_folder):
     detections = _load_json(tiny_folder / "dt.json")
     detections[0]["segmentation"]["size"] = [320, 480]
-    with pytest.raises(ValueError, match="original resolution"):
+    with pytest.raises(ValueError, match=r"result 0 .*size \[320, 480\] is not the image.s \[426, 640\]"):
         evaluate_results(tiny_gt, detections)
 
 

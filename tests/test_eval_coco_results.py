@@ -46,7 +46,7 @@ def test_ground_truth_as_detections_scores_ap_one():
             scores=np.linspace(0.9, 0.5, len(annotations)),
             labels=np.array([category_to_label[a["category_id"]] for a in annotations]),
             label_to_category_id=label_to_category_id,
-            binary_masks=np.stack([coco_gt.annToMask(a) for a in annotations]),
+            segmentations=encode_binary_masks(np.stack([coco_gt.annToMask(a) for a in annotations])),
         )
     assert {r["category_id"] for r in results} <= set(coco_gt.getCatIds())
     np.testing.assert_allclose(results[0]["bbox"], coco_gt.imgToAnns[image_ids[0]][0]["bbox"], atol=1e-12)

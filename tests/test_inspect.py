@@ -105,5 +105,5 @@ def test_broken_annotation_file_exits_non_zero_naming_file_and_problem(tmp_path,
     path = tmp_path / "annotations.json"
     path.write_text(content)
     result = _inspect("--annotations", path, "--images", tmp_path)
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert str(path) in result.stderr and problem in result.stderr

@@ -108,7 +108,7 @@ def test_converter_records_the_batchnorm_eps_and_says_why(converted):
 def test_png_is_drawn_over_the_photo(converted, script_results):
     _, output = script_results
     for path, image in zip(converted["paths"], converted["images"]):
-        picture = np.asarray(Image.open(output / f"{path.stem}.png").convert("RGB"))
+        picture = np.asarray(Image.open(output / f"{path.name}.png").convert("RGB"))
         assert picture.shape == image.shape
         # Masks and boxes are drawn, so the picture differs from the photo, but the photo is still there.
         changed = np.abs(picture.astype(int) - image.astype(int)).max(axis=-1) > 0
@@ -117,9 +117,10 @@ def test_png_is_drawn_over_the_photo(converted, script_results):
 
 def test_predict_script_with_only_the_checkpoint_gives_torchvisions_detections(converted, script_results):
     results, _ = script_results
-    assert {entry["image"] for entry in results} == set(PHOTOS)
-    for name, image, expected in zip(PHOTOS, converted["images"], converted["expected"]):
-        entries = [entry for entry in results if entry["image"] == name]
+    assert {entry["file_name"] for entry in results} == set(PHOTOS)
+    for image_id, (name, image, expected) in enumerate(zip(PHOTOS, converted["images"], converted["expected"]), 1):
+        entries = [entry for entry in results if entry["file_name"] == name]
+        assert {entry["image_id"] for entry in entries} == {image_id}
         assert all(entry["segmentation"]["size"] == list(image.shape[:2]) for entry in entries)
         assert all(entry["class_name"] == COCO_CLASS_NAMES[entry["category_id"]] for entry in entries)
         boxes = np.asarray([[x, y, x + w, y + h] for x, y, w, h in (entry["bbox"] for entry in entries)])

@@ -95,13 +95,13 @@ def test_images_without_annotations_can_be_skipped(built):
     assert [with_instances[i]["image_id"] for i in range(len(with_instances))] == [1, 4, 5, 6]
 
 
-def test_broken_annotation_file_exits_2_naming_it(tmp_path):
+def test_broken_annotation_file_exits_1_naming_it(tmp_path):
     path = tmp_path / "bad.json"
     path.write_text("[]")
     result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "build_tfds.py"), "--data-dir",
                              str(tmp_path / "t"), "--split", "train", str(path), str(tmp_path)],
                             capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2 and str(path) in result.stderr and "top level is a JSON list" in result.stderr
+    assert result.returncode == 1 and str(path) in result.stderr and "top level is a JSON list" in result.stderr
 
 
 def test_existing_dataset_is_rebuilt_only_with_overwrite(tmp_path):

@@ -89,4 +89,4 @@ def test_not_a_via_file_fails_naming_it(tmp_path):
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "scripts" / "convert_via.py"), "--via", str(path), "--images",
          str(tmp_path), "--output", str(tmp_path / "out.json")], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and "not a VIA region json" in result.stderr
+    assert result.returncode == 1 and "not a VIA region json" in result.stderr

@@ -57,6 +57,7 @@ class CocoAnnotations:
     skipped: collections.Counter  # reason key (validation.SKIP_REASONS) -> number of annotations
     num_crowd: int  # crowd annotations: not training targets, kept in the file for evaluation
     background_category_ids: tuple[int, ...]  # categories named '_background_', which get no label
+    duplicate_annotation_ids: dict[int, int] = dataclasses.field(default_factory=dict)  # id -> times used
 
 
 def read_coco_annotations(annotation_file: str | os.PathLike) -> CocoAnnotations:
@@ -117,6 +118,7 @@ def read_coco_annotations(annotation_file: str | os.PathLike) -> CocoAnnotations
         skipped=skipped,
         num_crowd=num_crowd,
         background_category_ids=tuple(sorted(background_ids)),
+        duplicate_annotation_ids=validation.duplicate_annotation_ids(dataset),
     )
 
 
@@ -170,6 +172,8 @@ class CocoSource:
       num_crowd: crowd annotations, excluded from records, kept in the file for evaluation.
       num_images_without_annotations: images with no training instance (left out or not).
       background_category_ids: categories named '_background_' (labelme exports), given no label.
+      duplicate_annotation_ids: {id: count} of annotation ids used more than once (harmless for
+        training; COCO evaluation refuses them).
     """
 
     def __init__(self, annotation_file: str | os.PathLike, image_dir: str | os.PathLike, *,
@@ -183,6 +187,7 @@ class CocoSource:
         self.skipped = annotations.skipped
         self.num_crowd = annotations.num_crowd
         self.background_category_ids = annotations.background_category_ids
+        self.duplicate_annotation_ids = annotations.duplicate_annotation_ids
         self.num_images_without_annotations = sum(1 for e in annotations.images if not e.rles)
         self.skip_images_without_annotations = skip_images_without_annotations
         self.entries = tuple(e for e in annotations.images if e.rles or not skip_images_without_annotations)

@@ -8,7 +8,7 @@ import io
 import os
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 
 class BrokenImageError(Exception):
@@ -33,6 +33,8 @@ def decode_image(data: bytes, path: str = "<bytes>") -> np.ndarray:
     transparency included).
     `path` only names the source in the error message.
     """
+    if not data:
+        raise BrokenImageError(path, "cannot decode: the file is empty")
     try:
         with Image.open(io.BytesIO(data)) as image:
             # load() forces the full decode here, so truncated files fail now, not later.
@@ -46,6 +48,11 @@ def decode_image(data: bytes, path: str = "<bytes>") -> np.ndarray:
                 # Palette images may carry transparency; going through RGBA keeps their colours right.
                 image = image.convert("RGBA")
             rgb = image.convert("RGB")
+    except UnidentifiedImageError:
+        # Pillow's message names its in-memory buffer (<_io.BytesIO object at 0x...>), not the file.
+        raise BrokenImageError(
+            path, "cannot decode: not an image file (none of the formats Pillow reads: JPEG, PNG, WebP, TIFF, BMP, ...)"
+        ) from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise BrokenImageError(path, f"cannot decode: {error}") from error
     return np.asarray(rgb, dtype=np.uint8)

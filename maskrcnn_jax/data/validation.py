@@ -5,6 +5,7 @@ raises `DatasetFileError` at once, naming the file and the problem. A problem in
 raises `AnnotationSkipped` with a reason key from `SKIP_REASONS`; the caller skips and counts it.
 """
 
+import collections
 import json
 import math
 import os
@@ -111,6 +112,13 @@ def load_coco_json(path: str | os.PathLike) -> dict:
     return dataset
 
 
+def duplicate_annotation_ids(dataset: dict) -> dict:
+    """{annotation id: how many annotations carry it} for ids used more than once (pycocotools keeps
+    only the last of them in its index, so COCO evaluation would score that one twice)."""
+    counts = collections.Counter(a.get("id") for a in dataset["annotations"] if _is_int(a.get("id")))
+    return {annotation_id: count for annotation_id, count in counts.items() if count > 1}
+
+
 def annotation_to_instance(annotation: dict, height: int, width: int) -> tuple[dict, int]:
     """Checks one non-crowd annotation and turns it into a training instance.
 
@@ -177,27 +185,46 @@ def _segmentation_to_rle(segmentation, height: int, width: int) -> tuple[dict, i
         raise AnnotationSkipped("missing_segmentation")
     if isinstance(segmentation, list):
         return _polygons_to_rle(segmentation, height, width)
-    size = segmentation.get("size") if isinstance(segmentation, dict) else None
+    try:
+        rle_runs(segmentation, height, width)
+    except ValueError:
+        raise AnnotationSkipped("malformed_segmentation") from None
+    counts = segmentation["counts"]
+    if isinstance(counts, list):
+        return mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width), 0
+    return {"size": [height, width], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}, 0
+
+
+def rle_runs(segmentation, height: int, width: int, compressed_only: bool = False) -> list[int]:
+    """The run lengths of an RLE {"size": [H, W], "counts": compressed string or list of runs} of an
+    [height, width] mask. Raises ValueError saying why pycocotools could not decode it safely (it
+    decodes without bounds checks): wrong size, counts of another type, a cut-off string, negative
+    runs, or runs that do not cover the image exactly. compressed_only: list counts are refused too."""
+    if not (isinstance(segmentation, dict) and {"size", "counts"} <= segmentation.keys()):
+        raise ValueError("not an RLE dict with 'size' and 'counts'")
+    size = segmentation["size"]
     if not isinstance(size, (list, tuple)) or list(size) != [height, width]:
-        raise AnnotationSkipped("malformed_segmentation")
-    counts = segmentation.get("counts")
+        raise ValueError(f"its size {size!r} is not the image's [{height}, {width}]")
+    counts = segmentation["counts"]
     if isinstance(counts, str) and counts.isascii():
         counts = counts.encode("ascii")
     if isinstance(counts, bytes):
-        runs = _compressed_rle_runs(counts)
-    elif isinstance(counts, list) and all(_is_int(run) for run in counts):
+        runs = compressed_rle_runs(counts)
+        if runs is None:
+            raise ValueError("its counts string is cut off")
+    elif isinstance(counts, list) and all(_is_int(run) for run in counts) and not compressed_only:
         runs = counts
     else:
-        raise AnnotationSkipped("malformed_segmentation")
-    # Runs must tile the image exactly: pycocotools decodes without bounds checks.
-    if runs is None or any(run < 0 for run in runs) or sum(runs) != height * width:
-        raise AnnotationSkipped("malformed_segmentation")
-    if isinstance(counts, list):
-        return mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width), 0
-    return {"size": [height, width], "counts": counts}, 0
+        expected = "a compressed RLE string (pycocotools mask.encode)" if compressed_only else "a compressed string or a list of integers"
+        raise ValueError(f"its counts are not {expected}")
+    if any(run < 0 for run in runs):
+        raise ValueError("its counts decode to negative run lengths")
+    if sum(runs) != height * width:
+        raise ValueError(f"its runs cover {sum(runs)} pixels, the image has {height * width}")
+    return runs
 
 
-def _compressed_rle_runs(counts: bytes) -> list[int] | None:
+def compressed_rle_runs(counts: bytes) -> list[int] | None:
     """Run lengths of a COCO compressed RLE string (pycocotools rleFrString), or None if it is cut off.
 
     Each run is a little-endian base-32 number in characters offset by 48; 0x20 marks "more

@@ -3,18 +3,23 @@
 from maskrcnn_jax.evaluation.coco_metrics import (
     STAT_NAMES,
     CocoScores,
+    assign_image_ids,
     evaluate_results,
     load_coco_ground_truth,
     read_results_files,
     validate_results,
     write_scores,
 )
-from maskrcnn_jax.evaluation.coco_results import encode_binary_masks, image_detections_to_coco, xyxy_to_xywh
+from maskrcnn_jax.evaluation.coco_results import (
+    encode_binary_masks,
+    encode_mask_windows,
+    image_detections_to_coco,
+    xyxy_to_xywh,
+)
 from maskrcnn_jax.evaluation.evaluator import (
     evaluate_model,
     evaluation_batches,
     model_label_to_category_id,
-    pasted_canvas_size,
     predict_coco_results,
     warm_up,
 )
@@ -22,14 +27,15 @@ from maskrcnn_jax.evaluation.evaluator import (
 __all__ = [
     "CocoScores",
     "STAT_NAMES",
+    "assign_image_ids",
     "encode_binary_masks",
+    "encode_mask_windows",
     "evaluate_model",
     "evaluate_results",
     "evaluation_batches",
     "image_detections_to_coco",
     "load_coco_ground_truth",
     "model_label_to_category_id",
-    "pasted_canvas_size",
     "predict_coco_results",
     "read_results_files",
     "validate_results",

@@ -1,5 +1,6 @@
-"""COCO evaluation of a model over a dataset: jitted predict over fixed-shape batches, masks
-pasted and thresholded on the device, RLE-encoded on the host, scored with COCOeval.
+"""COCO evaluation of a model over a dataset: jitted predict over fixed-shape batches; on the host,
+each real detection's mask pasted within its box window, thresholded and RLE-encoded; scored with
+COCOeval.
 
 Shapes: B batch, Hc Wc the input canvas, D detections per image, S mask size (28).
 """
@@ -11,9 +12,10 @@ import jax
 import numpy as np
 
 from maskrcnn_jax.data.pipeline import evaluation_dataset
-from maskrcnn_jax.detector import make_binary_mask_paster, prediction_inputs
+from maskrcnn_jax.detector import prediction_inputs
+from maskrcnn_jax.detector.paste import paste_mask_windows
 from maskrcnn_jax.evaluation.coco_metrics import evaluate_results
-from maskrcnn_jax.evaluation.coco_results import image_detections_to_coco
+from maskrcnn_jax.evaluation.coco_results import encode_mask_windows, image_detections_to_coco
 
 # Seconds spent in each stage, the keys of the `timings` dicts below.
 TIMING_STAGES = ("data", "model", "paste", "rle", "cocoeval")
@@ -35,13 +37,6 @@ def model_label_to_category_id(num_model_classes: int, dataset_label_to_category
         f"the model has {num_model_classes} class slots but the dataset {len(category_ids)} categories "
         f"(ids {sorted(category_ids)[:10]}...): no label mapping fits"
     )
-
-
-def pasted_canvas_size(coco_gt) -> tuple:
-    """(Hc, Wc): the largest height and the largest width among the images of a COCO index: one
-    paste canvas (one compile) for every image, each image's masks its top-left corner."""
-    images = coco_gt.dataset["images"]
-    return max(image["height"] for image in images), max(image["width"] for image in images)
 
 
 def evaluation_batches(
@@ -73,13 +68,20 @@ def evaluation_batches(
     return dataset, len(source)
 
 
-def warm_up(predict_fn, params, batches, paste_canvas_size: tuple | None) -> None:
-    """Compiles predict and the mask paster on the first batch, so that later timings are steady-state."""
-    batch = next(iter(batches))
-    outputs = predict_fn(params, prediction_inputs(batch))
-    if paste_canvas_size is not None:
-        outputs = make_binary_mask_paster(*paste_canvas_size)(outputs["masks"], outputs["boxes"])
-    jax.block_until_ready(outputs)
+def _add_time(timings: dict, stage: str, start: float) -> float:
+    """Adds the seconds since `start` to timings[stage]; returns now (the next stage's start)."""
+    now = time.perf_counter()
+    timings[stage] = timings.get(stage, 0.0) + now - start
+    return now
+
+
+def warm_up(predict_fn, params, batches) -> None:
+    """Compiles predict on the first batch, so that later timings are steady-state. Raises ValueError
+    when there is no batch (no images, or none could be read)."""
+    batch = next(iter(batches), None)
+    if batch is None:
+        raise ValueError("there is no image to evaluate: the annotation file lists none, or none could be read")
+    jax.block_until_ready(predict_fn(params, prediction_inputs(batch)))
 
 
 def predict_coco_results(
@@ -87,7 +89,7 @@ def predict_coco_results(
     params,
     batches,
     label_to_category_id: dict,
-    paste_canvas_size: tuple | None,
+    with_masks: bool = True,
     timings: dict | None = None,
 ) -> tuple:
     """Runs the model over `batches` and returns (COCO results list, list of evaluated image ids).
@@ -98,51 +100,40 @@ def predict_coco_results(
       (`maskrcnn_jax.detector.make_predict_fn`); it gets only those three keys of each batch.
     batches: iterable of dicts with "image" [B,Hc,Wc,3], "image_size" [B,2], "original_size" [B,2],
       "image_id" [B], "valid" [B] (False for the padding examples of the last batch).
-    paste_canvas_size: (height, width) at least as large as every original image, or None for
-      box-only results.
+    with_masks: also paste the masks (thresholded at 0.5, at the original size) for `segm`.
     timings: if given, seconds are added under "data" (waiting for the next batch), "model",
-      "paste" (on the device, and the copy of the binary masks to the host) and "rle".
+      "paste" (copy to the host, pasting each kept detection within its box) and "rle" (encoding
+      and result dicts). Memory beyond the model: one image-sized buffer plus the largest box's window.
     Detections whose label has no category in `label_to_category_id` are dropped (COCOeval would
     ignore them anyway: it scores only the ground truth's categories).
     """
     timings = {} if timings is None else timings
-    paste = make_binary_mask_paster(*paste_canvas_size) if paste_canvas_size is not None else None
     known_labels = np.array(sorted(label_to_category_id))
     results, image_ids = [], []
     batch_iterator = iter(batches)
     while True:
         start = time.perf_counter()
         batch = next(batch_iterator, None)
-        timings["data"] = timings.get("data", 0.0) + time.perf_counter() - start
+        start = _add_time(timings, "data", start)
         if batch is None:
             break
-
-        start = time.perf_counter()
         predictions = jax.block_until_ready(predict_fn(params, prediction_inputs(batch)))
-        timings["model"] = timings.get("model", 0.0) + time.perf_counter() - start
-
-        start = time.perf_counter()
-        binary_masks = np.asarray(paste(predictions["masks"], predictions["boxes"])) if paste else None
-        timings["paste"] = timings.get("paste", 0.0) + time.perf_counter() - start
-
-        start = time.perf_counter()
-        host = jax.device_get({k: predictions[k] for k in ("boxes", "scores", "classes", "valid")})
+        start = _add_time(timings, "model", start)
+        host = jax.device_get({k: predictions[k] for k in ("boxes", "scores", "classes", "valid", "masks")})
+        start = _add_time(timings, "paste", start)
         for b in np.flatnonzero(np.asarray(batch["valid"])):
             height, width = (int(v) for v in batch["original_size"][b])
             keep = np.asarray(host["valid"][b], dtype=bool) & np.isin(host["classes"][b], known_labels)
+            boxes = host["boxes"][b][keep]
+            windows = paste_mask_windows(host["masks"][b][keep], boxes, height, width) if with_masks else None
+            start = _add_time(timings, "paste", start)
             image_id = int(batch["image_id"][b])
             image_ids.append(image_id)
-            results.extend(
-                image_detections_to_coco(
-                    image_id,
-                    host["boxes"][b][keep],
-                    host["scores"][b][keep],
-                    host["classes"][b][keep],
-                    label_to_category_id,
-                    binary_masks[b, keep, :height, :width] if binary_masks is not None else None,
-                )
-            )
-        timings["rle"] = timings.get("rle", 0.0) + time.perf_counter() - start
+            segmentations = encode_mask_windows(windows, height, width) if with_masks else None
+            results.extend(image_detections_to_coco(
+                image_id, boxes, host["scores"][b][keep], host["classes"][b][keep], label_to_category_id, segmentations
+            ))
+            start = _add_time(timings, "rle", start)
     return results, image_ids
 
 
@@ -159,14 +150,12 @@ def evaluate_model(
 
     A plain function for the trainer to call every N steps (see `predict_coco_results` for the
     arguments). Only the images in `batches` are scored, so a subset of `coco_gt` may be evaluated.
-    Masks are pasted on a canvas of the largest image of `coco_gt`; a model that detects nothing
-    scores 0. timings: if given, seconds are added per stage (TIMING_STAGES).
+    A model that detects nothing scores 0. timings: if given, seconds are added per stage (TIMING_STAGES).
     One process: with several, each would score only its own shard of images (the batches and
     predictions must be host-local arrays); gathering results across processes is not done here.
     """
     timings = {} if timings is None else timings
-    canvas = pasted_canvas_size(coco_gt) if with_masks else None
-    results, image_ids = predict_coco_results(predict_fn, params, batches, label_to_category_id, canvas, timings)
+    results, image_ids = predict_coco_results(predict_fn, params, batches, label_to_category_id, with_masks, timings)
     start = time.perf_counter()
     iou_types = ("bbox", "segm") if with_masks else ("bbox",)
     scores = evaluate_results(coco_gt, results, iou_types=iou_types, image_ids=image_ids)
