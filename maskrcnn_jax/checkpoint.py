@@ -8,10 +8,11 @@ A checkpoint is a directory holding two entries:
                        written by ocp.StandardCheckpointer (or a CheckpointManager item named
                        "params" saved with ocp.args.StandardSave)
 
-`save_checkpoint` writes one (the torchvision converter does). A trainer writes the same two entries
-into each step directory of an Orbax CheckpointManager, WORKDIR/checkpoints/<step>/: its item
-"params", then `save_metadata` once the step is saved, so that a step without metadata.json is
-never read. The readers (`load_checkpoint`, `load_params`, `load_metadata`) accept a checkpoint
+`save_checkpoint` writes one (the torchvision converter does). The trainer writes the same two
+entries into each step directory of an Orbax CheckpointManager, WORKDIR/checkpoints/<step>/: its
+items "params" and "metadata" (the same JSON, as Orbax's JSON item file metadata/metadata, written
+with the step, see `maskrcnn_jax.training.checkpoints`); Orbax lists a step only once every item is
+complete. A step directory with neither metadata file is never read. The readers (`load_checkpoint`, `load_params`, `load_metadata`) accept a checkpoint
 directory, a directory of numbered step directories, or a training workdir (its checkpoints/
 folder), and then read the latest step that has its metadata.json.
 
@@ -34,6 +35,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 METADATA_FILE = "metadata.json"
+# The same JSON as an Orbax CheckpointManager item named "metadata" (ocp.args.JsonSave) stores it.
+METADATA_ITEM_FILE = pathlib.Path("metadata") / "metadata"
 PARAMS_DIR = "params"
 STEPS_DIR = "checkpoints"  # in a training workdir
 TORCH_SUFFIXES = (".pth", ".pt", ".pkl", ".bin")
@@ -80,9 +83,17 @@ def save_checkpoint(
     save_metadata(directory, config, class_names)
 
 
+def _metadata_file(directory: pathlib.Path) -> pathlib.Path | None:
+    """The metadata JSON of a checkpoint directory (converter's or trainer's layout), None if absent."""
+    for name in (METADATA_FILE, METADATA_ITEM_FILE):
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
 def _step_directories(folder: pathlib.Path) -> list[pathlib.Path]:
     """Numbered step directories of a CheckpointManager folder that have their metadata, oldest first."""
-    steps = [path for path in folder.iterdir() if path.name.isdigit() and (path / METADATA_FILE).is_file()]
+    steps = [path for path in folder.iterdir() if path.name.isdigit() and _metadata_file(path)]
     return sorted(steps, key=lambda path: int(path.name))
 
 
@@ -90,7 +101,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> pathlib.Path:
     """The checkpoint directory that `path` names: itself if it holds metadata.json, else the latest
     step of `path` (a folder of numbered steps) or of `path`/checkpoints (a training workdir)."""
     path = pathlib.Path(path).absolute()
-    if (path / METADATA_FILE).is_file():
+    if _metadata_file(path):
         return path
     for folder in (path, path / STEPS_DIR):
         if folder.is_dir():
@@ -115,7 +126,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> pathlib.Path:
 
 def load_metadata(path: str | os.PathLike) -> tuple[ml_collections.ConfigDict, tuple[str, ...]]:
     """(config, class_names) of the checkpoint at `path` (see `resolve_checkpoint`); the config is unlocked."""
-    metadata_file = resolve_checkpoint(path) / METADATA_FILE
+    metadata_file = _metadata_file(resolve_checkpoint(path))
     try:
         metadata = json.loads(metadata_file.read_text())
         return ml_collections.ConfigDict(_tuples(metadata["config"])), tuple(metadata["class_names"])

@@ -17,6 +17,7 @@ from maskrcnn_jax.checkpoint import (
     save_metadata,
 )
 from maskrcnn_jax.command_line import load_config_file
+from maskrcnn_jax.training.checkpoints import checkpoint_metadata
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CLASS_NAMES = ("__background__", "circle", "square", "triangle", "star")
@@ -68,6 +69,23 @@ def test_training_workdir_reads_the_latest_step_with_metadata(config, tmp_path):
     np.testing.assert_array_equal(load_params(tmp_path / "workdir")["box_predictor"]["cls_score"]["kernel"],
                                   np.full((3, 5), 200, np.float32))
     assert load_config(tmp_path / "workdir") == config
+
+
+def test_trainer_workdir_is_read_through_its_metadata_item(config, tmp_path):
+    """What maskrcnn_jax.training.checkpoints writes (items params, train_state and a JSON item
+    metadata) is what predict.py, evaluate.py and Detector read with --checkpoint WORKDIR."""
+    manager = ocp.CheckpointManager(tmp_path / "workdir" / "checkpoints")
+    for step in (10, 20):
+        manager.save(step, args=ocp.args.Composite(
+            params=ocp.args.StandardSave(small_params(step)),
+            train_state=ocp.args.StandardSave({"step": np.int32(step)}),
+            metadata=ocp.args.JsonSave(checkpoint_metadata(config, CLASS_NAMES)),
+        ))
+        manager.wait_until_finished()
+    manager.close()
+    params, restored, class_names = load_checkpoint(tmp_path / "workdir")
+    np.testing.assert_array_equal(params["box_predictor"]["cls_score"]["kernel"], np.full((3, 5), 20, np.float32))
+    assert restored == config and class_names == CLASS_NAMES
 
 
 def test_not_a_checkpoint_is_named(tmp_path):
