@@ -188,12 +188,15 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         # torch's message suggests weights_only=False (arbitrary code execution); keep only the cause.
-        cause = re.search(r"WeightsUnpickler error: (.*?)(?: was not an allowed global|\n|$)", str(error))
-        raise ConversionError(
-            f"{path} holds Python objects besides tensors ({cause.group(1) if cause else 'not a plain state_dict'}), "
-            "which are not loaded: if you trust the file, load the model in torch yourself and "
-            "torch.save(model.state_dict(), 'model.pth'), then convert that"
-        ) from error
+        found = re.search(r"WeightsUnpickler error:\s*([^\n]+?)(?: was not an allowed global|\n|$)", str(error))
+        cause = found.group(1).strip() if found else "not a pickle of tensors"
+        if cause.startswith("Unsupported global"):
+            raise ConversionError(
+                f"{path} holds Python objects besides tensors ({cause}), which are not loaded: if you trust the "
+                "file, load the model in torch yourself and torch.save(model.state_dict(), 'model.pth'), then "
+                "convert that"
+            ) from error
+        raise ConversionError(f"{path} is not a torch checkpoint torch.load can read ({cause})") from error
     except Exception as error:  # torch raises many types for files that are not torch checkpoints
         message = " ".join(str(error).split())[:200]
         raise ConversionError(f"{path} is not a torch checkpoint torch.load can read ({type(error).__name__}: "

@@ -80,7 +80,10 @@ def _predict_model(flag_values: flags.FlagValues, coco_gt) -> tuple:
     from maskrcnn_jax.models import build_model, init_params
 
     config = flag_values.config
-    check_prediction_config(config)
+    try:
+        check_prediction_config(config)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     model = build_model(config)
     params = load_params(flag_values.checkpoint)
     check_params_fit(params, jax.eval_shape(lambda: init_params(model, jax.random.key(0))))

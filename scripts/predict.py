@@ -82,23 +82,24 @@ def output_names(paths: list[pathlib.Path]) -> list[str]:
 
 
 def existing_distinct_images(arguments: list[str]) -> tuple[list[pathlib.Path], int]:
-    """(the image files given, each once; how many arguments are not files). Repeats and
-    arguments that are not files are reported on stderr."""
-    seen, paths, missing = set(), [], 0
+    """(the image files given, each once; how many arguments are not files). Arguments that are not
+    files and repeats are reported on stderr; UsageError when no file is left."""
+    seen, paths, problems = set(), [], []
     for argument in arguments:
         resolved = os.path.realpath(argument)
         if not os.path.isfile(resolved):
-            print(f"error: {argument}: {'a directory, not an image file' if os.path.isdir(resolved) else 'no such file'}",
-                  file=sys.stderr)
-            missing += 1
+            problems.append(f"{argument} ({'a directory' if os.path.isdir(resolved) else 'no such file'})")
         elif resolved in seen:
             print(f"warning: {argument} was given more than once; predicted once", file=sys.stderr)
         else:
             seen.add(resolved)
             paths.append(pathlib.Path(argument))
     if not paths:
-        raise UsageError(f"none of the {len(arguments)} images given is a file")
-    return paths, missing
+        raise UsageError(f"none of the images given is a file: {', '.join(problems[:3])}"
+                         + (f" and {len(problems) - 3} more" if len(problems) > 3 else ""))
+    for problem in problems:
+        print(f"error: {problem.replace(' (', ': ', 1).rstrip(')')}", file=sys.stderr)
+    return paths, len(problems)
 
 
 def prepare_output(output: pathlib.Path, overwrite: bool) -> None:
@@ -132,15 +133,19 @@ def predict(flag_values: flags.FlagValues, positional: list[str]) -> int:
         raise UsageError("give one or more image files after the flags")
     output = pathlib.Path(flag_values.output)
     prepare_output(output, flag_values.overwrite)
-    paths, failed = existing_distinct_images(positional[1:])
+    paths, missing = existing_distinct_images(positional[1:])
     names = output_names(paths)
 
-    from maskrcnn_jax.api import Detector, as_rgb_image  # after the cheap checks: it imports JAX and the model
+    from maskrcnn_jax.api import Detector, as_rgb_image, check_prediction_config  # imports JAX and the model
 
+    try:
+        check_prediction_config(flag_values.config)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     detector = Detector.from_checkpoint(flag_values.checkpoint, config=flag_values.config,
                                         score_threshold=flag_values.score_threshold)
     results = JsonListFile(output / RESULTS_FILE)
-    written = 0
+    written, failed = 0, missing
     for image_id, (path, name) in enumerate(zip(paths, names), start=1):
         try:
             image = as_rgb_image(path)
@@ -158,7 +163,7 @@ def predict(flag_values: flags.FlagValues, positional: list[str]) -> int:
         written += len(entries)
         print(f"{name}: {len(entries)} detections -> {picture}", flush=True)
     results.close()
-    given = len(paths) + failed
+    given = len(paths) + missing
     print(f"wrote {written} detections for {given - failed} of {given} images to {output / RESULTS_FILE}"
           + (f"; {failed} failed (listed above)" if failed else ""))
     return 1 if failed else 0
