@@ -5,12 +5,13 @@
 Multi-host, one command per host (on Cloud TPU and SLURM leave the three flags out: jax detects them):
   python scripts/train.py --config configs/mask_rcnn_r50_fpn_coco.py --workdir /shared/run \
       --coordinator_address HOST0:1234 --num_processes N --process_id I
-See docs/training.md.
+Compiled programs are kept in JAX's persistent cache ($MASKRCNN_JAX_CACHE_DIR, default
+~/.cache/maskrcnn_jax/jax; set it to "" to turn it off), so a resumed run does not compile again. See docs/training.md.
 """
 
 from absl import flags
 
-from maskrcnn_jax.command_line import define_config_flag, run
+from maskrcnn_jax.command_line import define_config_flag, enable_compilation_cache, run
 from maskrcnn_jax.training import (
     IncompatibleCheckpointError,
     NonFiniteLossError,
@@ -30,6 +31,7 @@ flags.mark_flags_as_required(["config"])
 def main(argv) -> None:
     if len(argv) > 1:
         raise SystemExit(f"error: unexpected arguments {argv[1:]}")
+    enable_compilation_cache()
     initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     try:
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
