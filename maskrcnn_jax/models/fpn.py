@@ -3,11 +3,14 @@
 Legend: B batch, C channels. Feature maps are NHWC.
 """
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
+
+from maskrcnn_jax.models.conv import Conv
 
 # torchvision initialises FPN convs with kaiming_uniform(a=1) and zero bias.
 fpn_init = nn.initializers.variance_scaling(1.0, "fan_in", "uniform")
@@ -27,18 +30,21 @@ class FPN(nn.Module):
     """Top-down pathway with lateral 1x1 convs ("inner_i") and 3x3 output convs ("layer_i").
 
     features: [C2, C3, C4, C5], each [B, H_l, W_l, C_l] ->
-    [P2, P3, P4, P5, P6], each [B, H_l, W_l, channels]; P6 = P5[:, ::2, ::2] (max-pool, kernel 1, stride 2).
+    [P2, P3, P4, P5, P6], each [B, H_l, W_l, channels] in `dtype`; P6 = P5[:, ::2, ::2] (max-pool,
+    kernel 1, stride 2). dtype, fast_convs: as models.conv.Conv's dtype and fast.
     """
 
     channels: int = 256
+    dtype: Any = jnp.float32
+    fast_convs: bool = True
 
     @nn.compact
     def __call__(self, features: Sequence[jax.Array]) -> list[jax.Array]:
-        def inner(index: int) -> nn.Conv:
-            return nn.Conv(self.channels, (1, 1), kernel_init=fpn_init, name=f"inner_{index}")
+        def inner(index: int) -> Conv:
+            return Conv(self.channels, 1, kernel_init=fpn_init, dtype=self.dtype, fast=self.fast_convs, name=f"inner_{index}")
 
-        def layer(index: int) -> nn.Conv:
-            return nn.Conv(self.channels, (3, 3), padding=((1, 1), (1, 1)), kernel_init=fpn_init, name=f"layer_{index}")
+        def layer(index: int) -> Conv:
+            return Conv(self.channels, 3, kernel_init=fpn_init, dtype=self.dtype, fast=self.fast_convs, name=f"layer_{index}")
 
         last = len(features) - 1
         top_down = inner(last)(features[last])

@@ -3,8 +3,13 @@
 Legend: R RoIs, S RoI output size (14), C channels, K classes including background.
 """
 
+from typing import Any
+
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
+
+from maskrcnn_jax.models.conv import Conv, ConvTranspose
 
 # torchvision initialises the mask branch with kaiming_normal(fan_out, relu) and zero bias.
 mask_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -13,17 +18,20 @@ mask_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 class MaskHead(nn.Module):
     """Four 3x3 conv + ReLU layers ("mask_fcn1".."mask_fcn4").
 
-    roi_features: [R, S, S, C] -> [R, S, S, channels].
+    roi_features: [R, S, S, C] -> [R, S, S, channels] in `dtype` (parameters stay float32).
     """
 
     channels: int = 256
     num_convs: int = 4
+    dtype: Any = jnp.float32
+    fast_convs: bool = True
 
     @nn.compact
     def __call__(self, roi_features: jax.Array) -> jax.Array:
         x = roi_features
         for index in range(1, self.num_convs + 1):
-            x = nn.Conv(self.channels, (3, 3), padding=((1, 1), (1, 1)), kernel_init=mask_init, name=f"mask_fcn{index}")(x)
+            x = Conv(self.channels, 3, kernel_init=mask_init, dtype=self.dtype, fast=self.fast_convs,
+                     name=f"mask_fcn{index}")(x)
             x = nn.relu(x)
         return x
 
@@ -31,13 +39,16 @@ class MaskHead(nn.Module):
 class MaskPredictor(nn.Module):
     """2x2 stride-2 transposed conv + ReLU ("conv5_mask"), then 1x1 conv to per-class logits.
 
-    x: [R, S, S, C] -> mask_logits [R, 2S, 2S, K].
+    x: [R, S, S, C] -> mask_logits [R, 2S, 2S, K], float32 whatever the compute `dtype` (the loss
+    reduces them in float32).
     """
 
     num_classes: int
+    dtype: Any = jnp.float32
+    fast_convs: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = nn.ConvTranspose(x.shape[-1], (2, 2), strides=(2, 2), padding="VALID", kernel_init=mask_init, name="conv5_mask")(x)
-        x = nn.relu(x)
-        return nn.Conv(self.num_classes, (1, 1), kernel_init=mask_init, name="mask_fcn_logits")(x)
+        options = dict(kernel_init=mask_init, dtype=self.dtype, fast=self.fast_convs)
+        x = nn.relu(ConvTranspose(x.shape[-1], 2, **options, name="conv5_mask")(x))
+        return Conv(self.num_classes, 1, **options, name="mask_fcn_logits")(x).astype(jnp.float32)

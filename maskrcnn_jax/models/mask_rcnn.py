@@ -9,7 +9,7 @@ without touching them. Call a piece with `model.apply({"params": params}, x, met
 (or "rpn", "box_head", "mask_head"; `method=MaskRCNN.features` works too).
 """
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -28,6 +28,12 @@ class MaskRCNN(nn.Module):
     Parameter tree: backbone/{conv1,bn1,layer1/0/conv1,...}, fpn/{inner_i,layer_i}, rpn_head/{conv,
     cls_logits,bbox_pred}, box_mlp/{fc6,fc7}, box_predictor/{cls_score,bbox_pred},
     mask_convs/mask_fcn1..4, mask_predictor/{conv5_mask,mask_fcn_logits}.
+
+    dtype: the compute dtype of every convolution and dense layer (e.g. jnp.bfloat16); parameters,
+    frozen-BatchNorm math and the heads' outputs (objectness, box deltas, class logits, mask logits)
+    stay float32, so the losses reduce in float32. The features are in `dtype`.
+    fast_convs: the convolutions of models.conv that are faster on XLA:CPU (values and gradients
+    equal); False runs lax.conv_general_dilated everywhere. Neither changes the parameter tree.
     """
 
     num_classes: int = 91
@@ -40,18 +46,21 @@ class MaskRCNN(nn.Module):
     mask_head_channels: int = 256
     box_roi_size: int = 7
     mask_roi_size: int = 14
+    dtype: Any = jnp.float32
+    fast_convs: bool = True
 
     def setup(self):
-        self.backbone = ResNet(self.stage_sizes, self.stem_width, self.bn_eps)
-        self.fpn = FPN(self.fpn_channels)
-        self.rpn_head = RPNHead(self.num_anchors)
-        self.box_mlp = TwoMLPHead(self.representation_size)
-        self.box_predictor = BoxPredictor(self.num_classes)
-        self.mask_convs = MaskHead(self.mask_head_channels)
-        self.mask_predictor = MaskPredictor(self.num_classes)
+        convs = dict(dtype=self.dtype, fast_convs=self.fast_convs)
+        self.backbone = ResNet(self.stage_sizes, self.stem_width, self.bn_eps, **convs)
+        self.fpn = FPN(self.fpn_channels, **convs)
+        self.rpn_head = RPNHead(self.num_anchors, **convs)
+        self.box_mlp = TwoMLPHead(self.representation_size, dtype=self.dtype)
+        self.box_predictor = BoxPredictor(self.num_classes, dtype=self.dtype)
+        self.mask_convs = MaskHead(self.mask_head_channels, **convs)
+        self.mask_predictor = MaskPredictor(self.num_classes, **convs)
 
     def features(self, images: jax.Array) -> list[jax.Array]:
-        """images [B, H, W, 3] normalised -> [P2, P3, P4, P5, P6], each [B, H/s, W/s, C], s = 4..64."""
+        """images [B, H, W, 3] normalised -> [P2, P3, P4, P5, P6], each [B, H/s, W/s, C] in `dtype`, s = 4..64."""
         return self.fpn(self.backbone(images))
 
     def rpn(self, features: Sequence[jax.Array]) -> tuple[list[jax.Array], list[jax.Array]]:

@@ -8,34 +8,33 @@ constants: the module stops their gradient, and `models.frozen_parameter_mask` m
 the frozen stem/early stages) so a trainer's optimizer leaves them alone.
 """
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
+
+from maskrcnn_jax.models.conv import Conv
 
 # He (fan_out) init as torchvision's ResNet; only used when training from scratch.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def conv(features: int, kernel: int, stride: int = 1, name: str | None = None, use_bias: bool = False) -> nn.Conv:
-    """A torch-style conv: symmetric padding kernel // 2 (so stride 2 matches torch exactly)."""
-    pad = kernel // 2
-    return nn.Conv(
-        features,
-        (kernel, kernel),
-        strides=(stride, stride),
-        padding=((pad, pad), (pad, pad)),
-        use_bias=use_bias,
-        kernel_init=conv_init,
-        name=name,
-    )
+def conv(features: int, kernel: int, stride: int = 1, dtype: Any = jnp.float32, fast: bool = True,
+         name: str | None = None) -> Conv:
+    """A torch-style bias-free conv: symmetric padding kernel // 2 (so stride 2 matches torch exactly)."""
+    return Conv(features, kernel, stride, use_bias=False, kernel_init=conv_init, dtype=dtype, fast=fast, name=name)
 
 
 class FrozenBatchNorm(nn.Module):
     """y = (x - mean) / sqrt(var + eps) * scale + bias with fixed statistics.
 
     torchvision's COCO_V1 Mask R-CNN weights were trained with eps = 0.0; a torchvision model built
-    with weights=None uses 1e-5. x: [..., C] -> [..., C].
+    with weights=None uses 1e-5. x: [..., C] -> [..., C] in x's dtype.
+
+    The math is float32 whatever x's dtype: with eps = 0 a small variance makes the folded scale
+    large, and a bfloat16 scale and bias would add two roundings to the one of the output. The
+    multiply-add is elementwise and fuses with the convolution before it, so the cost is nil.
     """
 
     eps: float = 1e-5
@@ -51,7 +50,7 @@ class FrozenBatchNorm(nn.Module):
         # Fold into one multiply-add, in the same order as torchvision's FrozenBatchNorm2d.
         folded_scale = scale * jax.lax.rsqrt(var + self.eps)
         folded_bias = bias - mean * folded_scale
-        return x * folded_scale + folded_bias
+        return (x.astype(jnp.float32) * folded_scale + folded_bias).astype(x.dtype)
 
 
 class Bottleneck(nn.Module):
@@ -63,15 +62,18 @@ class Bottleneck(nn.Module):
     width: int
     stride: int = 1
     bn_eps: float = 1e-5
+    dtype: Any = jnp.float32
+    fast_convs: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         out_channels = 4 * self.width
-        y = nn.relu(FrozenBatchNorm(self.bn_eps, name="bn1")(conv(self.width, 1, name="conv1")(x)))
-        y = nn.relu(FrozenBatchNorm(self.bn_eps, name="bn2")(conv(self.width, 3, self.stride, name="conv2")(y)))
-        y = FrozenBatchNorm(self.bn_eps, name="bn3")(conv(out_channels, 1, name="conv3")(y))
+        options = dict(dtype=self.dtype, fast=self.fast_convs)
+        y = nn.relu(FrozenBatchNorm(self.bn_eps, name="bn1")(conv(self.width, 1, **options, name="conv1")(x)))
+        y = nn.relu(FrozenBatchNorm(self.bn_eps, name="bn2")(conv(self.width, 3, self.stride, **options, name="conv2")(y)))
+        y = FrozenBatchNorm(self.bn_eps, name="bn3")(conv(out_channels, 1, **options, name="conv3")(y))
         if self.stride != 1 or x.shape[-1] != out_channels:
-            x = conv(out_channels, 1, self.stride, name="downsample_conv")(x)
+            x = conv(out_channels, 1, self.stride, **options, name="downsample_conv")(x)
             x = FrozenBatchNorm(self.bn_eps, name="downsample_bn")(x)
         return nn.relu(x + y)
 
@@ -83,12 +85,14 @@ class ResNetStage(nn.Module):
     width: int
     stride: int
     bn_eps: float = 1e-5
+    dtype: Any = jnp.float32
+    fast_convs: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         for index in range(self.num_blocks):
             stride = self.stride if index == 0 else 1
-            x = Bottleneck(self.width, stride, self.bn_eps, name=str(index))(x)
+            x = Bottleneck(self.width, stride, self.bn_eps, self.dtype, self.fast_convs, name=str(index))(x)
         return x
 
 
@@ -97,16 +101,20 @@ class ResNet(nn.Module):
 
     stage_sizes (3, 4, 6, 3) is ResNet-50, (3, 4, 23, 3) ResNet-101; a small `stem_width`
     (e.g. 8) with (1, 1, 1, 1) gives a tiny network for tests and CPU demos.
-    images: [B, H, W, 3] -> list of 4 maps [B, H/s, W/s, 4 * stem_width * 2**i], s = 4, 8, 16, 32.
+    Convolutions compute in `dtype` (parameters stay float32); fast_convs: models.conv's faster
+    CPU formulations (False: lax.conv_general_dilated everywhere, the reference).
+    images: [B, H, W, 3] -> list of 4 maps [B, H/s, W/s, 4 * stem_width * 2**i] in `dtype`, s = 4, 8, 16, 32.
     """
 
     stage_sizes: Sequence[int] = (3, 4, 6, 3)
     stem_width: int = 64
     bn_eps: float = 1e-5
+    dtype: Any = jnp.float32
+    fast_convs: bool = True
 
     @nn.compact
     def __call__(self, images: jax.Array) -> list[jax.Array]:
-        x = conv(self.stem_width, 7, 2, name="conv1")(images)
+        x = conv(self.stem_width, 7, 2, dtype=self.dtype, fast=self.fast_convs, name="conv1")(images)
         x = nn.relu(FrozenBatchNorm(self.bn_eps, name="bn1")(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         outputs = []
@@ -116,6 +124,8 @@ class ResNet(nn.Module):
                 self.stem_width * 2**index,
                 stride=1 if index == 0 else 2,
                 bn_eps=self.bn_eps,
+                dtype=self.dtype,
+                fast_convs=self.fast_convs,
                 name=f"layer{index + 1}",
             )(x)
             outputs.append(x)

@@ -3,10 +3,13 @@
 Legend: B batch, A anchors per location, C channels. Feature maps are NHWC.
 """
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
+
+from maskrcnn_jax.models.conv import Conv
 
 # torchvision initialises the RPN head with normal(std=0.01) weights and zero bias.
 rpn_init = nn.initializers.normal(0.01)
@@ -18,18 +21,22 @@ class RPNHead(nn.Module):
     features: list of [B, H_l, W_l, C] -> (objectness: list of [B, H_l, W_l, A],
     box_deltas: list of [B, H_l, W_l, A * 4]); channel a * 4 + k is coordinate k of anchor a,
     so reshaping to [B, H_l * W_l * A, 4] gives torchvision's anchor order (row, column, anchor).
+    Computes in `dtype`; both outputs are float32 (the losses reduce them in float32).
     """
 
     num_anchors: int = 3
+    dtype: Any = jnp.float32
+    fast_convs: bool = True
 
     @nn.compact
     def __call__(self, features: Sequence[jax.Array]) -> tuple[list[jax.Array], list[jax.Array]]:
-        shared = nn.Conv(features[0].shape[-1], (3, 3), padding=((1, 1), (1, 1)), kernel_init=rpn_init, name="conv")
-        objectness_conv = nn.Conv(self.num_anchors, (1, 1), kernel_init=rpn_init, name="cls_logits")
-        deltas_conv = nn.Conv(4 * self.num_anchors, (1, 1), kernel_init=rpn_init, name="bbox_pred")
+        options = dict(kernel_init=rpn_init, dtype=self.dtype, fast=self.fast_convs)
+        shared = Conv(features[0].shape[-1], 3, **options, name="conv")
+        objectness_conv = Conv(self.num_anchors, 1, **options, name="cls_logits")
+        deltas_conv = Conv(4 * self.num_anchors, 1, **options, name="bbox_pred")
         objectness, box_deltas = [], []
         for feature in features:
             hidden = nn.relu(shared(feature))
-            objectness.append(objectness_conv(hidden))
-            box_deltas.append(deltas_conv(hidden))
+            objectness.append(objectness_conv(hidden).astype(jnp.float32))
+            box_deltas.append(deltas_conv(hidden).astype(jnp.float32))
         return objectness, box_deltas
