@@ -34,6 +34,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.roi_sampling_ratio = 2
     config.model.rpn_box_weights = (1.0, 1.0, 1.0, 1.0)
     config.model.roi_box_weights = (10.0, 10.0, 5.0, 5.0)
+    # Compute dtype of convolutions and dense layers: "bfloat16" for GPUs / TPUs (parameters, head
+    # outputs and losses stay float32; tests/test_model_dtype.py measures the difference).
+    config.model.dtype = "float32"
 
     config.input = ml_collections.ConfigDict()
     config.input.min_size = 800

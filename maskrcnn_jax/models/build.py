@@ -16,7 +16,8 @@ from maskrcnn_jax.models.resnet import resnet_stage_sizes
 
 def build_model(config: ml_collections.ConfigDict) -> MaskRCNN:
     """MaskRCNN from `config.model` (backbone.{depth or stage_sizes, stem_width, bn_eps}, fpn_channels,
-    representation_size, mask_head_channels) and `spec_from_config(config)`."""
+    representation_size, mask_head_channels, dtype: "float32" or "bfloat16" compute, parameters and
+    loss reductions stay float32) and `spec_from_config(config)`."""
     model_config = config.model
     spec = spec_from_config(config)
     backbone = model_config.backbone
@@ -32,6 +33,7 @@ def build_model(config: ml_collections.ConfigDict) -> MaskRCNN:
         mask_head_channels=model_config.mask_head_channels,
         box_roi_size=spec.box_roi_size,
         mask_roi_size=spec.mask_roi_size,
+        dtype=jnp.dtype(model_config.get("dtype", "float32")),
     )
 
 
