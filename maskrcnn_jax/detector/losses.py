@@ -59,7 +59,10 @@ def detector_losses(model, spec: DetectorSpec, params, batch: dict, key: jax.Arr
     mask_targets_fn(batch, mask_slots, T) -> [B, Rm, T, T]: how mask targets are made (parity tests
     substitute torchvision's roi_align of full-image masks).
     Returns (losses {LOSS_NAMES: scalar}, aux {"rpn": rpn_targets per image, "proposals" [B,P,4],
-    "proposal_valid" [B,P], "rois": roi_targets per image, "mask_slots": mask_slots per image}).
+    "proposal_valid" [B,P], "rois": roi_targets per image, "mask_slots": mask_slots per image, and the
+    RoI heads' outputs the losses were computed from, for a variant that replaces one term:
+    "class_logits" [B,R,K], "class_box_deltas" [B,R,4] (the target class's), "mask_logits" [B,Rm,T,T]
+    (the GT class's channel), "mask_targets" [B,Rm,T,T]}).
     """
     variables = {"params": params}
     images = batch["image"]
@@ -121,7 +124,9 @@ def detector_losses(model, spec: DetectorSpec, params, batch: dict, key: jax.Arr
     losses["loss_mask"] = _masked_sum(binary_cross_entropy_with_logits(class_mask_logits, mask_targets),
                                       slots["valid"][..., None, None]) / num_mask_pixels
 
-    aux = {"rpn": rpn, "proposals": proposals, "proposal_valid": proposal_valid, "rois": rois, "mask_slots": slots}
+    aux = {"rpn": rpn, "proposals": proposals, "proposal_valid": proposal_valid, "rois": rois, "mask_slots": slots,
+           "class_logits": class_logits, "class_box_deltas": class_deltas, "mask_logits": class_mask_logits,
+           "mask_targets": mask_targets}
     return losses, aux
 
 
