@@ -133,9 +133,8 @@ def one_line_message(error: BaseException) -> str:
     if isinstance(error, KeyboardInterrupt):
         return "interrupted"
     message = " ".join(str(error).split())
-    written_for_the_user = isinstance(error, (UsageError, app.UsageError, ValueError, OSError)) or type(
-        error
-    ).__module__.startswith("maskrcnn_jax")
+    ours = type(error).__module__.startswith("maskrcnn_jax")
+    written_for_the_user = ours or isinstance(error, (UsageError, app.UsageError, ValueError, OSError))
     if not (written_for_the_user and message):
         message = f"{type(error).__name__}: {message} (unexpected; rerun with --verbose for the traceback)"
     if len(message) > _MAX_MESSAGE_LENGTH:
