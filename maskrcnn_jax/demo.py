@@ -1,0 +1,112 @@
+"""The first run: train a config (configs/shapes_tiny.py) on the CPU, score it on its held-out split,
+draw its detections and its training curves. What `make demo` runs (through scripts/demo.py).
+
+`run_demo(config, output_dir)` writes into output_dir:
+  workdir/              the training run: checkpoints/, metrics.jsonl, tensorboard/, shapes/ (the data)
+  metrics.json          held-out COCO box and mask AP, as scripts/evaluate.py writes it
+  per_category_ap.json  and coco_results.json, also as scripts/evaluate.py writes them
+  predictions.png       held-out images with the detections' masks, boxes, class names and scores
+  training_curves.png   the training losses and the held-out AP over steps
+
+Running it again resumes the run in output_dir/workdir (a finished run is only scored and drawn
+again); delete output_dir to start over.
+"""
+
+import json
+import os
+import pathlib
+import time
+
+import ml_collections
+
+from maskrcnn_jax.api import Detector
+from maskrcnn_jax.detector import make_predict_fn, spec_from_config
+from maskrcnn_jax.evaluation import (
+    CocoScores,
+    evaluate_results,
+    evaluation_batches,
+    load_coco_ground_truth,
+    model_label_to_category_id,
+    predict_coco_results,
+    write_scores,
+)
+from maskrcnn_jax.models import build_model
+from maskrcnn_jax.plots import image_grid, plot_training_curves, upscale
+from maskrcnn_jax.training import latest_params, train_and_evaluate
+from maskrcnn_jax.training.data import evaluation_data
+from maskrcnn_jax.training.metric_writer import read_metrics
+from maskrcnn_jax.visualize import draw_instances
+
+WORKDIR = "workdir"
+PREDICTIONS_FILE = "predictions.png"
+CURVES_FILE = "training_curves.png"
+RESULTS_FILE = "coco_results.json"
+NUM_PICTURES = 16
+PICTURE_COLUMNS = 4
+PICTURE_SIDE = 256  # held-out images are upscaled by a whole factor to about this side
+
+
+def evaluate_held_out(config: ml_collections.ConfigDict, workdir: str | os.PathLike, params) -> tuple[CocoScores, list]:
+    """(COCO scores, COCO results) of `params` on the evaluation split of config.data (every image,
+    every detection above config.test.score_threshold), as scripts/evaluate.py scores a checkpoint."""
+    data = evaluation_data(config, workdir)
+    if data is None:
+        raise ValueError(f"config.data.source {config.data.source!r} has no evaluation split to score the demo on")
+    coco_gt = load_coco_ground_truth(data.annotation_file)
+    label_to_category_id = model_label_to_category_id(config.model.num_classes, data.source.label_to_category_id)
+    predict = make_predict_fn(build_model(config), spec_from_config(config))
+    batches, _ = evaluation_batches(data.source, coco_gt, batch_size=config.eval.batch_size,
+                                    canvas_size=tuple(config.input.canvas_size), min_size=config.input.min_size,
+                                    max_size=config.input.max_size)
+    results, image_ids = predict_coco_results(predict, params, batches, label_to_category_id)
+    return evaluate_results(coco_gt, results, iou_types=("bbox", "segm"), image_ids=image_ids), results
+
+
+def draw_detections(detector: Detector, images, side: int = PICTURE_SIDE):
+    """One picture per uint8 image [H, W, 3]: its detections (scoring at least the detector's
+    threshold) drawn on it, after both are upscaled by the whole factor that brings the long side
+    nearest to `side` (small synthetic images stay readable)."""
+    pictures = []
+    for image, found in zip(images, detector.detect(images)):
+        factor = max(1, round(side / max(image.shape[:2])))
+        pictures.append(draw_instances(upscale(image, factor), found["boxes"] * factor, found["classes"],
+                                       upscale(found["masks"], factor, axes=(1, 2)), detector.class_names,
+                                       found["scores"]))
+    return pictures
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {seconds % 60:.0f} s"
+
+
+def run_demo(config: ml_collections.ConfigDict, output_dir: str | os.PathLike) -> CocoScores | None:
+    """Trains `config` in output_dir/workdir, scores it on the held-out split and draws (module
+    docstring); returns the held-out scores, or None when a signal stopped the training early (its
+    checkpoint is saved: running again resumes)."""
+    start = time.perf_counter()
+    output_dir = pathlib.Path(output_dir)
+    workdir = output_dir / WORKDIR
+    state = train_and_evaluate(config, workdir)
+    if int(state.step) < config.train.num_steps:
+        print(f"training stopped at step {int(state.step)} of {config.train.num_steps}; run the demo again to "
+              "resume it")
+        return None
+    params, _, class_names = latest_params(workdir)
+
+    scores, results = evaluate_held_out(config, workdir, params)
+    for iou_type, table in scores.tables.items():
+        print(f"held-out {iou_type}:\n{table}")
+    write_scores(scores, output_dir)
+    (output_dir / RESULTS_FILE).write_text(json.dumps(results))
+
+    held_out = evaluation_data(config, workdir).source
+    images = [held_out[index]["image"] for index in range(min(NUM_PICTURES, len(held_out)))]
+    detector = Detector(config, params, class_names)
+    image_grid(draw_detections(detector, images), PICTURE_COLUMNS).save(output_dir / PREDICTIONS_FILE)
+    plot_training_curves(read_metrics(workdir), output_dir / CURVES_FILE)
+
+    box_ap, mask_ap = scores.metrics["bbox"]["AP"], scores.metrics["segm"]["AP"]
+    print(f"held-out mask AP@[.5:.95] {mask_ap:.3f}, box AP@[.5:.95] {box_ap:.3f} on {len(held_out)} images "
+          f"after {config.train.num_steps} steps ({_minutes(time.perf_counter() - start)} in this run)")
+    print(f"wrote {output_dir}/: metrics.json, {PREDICTIONS_FILE}, {CURVES_FILE} (training run in {workdir})")
+    return scores
