@@ -30,7 +30,8 @@ def train_command(workdir, *overrides):
     return [sys.executable, str(REPO / "scripts" / "train.py"), "--config", str(REPO / "configs" / "shapes_tiny.py"),
             "--workdir", str(workdir), f"--config.train.num_steps={NUM_STEPS}",
             f"--config.train.checkpoint_every={CHECKPOINT_EVERY}", "--config.train.log_every=1",
-            "--config.train.global_batch_size=2", "--config.data.shapes.num_train_images=12", *overrides]
+            "--config.train.global_batch_size=2", "--config.data.shapes.num_train_images=12",
+            "--config.train.eval_every=0", *overrides]
 
 
 @pytest.fixture(scope="module")
