@@ -23,6 +23,7 @@ import json
 import os
 import pathlib
 import sys
+import tempfile
 
 from absl import flags
 
@@ -110,8 +111,7 @@ def prepare_output(output: pathlib.Path, overwrite: bool) -> None:
                          "choose another directory, or pass --overwrite")
     try:
         output.mkdir(parents=True, exist_ok=True)
-        with open(output / RESULTS_FILE, "a"):
-            pass
+        tempfile.TemporaryFile(dir=output).close()  # writable? (nothing is left behind)
     except OSError as error:
         raise UsageError(f"--output {output}: cannot write there ({error.strerror or error})") from None
 

@@ -210,6 +210,7 @@ def test_truncated_checkpoint_is_one_line(tmp_path, checkpoint, photos, capsys):
     line = one_error(predict, "--checkpoint", damaged, "--output", tmp_path / "out", photos["a"], code=1,
                      match="a file may be truncated or damaged", capsys=capsys)
     assert "write or copy the checkpoint again" in line
+    assert not (tmp_path / "out" / "detections.json").exists()  # a rerun needs no --overwrite
 
 
 def test_verbose_adds_the_traceback(tmp_path, photos, capsys):
