@@ -5,7 +5,7 @@ draw its detections and its training curves. What `make demo` runs (through scri
   workdir/              the training run: checkpoints/, metrics.jsonl, tensorboard/, shapes/ (the data)
   metrics.json          held-out COCO box and mask AP, as scripts/evaluate.py writes it
   per_category_ap.json  and coco_results.json, also as scripts/evaluate.py writes them
-  predictions.png       held-out images with the detections' masks, boxes, class names and scores
+  predictions.png       held-out images with the scored detections (score >= 0.5): masks, boxes, names, scores
   training_curves.png   the training losses and the held-out AP over steps
 
 Running it again resumes the run in output_dir/workdir (a finished run is only scored and drawn
@@ -16,10 +16,13 @@ import json
 import os
 import pathlib
 import time
+from typing import Sequence
 
 import ml_collections
+import numpy as np
+from pycocotools import mask as mask_utils
 
-from maskrcnn_jax.api import Detector
+from maskrcnn_jax.api import DEFAULT_SCORE_THRESHOLD
 from maskrcnn_jax.detector import make_predict_fn, spec_from_config
 from maskrcnn_jax.evaluation import (
     CocoScores,
@@ -62,16 +65,26 @@ def evaluate_held_out(config: ml_collections.ConfigDict, workdir: str | os.PathL
     return evaluate_results(coco_gt, results, iou_types=("bbox", "segm"), image_ids=image_ids), results
 
 
-def draw_detections(detector: Detector, images, side: int = PICTURE_SIDE):
-    """One picture per uint8 image [H, W, 3]: its detections (scoring at least the detector's
-    threshold) drawn on it, after both are upscaled by the whole factor that brings the long side
-    nearest to `side` (small synthetic images stay readable)."""
+def draw_results(records: Sequence[dict], results: list, category_names: dict,
+                 score_threshold: float = DEFAULT_SCORE_THRESHOLD, side: int = PICTURE_SIDE):
+    """One picture per record ({"image_id", "image" uint8 [H, W, 3]}): its COCO results scoring at
+    least score_threshold (masks decoded from their RLE, boxes, category_names[category_id], scores)
+    drawn on it, after both are upscaled by the whole factor that brings the long side nearest to
+    `side` (small synthetic images stay readable). Draws exactly what was scored."""
     pictures = []
-    for image, found in zip(images, detector.detect(images)):
+    for record in records:
+        image = record["image"]
+        kept = [r for r in results if r["image_id"] == record["image_id"] and r["score"] >= score_threshold]
+        kept.sort(key=lambda r: -r["score"])
         factor = max(1, round(side / max(image.shape[:2])))
-        pictures.append(draw_instances(upscale(image, factor), found["boxes"] * factor, found["classes"],
-                                       upscale(found["masks"], factor, axes=(1, 2)), detector.class_names,
-                                       found["scores"]))
+        x, y, w, h = np.array([r["bbox"] for r in kept], np.float32).reshape(-1, 4).T
+        boxes = np.stack([x, y, x + w, y + h], axis=-1) * factor
+        masks = np.zeros((len(kept),) + image.shape[:2], bool)
+        for mask, r in zip(masks, kept):
+            mask[:] = mask_utils.decode(r["segmentation"]).astype(bool)
+        names = [category_names[r["category_id"]] for r in kept]
+        pictures.append(draw_instances(upscale(image, factor), boxes, np.arange(len(kept)), upscale(masks, factor, (1, 2)),
+                                       names, np.array([r["score"] for r in kept])))
     return pictures
 
 
@@ -91,7 +104,7 @@ def run_demo(config: ml_collections.ConfigDict, output_dir: str | os.PathLike) -
         print(f"training stopped at step {int(state.step)} of {config.train.num_steps}; run the demo again to "
               "resume it")
         return None
-    params, _, class_names = latest_params(workdir)
+    params = latest_params(workdir)[0]
 
     scores, results = evaluate_held_out(config, workdir, params)
     for iou_type, table in scores.tables.items():
@@ -99,14 +112,14 @@ def run_demo(config: ml_collections.ConfigDict, output_dir: str | os.PathLike) -
     write_scores(scores, output_dir)
     (output_dir / RESULTS_FILE).write_text(json.dumps(results))
 
-    held_out = evaluation_data(config, workdir).source
-    images = [held_out[index]["image"] for index in range(min(NUM_PICTURES, len(held_out)))]
-    detector = Detector(config, params, class_names)
-    image_grid(draw_detections(detector, images), PICTURE_COLUMNS).save(output_dir / PREDICTIONS_FILE)
+    held_out = evaluation_data(config, workdir)
+    records = [held_out.source[index] for index in range(min(NUM_PICTURES, len(held_out.source)))]
+    category_names = {c["id"]: c["name"] for c in json.loads(held_out.annotation_file.read_text())["categories"]}
+    image_grid(draw_results(records, results, category_names), PICTURE_COLUMNS).save(output_dir / PREDICTIONS_FILE)
     plot_training_curves(read_metrics(workdir), output_dir / CURVES_FILE)
 
     box_ap, mask_ap = scores.metrics["bbox"]["AP"], scores.metrics["segm"]["AP"]
-    print(f"held-out mask AP@[.5:.95] {mask_ap:.3f}, box AP@[.5:.95] {box_ap:.3f} on {len(held_out)} images "
+    print(f"held-out mask AP@[.5:.95] {mask_ap:.3f}, box AP@[.5:.95] {box_ap:.3f} on {len(held_out.source)} images "
           f"after {config.train.num_steps} steps ({_minutes(time.perf_counter() - start)} in this run)")
     print(f"wrote {output_dir}/: metrics.json, {PREDICTIONS_FILE}, {CURVES_FILE} (training run in {workdir})")
     return scores

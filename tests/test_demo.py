@@ -10,11 +10,12 @@ import pathlib
 import numpy as np
 import pytest
 from PIL import Image
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from maskrcnn_jax.command_line import load_config_file
-from maskrcnn_jax.demo import PICTURE_COLUMNS, PICTURE_SIDE, run_demo
+from maskrcnn_jax.demo import PICTURE_COLUMNS, PICTURE_SIDE, draw_results, run_demo
 from maskrcnn_jax.evaluation import STAT_NAMES
 from maskrcnn_jax.plots import image_grid, training_curves, upscale
 
@@ -66,6 +67,26 @@ def test_demo_on_a_few_steps_writes_scores_pictures_and_curves(tmp_path, capsys)
     assert picture.size == (PICTURE_COLUMNS * cell_width + (PICTURE_COLUMNS + 1) * 4, rows * cell_height + (rows + 1) * 4)
     curves = Image.open(tmp_path / "training_curves.png")
     assert curves.size == (1100, 420)
+
+
+def test_draw_results_draws_what_was_scored_above_the_threshold():
+    image = np.full((20, 25, 3), 100, np.uint8)
+    mask = np.zeros((20, 25), np.uint8)
+    mask[8:16, 5:20] = 1
+    rle = mask_utils.encode(np.asfortranarray(mask))
+    everywhere = mask_utils.encode(np.asfortranarray(np.ones((20, 25), np.uint8)))
+    results = [
+        {"image_id": 7, "category_id": 2, "score": 0.9, "bbox": [5.0, 8.0, 15.0, 8.0], "segmentation": rle},
+        {"image_id": 7, "category_id": 1, "score": 0.3, "bbox": [0.0, 0.0, 25.0, 20.0], "segmentation": everywhere},
+        {"image_id": 8, "category_id": 1, "score": 0.9, "bbox": [0.0, 0.0, 25.0, 20.0], "segmentation": everywhere},
+    ]
+    picture = np.asarray(draw_results([{"image_id": 7, "image": image}], results, {1: "square", 2: "circle"},
+                                      side=100)[0])
+    assert picture.shape == (80, 100, 3)  # upscaled 4x
+    tinted = picture[8 * 4 + 4:16 * 4 - 4, 5 * 4 + 4:20 * 4 - 4]  # inside the mask, away from the outline
+    assert (tinted != 100).any(axis=-1).all() and (tinted == tinted[0, 0]).all()
+    # Below the mask only the detections scoring under 0.5 or of another image would be: nothing is drawn.
+    assert (picture[16 * 4 + 4:] == 100).all() and (picture[:, :4] == 100).all()
 
 
 def test_training_curves_take_losses_and_ap_from_the_records():
