@@ -27,6 +27,7 @@ import numpy as np
 from maskrcnn_jax.checkpoint import save_checkpoint
 from maskrcnn_jax.coco_classes import COCO_CLASS_NAMES
 from maskrcnn_jax.models import build_model
+from maskrcnn_jax.trees import flatten_dict, unflatten_dict
 
 IGNORED_SUFFIXES = ("num_batches_tracked",)
 BATCHNORM2D_EPS = 1e-5  # torch.nn.BatchNorm2d's default
@@ -34,28 +35,6 @@ COCO_V1_FROZEN_BN_EPS = 0.0  # torchvision's pretrained FrozenBatchNorm2d
 NORM_NAMES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
 # A state_dict from any Mask R-CNN has these; used to tell a wrong file from an incomplete one.
 SIGNATURE_KEYS = ("roi_heads.mask_predictor.mask_fcn_logits.weight", "rpn.head.cls_logits.weight")
-
-
-def flatten_tree(tree: Mapping, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], object]:
-    """{"a": {"b": x}} -> {("a", "b"): x}."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            flat.update(flatten_tree(value, prefix + (key,)))
-        else:
-            flat[prefix + (key,)] = value
-    return flat
-
-
-def unflatten_tree(flat: Mapping[tuple[str, ...], object]) -> dict:
-    """{("a", "b"): x} -> {"a": {"b": x}}."""
-    tree = {}
-    for path, value in flat.items():
-        node = tree
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = value
-    return tree
 
 
 class ConversionError(ValueError):
@@ -136,7 +115,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], expected_params: di
             f"{'is' if len(absent) == 1 else 'are'} absent (first keys: {sample})"
         )
     converted, missing, mismatched, used = {}, [], [], set()
-    for path, expected in flatten_tree(expected_params).items():
+    for path, expected in flatten_dict(expected_params).items():
         names, convert = torchvision_names(path)
         name = next((candidate for candidate in names if candidate in state_dict), None)
         if name is None:
@@ -166,7 +145,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], expected_params: di
         problems.append(f"{len(unexpected)} unexpected keys: {', '.join(unexpected)}")
     if problems:
         raise ConversionError("cannot convert the state_dict: " + " | ".join(problems))
-    return unflatten_tree(converted)
+    return unflatten_dict(converted)
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:

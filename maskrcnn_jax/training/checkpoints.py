@@ -21,7 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from maskrcnn_jax.training.state import TrainState
-from maskrcnn_jax.training.trees import flatten_dict
+from maskrcnn_jax.trees import flatten_dict
 
 CHECKPOINT_SUBDIR = "checkpoints"
 # Fields of the config that fix the parameter tree and its meaning; a checkpoint of another value

@@ -16,7 +16,7 @@ from absl import logging
 
 from maskrcnn_jax import checkpoint as converted_checkpoint
 from maskrcnn_jax.training import checkpoints
-from maskrcnn_jax.training.trees import flatten_dict, unflatten_dict
+from maskrcnn_jax.trees import flatten_dict, unflatten_dict
 
 MODES = ("none", "backbone", "all")
 BACKBONE_SUBTREES = ("backbone",)

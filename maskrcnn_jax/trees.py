@@ -1,9 +1,11 @@
 """Nested dicts <-> {path tuple: leaf} (parameter trees, JSON configs); plain Python, no Flax."""
 
+from typing import Mapping
+
 
 def flatten_dict(tree, prefix: tuple = ()) -> dict:
     """{("a", "b"): leaf} for every leaf of nested dicts; a non-dict `tree` is one leaf at `prefix`."""
-    if not isinstance(tree, dict):
+    if not isinstance(tree, Mapping):
         return {prefix: tree}
     flat = {}
     for key, value in tree.items():
