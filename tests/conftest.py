@@ -1,8 +1,21 @@
-"""Shared test fixtures: where the real data lives, and skips with a reason when it is absent."""
+"""Shared test fixtures: where the real data lives, and skips with a reason when it is absent.
 
+One persistent XLA compilation cache for the whole session, in a fresh temporary folder: many
+tests build new jitted functions around the same small models (and run scripts in subprocesses,
+which inherit JAX_COMPILATION_CACHE_DIR), so a program compiled once is loaded, not compiled again.
+Fresh per session, so no test depends on an earlier run. Tests that need their own cache set it.
+"""
+
+import os
 import pathlib
+import tempfile
 
+import jax
 import pytest
+
+SESSION_CACHE = tempfile.mkdtemp(prefix="maskrcnn_jax_test_xla_cache_")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", SESSION_CACHE)
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 
 SHARED_DATA = (pathlib.Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
 

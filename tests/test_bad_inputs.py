@@ -70,10 +70,11 @@ def one_error(script, *arguments, code: int, match: str, capsys) -> str:
 
 @pytest.fixture(scope="module", autouse=True)
 def compilation_cache(tmp_path_factory):
-    """The scripts turn on the persistent cache; here it lives in a temporary folder, and is off again afterwards."""
+    """The scripts turn on the persistent cache; here it lives in a temporary folder, and is as before afterwards."""
+    previous = jax.config.jax_compilation_cache_dir
     jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
     yield
-    jax.config.update("jax_compilation_cache_dir", None)
+    jax.config.update("jax_compilation_cache_dir", previous)
 
 
 @pytest.fixture(scope="module")
