@@ -49,6 +49,81 @@ def crop_mask_targets_batch(batch: dict, slots: dict, target_size: int) -> jax.A
 MaskTargetsFn = Callable[[dict, dict, int], jax.Array]
 
 
+def training_proposals(spec: DetectorSpec, anchors, level_sizes, objectness: jax.Array, rpn_deltas: jax.Array,
+                       image_sizes: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Training-time proposals from the RPN's flattened outputs (objectness [B, A], deltas [B, A, 4];
+    pass them detached) and image_sizes int32 [B, 2] -> (proposals [B, P, 4], valid bool [B, P])."""
+    propose = functools.partial(generate_proposals, anchors=anchors, level_sizes=level_sizes,
+                                proposal_spec=spec.train_proposals, box_weights=spec.rpn_box_weights)
+    proposals, _, proposal_valid = jax.vmap(lambda o, d, size: propose(o, d, image_size=size))(
+        objectness, rpn_deltas, image_sizes)
+    return proposals, proposal_valid
+
+
+def training_targets(spec: DetectorSpec, anchors, proposals: jax.Array, proposal_valid: jax.Array, batch: dict,
+                     key: jax.Array, mask_targets_fn: MaskTargetsFn = crop_mask_targets_batch) -> dict:
+    """The samples and targets of one step: {"rpn": rpn_targets per image, "rois": roi_targets per
+    image (GT appended), "mask_slots": mask_slots per image, "mask_targets" [B, Rm, T, T]}; examples
+    with batch["valid"] False get no valid sample. anchors [A, 4], proposals [B, P, 4] and
+    proposal_valid [B, P] from `training_proposals`; batch and key as `detector_losses`'."""
+    batch_size = batch["image"].shape[0]
+    example_valid = batch["valid"]
+    gt_boxes = batch["gt_boxes"]
+    gt_valid = batch["gt_valid"] & example_valid[:, None]
+    rpn_key, roi_key = jax.random.split(key)
+
+    rpn = jax.vmap(functools.partial(rpn_targets, anchors, sampler=spec.rpn_sampler, box_weights=spec.rpn_box_weights))(
+        gt_boxes, gt_valid, jax.random.split(rpn_key, batch_size))
+    rpn["valid"] = rpn["valid"] & example_valid[:, None]
+    rpn["positive"] = rpn["positive"] & rpn["valid"]
+
+    rois = jax.vmap(functools.partial(roi_targets, sampler=spec.roi_sampler, box_weights=spec.roi_box_weights))(
+        proposals, proposal_valid, gt_boxes, batch["gt_classes"], gt_valid, jax.random.split(roi_key, batch_size))
+    rois["valid"] = rois["valid"] & example_valid[:, None]
+    rois["positive"] = rois["positive"] & rois["valid"]
+    rois["boxes"] = jax.lax.stop_gradient(rois["boxes"])
+
+    slots = jax.vmap(functools.partial(mask_slots, num_slots=spec.mask_rois_per_image))(rois)
+    mask_targets = jax.lax.stop_gradient(mask_targets_fn(batch, slots, spec.mask_target_size))
+    return {"rpn": rpn, "rois": rois, "mask_slots": slots, "mask_targets": mask_targets}
+
+
+def head_losses(objectness: jax.Array, rpn_deltas: jax.Array, class_logits: jax.Array, box_deltas: jax.Array,
+                mask_logits: jax.Array, targets: dict) -> tuple[dict, dict]:
+    """The five losses from the heads' outputs on the samples of `training_targets`.
+
+    objectness [B, A], rpn_deltas [B, A, 4] (all anchors), class_logits [B, R, K], box_deltas [B, R, K, 4]
+    (the sampled RoIs), mask_logits [B, Rm, T, T, K] (the mask slots).
+    Returns (losses {LOSS_NAMES: scalar}, {"class_box_deltas" [B, R, 4] of the target class,
+    "mask_logits" [B, Rm, T, T] of the GT class}).
+    """
+    rpn, rois, slots = targets["rpn"], targets["rois"], targets["mask_slots"]
+    sampled_logits = jnp.take_along_axis(objectness, rpn["index"], axis=1)
+    sampled_deltas = jnp.take_along_axis(rpn_deltas, rpn["index"][..., None], axis=1)
+    num_anchors = jnp.maximum(jnp.sum(rpn["valid"]), 1)
+    losses = {
+        "loss_objectness": _masked_sum(
+            binary_cross_entropy_with_logits(sampled_logits, rpn["positive"].astype(jnp.float32)), rpn["valid"]
+        ) / num_anchors,
+        "loss_rpn_box_reg": _masked_sum(smooth_l1(sampled_deltas - rpn["box_targets"]), rpn["positive"][..., None])
+        / num_anchors,
+    }
+
+    cross_entropy = jax.nn.logsumexp(class_logits, axis=-1) - jnp.take_along_axis(
+        class_logits, rois["classes"][..., None], axis=-1)[..., 0]
+    class_deltas = jnp.take_along_axis(box_deltas, rois["classes"][..., None, None], axis=2)[:, :, 0]
+    num_rois = jnp.maximum(jnp.sum(rois["valid"]), 1)
+    losses["loss_classifier"] = _masked_sum(cross_entropy, rois["valid"]) / num_rois
+    losses["loss_box_reg"] = _masked_sum(smooth_l1(class_deltas - rois["box_targets"]), rois["positive"][..., None]) / num_rois
+
+    class_mask_logits = jnp.take_along_axis(mask_logits, slots["classes"][:, :, None, None, None], axis=-1)[..., 0]
+    mask_targets = targets["mask_targets"]
+    num_mask_pixels = jnp.maximum(jnp.sum(slots["valid"]), 1) * mask_targets.shape[-1] ** 2
+    losses["loss_mask"] = _masked_sum(binary_cross_entropy_with_logits(class_mask_logits, mask_targets),
+                                      slots["valid"][..., None, None]) / num_mask_pixels
+    return losses, {"class_box_deltas": class_deltas, "mask_logits": class_mask_logits}
+
+
 def detector_losses(model, spec: DetectorSpec, params, batch: dict, key: jax.Array,
                     mask_targets_fn: MaskTargetsFn = crop_mask_targets_batch) -> tuple[dict, dict]:
     """Losses and the samples they were computed on.
@@ -63,70 +138,27 @@ def detector_losses(model, spec: DetectorSpec, params, batch: dict, key: jax.Arr
     RoI heads' outputs the losses were computed from, for a variant that replaces one term:
     "class_logits" [B,R,K], "class_box_deltas" [B,R,4] (the target class's), "mask_logits" [B,Rm,T,T]
     (the GT class's channel), "mask_targets" [B,Rm,T,T]}).
+    The stages (features, RPN head, `training_proposals`, `training_targets`, the RoI heads,
+    `head_losses`) are separate functions so that scripts/benchmark.py can time each one.
     """
     variables = {"params": params}
     images = batch["image"]
-    batch_size = images.shape[0]
-    example_valid = batch["valid"]
-    gt_boxes = batch["gt_boxes"]
-    gt_valid = batch["gt_valid"] & example_valid[:, None]
-    rpn_key, roi_key = jax.random.split(key)
-
     features = model.apply(variables, images, method="features")
-    objectness_levels, deltas_levels = model.apply(variables, features, method="rpn")
+    objectness, rpn_deltas = flatten_rpn_outputs(*model.apply(variables, features, method="rpn"))
     anchors, level_sizes = pyramid_anchors(spec, images.shape[1:3], [level.shape[1:3] for level in features])
-    objectness, rpn_deltas = flatten_rpn_outputs(objectness_levels, deltas_levels)
-
-    # RPN: sampled anchors' objectness and box regression.
-    rpn = jax.vmap(functools.partial(rpn_targets, anchors, sampler=spec.rpn_sampler, box_weights=spec.rpn_box_weights))(
-        gt_boxes, gt_valid, jax.random.split(rpn_key, batch_size))
-    rpn["valid"] = rpn["valid"] & example_valid[:, None]
-    rpn["positive"] = rpn["positive"] & rpn["valid"]
-    sampled_logits = jnp.take_along_axis(objectness, rpn["index"], axis=1)
-    sampled_deltas = jnp.take_along_axis(rpn_deltas, rpn["index"][..., None], axis=1)
-    num_anchors = jnp.maximum(jnp.sum(rpn["valid"]), 1)
-    losses = {
-        "loss_objectness": _masked_sum(
-            binary_cross_entropy_with_logits(sampled_logits, rpn["positive"].astype(jnp.float32)), rpn["valid"]
-        ) / num_anchors,
-        "loss_rpn_box_reg": _masked_sum(smooth_l1(sampled_deltas - rpn["box_targets"]), rpn["positive"][..., None])
-        / num_anchors,
-    }
-
     # Proposals from the detached RPN outputs, then RoI sampling with the GT boxes appended.
-    propose = functools.partial(generate_proposals, anchors=anchors, level_sizes=level_sizes,
-                                proposal_spec=spec.train_proposals, box_weights=spec.rpn_box_weights)
-    proposals, _, proposal_valid = jax.vmap(lambda o, d, size: propose(o, d, image_size=size))(
-        jax.lax.stop_gradient(objectness), jax.lax.stop_gradient(rpn_deltas), batch["image_size"])
-    rois = jax.vmap(functools.partial(roi_targets, sampler=spec.roi_sampler, box_weights=spec.roi_box_weights))(
-        proposals, proposal_valid, gt_boxes, batch["gt_classes"], gt_valid, jax.random.split(roi_key, batch_size))
-    rois["valid"] = rois["valid"] & example_valid[:, None]
-    rois["positive"] = rois["positive"] & rois["valid"]
-    rois["boxes"] = jax.lax.stop_gradient(rois["boxes"])
-
-    # Box head on the sampled RoIs.
+    proposals, proposal_valid = training_proposals(spec, anchors, level_sizes, jax.lax.stop_gradient(objectness),
+                                                   jax.lax.stop_gradient(rpn_deltas), batch["image_size"])
+    targets = training_targets(spec, anchors, proposals, proposal_valid, batch, key, mask_targets_fn)
     class_logits, box_deltas = model.apply(
-        variables, pool_rois(spec, features, rois["boxes"], spec.box_roi_size), method="box_head")
-    cross_entropy = jax.nn.logsumexp(class_logits, axis=-1) - jnp.take_along_axis(
-        class_logits, rois["classes"][..., None], axis=-1)[..., 0]
-    class_deltas = jnp.take_along_axis(box_deltas, rois["classes"][..., None, None], axis=2)[:, :, 0]
-    num_rois = jnp.maximum(jnp.sum(rois["valid"]), 1)
-    losses["loss_classifier"] = _masked_sum(cross_entropy, rois["valid"]) / num_rois
-    losses["loss_box_reg"] = _masked_sum(smooth_l1(class_deltas - rois["box_targets"]), rois["positive"][..., None]) / num_rois
-
-    # Mask head on the positive RoIs (fixed slots), GT-class channel only.
-    slots = jax.vmap(functools.partial(mask_slots, num_slots=spec.mask_rois_per_image))(rois)
+        variables, pool_rois(spec, features, targets["rois"]["boxes"], spec.box_roi_size), method="box_head")
+    # Mask head on the positive RoIs (fixed slots); the loss takes the GT class channel only.
     mask_logits = model.apply(
-        variables, pool_rois(spec, features, slots["boxes"], spec.mask_roi_size), method="mask_head")
-    class_mask_logits = jnp.take_along_axis(mask_logits, slots["classes"][:, :, None, None, None], axis=-1)[..., 0]
-    mask_targets = jax.lax.stop_gradient(mask_targets_fn(batch, slots, spec.mask_target_size))
-    num_mask_pixels = jnp.maximum(jnp.sum(slots["valid"]), 1) * spec.mask_target_size**2
-    losses["loss_mask"] = _masked_sum(binary_cross_entropy_with_logits(class_mask_logits, mask_targets),
-                                      slots["valid"][..., None, None]) / num_mask_pixels
-
-    aux = {"rpn": rpn, "proposals": proposals, "proposal_valid": proposal_valid, "rois": rois, "mask_slots": slots,
-           "class_logits": class_logits, "class_box_deltas": class_deltas, "mask_logits": class_mask_logits,
-           "mask_targets": mask_targets}
+        variables, pool_rois(spec, features, targets["mask_slots"]["boxes"], spec.mask_roi_size), method="mask_head")
+    losses, selected = head_losses(objectness, rpn_deltas, class_logits, box_deltas, mask_logits, targets)
+    aux = {"rpn": targets["rpn"], "proposals": proposals, "proposal_valid": proposal_valid, "rois": targets["rois"],
+           "mask_slots": targets["mask_slots"], "class_logits": class_logits, **selected,
+           "mask_targets": targets["mask_targets"]}
     return losses, aux
 
 

@@ -23,6 +23,33 @@ LossFn = Callable[[dict, dict, jax.Array], tuple[jax.Array, dict]]
 TrainStep = Callable[[TrainState, dict], tuple[TrainState, dict]]
 
 
+def trainable_gradients(grads, frozen_mask):
+    """grads with the frozen leaves (frozen_mask True) replaced by zeros: XLA then does not compute them."""
+    return jax.tree.map(lambda g, frozen: jnp.zeros_like(g) if frozen else g, grads, frozen_mask)
+
+
+def apply_gradients(state: TrainState, loss: jax.Array, grads, optimizer: optax.GradientTransformation,
+                    learning_rate: jax.Array, frozen_mask) -> tuple[TrainState, dict]:
+    """The update after the backward pass: (state with step + 1, {"grad_norm", "skipped"}).
+
+    Frozen gradients are dropped, the optimizer's direction is applied with `learning_rate`; when the
+    loss or a trainable gradient is not finite the parameters and optimizer state stay as they were.
+    """
+    trainable_grads = trainable_gradients(grads, frozen_mask)  # neither used nor checked
+    grad_norm = optax.tree.norm(trainable_grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    direction, opt_state = optimizer.update(trainable_grads, state.opt_state, state.params)
+    params = jax.tree.map(lambda p, d: p - learning_rate * d.astype(p.dtype), state.params, direction)
+    keep_if_finite = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+    new_state = TrainState(
+        step=state.step + 1,
+        params=jax.tree.map(keep_if_finite, params, state.params),
+        opt_state=jax.tree.map(keep_if_finite, opt_state, state.opt_state),
+        key=state.key,
+    )
+    return new_state, {"grad_norm": grad_norm, "skipped": jnp.logical_not(finite).astype(jnp.int32)}
+
+
 def train_step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation, learning_rate_fn: LearningRateFn,
                   frozen_mask) -> TrainStep:
     """The pure step: (state, batch) -> (state with step + 1, metrics).
@@ -35,22 +62,9 @@ def train_step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation, lear
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         step_key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
         (loss, loss_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, step_key)
-        # Frozen gradients are neither used nor checked, so XLA does not compute them.
-        trainable_grads = jax.tree.map(lambda g, frozen: jnp.zeros_like(g) if frozen else g, grads, frozen_mask)
-        grad_norm = optax.tree.norm(trainable_grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         learning_rate = learning_rate_fn(state.step)
-        direction, opt_state = optimizer.update(trainable_grads, state.opt_state, state.params)
-        params = jax.tree.map(lambda p, d: p - learning_rate * d.astype(p.dtype), state.params, direction)
-        keep_if_finite = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
-        new_state = TrainState(
-            step=state.step + 1,
-            params=jax.tree.map(keep_if_finite, params, state.params),
-            opt_state=jax.tree.map(keep_if_finite, opt_state, state.opt_state),
-            key=state.key,
-        )
-        metrics = {**loss_metrics, "loss": loss, "learning_rate": learning_rate, "grad_norm": grad_norm,
-                   "skipped": jnp.logical_not(finite).astype(jnp.int32)}
+        new_state, update_metrics = apply_gradients(state, loss, grads, optimizer, learning_rate, frozen_mask)
+        metrics = {**loss_metrics, "loss": loss, "learning_rate": learning_rate, **update_metrics}
         return new_state, metrics
 
     return train_step
