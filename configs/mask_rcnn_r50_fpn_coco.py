@@ -16,6 +16,8 @@ def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
 
     config.model = ml_collections.ConfigDict()
+    # "v1": this model; "v2": torchvision's maskrcnn_resnet50_fpn_v2 (configs/mask_rcnn_r50_fpn_v2_coco.py).
+    config.model.architecture = "v1"
     config.model.num_classes = 91
     config.model.backbone = ml_collections.ConfigDict()
     config.model.backbone.depth = 50

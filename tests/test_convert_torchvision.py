@@ -1,5 +1,7 @@
 """The torchvision converter: layouts, a round trip through a checkpoint, old key names, the
-BatchNorm eps it records, and clear errors. (The script itself runs in test_predict_script.py.)"""
+BatchNorm eps it records, v2 state_dicts (layouts, the architecture it detects and records), and
+clear errors. (The script itself runs in test_predict_script.py; v2's outputs in
+test_model_v2_parity_torchvision.py.)"""
 
 import pathlib
 
@@ -16,6 +18,7 @@ from maskrcnn_jax.convert_torchvision import (
     batchnorm_eps,
     convert_state_dict,
     convert_torchvision_checkpoint,
+    state_dict_architecture,
 )
 from maskrcnn_jax.models import build_model
 
@@ -25,10 +28,11 @@ from torchvision_reference import confident_random_torchvision_maskrcnn  # noqa:
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "mask_rcnn_r50_fpn_coco.py"
+V2_CONFIG = ROOT / "configs" / "mask_rcnn_r50_fpn_v2_coco.py"
 
 
-def expected_params(num_classes=91):
-    config = load_config_file(CONFIG)
+def expected_params(num_classes=91, config_path=CONFIG):
+    config = load_config_file(config_path)
     config.model.num_classes = num_classes
     model = build_model(config)
     return jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))["params"]
@@ -120,3 +124,46 @@ def test_a_head_other_than_cocos_needs_its_class_names(tmp_path):
         convert_torchvision_checkpoint(tmp_path / "any.pth", tmp_path / "out", config)
     with pytest.raises(ConversionError, match="3 class names for a model with 5 class slots"):
         convert_torchvision_checkpoint(tmp_path / "any.pth", tmp_path / "out", config, ["__background__", "a", "b"])
+
+
+@pytest.fixture(scope="module")
+def v2_state_dict():
+    torch.manual_seed(4)
+    model = torchvision.models.detection.maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None)
+    return {key: value.numpy() for key, value in model.state_dict().items()}
+
+
+def test_v2_layouts(v2_state_dict):
+    params = convert_state_dict(v2_state_dict, expected_params(config_path=V2_CONFIG))
+    sd = v2_state_dict
+    np.testing.assert_array_equal(params["fpn"]["inner_2"]["kernel"], sd["backbone.fpn.inner_blocks.2.0.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(params["fpn"]["layer_bn_1"]["var"], sd["backbone.fpn.layer_blocks.1.1.running_var"])
+    np.testing.assert_array_equal(params["rpn_head"]["conv_1"]["bias"], sd["rpn.head.conv.1.0.bias"])
+    np.testing.assert_array_equal(params["box_conv_fc"]["conv3"]["kernel"], sd["roi_heads.box_head.2.0.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(params["box_conv_fc"]["bn4"]["scale"], sd["roi_heads.box_head.3.1.weight"])
+    fc = sd["roi_heads.box_head.5.weight"].reshape(1024, 256, 7, 7)  # after 4 conv blocks and Flatten
+    np.testing.assert_array_equal(params["box_conv_fc"]["fc"]["kernel"][(4 * 7 + 1) * 256 + 9], fc[:, 9, 4, 1])
+    np.testing.assert_array_equal(params["mask_convs"]["mask_bn2"]["mean"], sd["roi_heads.mask_head.1.1.running_mean"])
+    np.testing.assert_array_equal(params["backbone"]["layer1"]["0"]["downsample_bn"]["bias"], sd["backbone.body.layer1.0.downsample.1.bias"])
+
+
+def test_architecture_is_read_from_the_keys(state_dict, v2_state_dict):
+    assert state_dict_architecture(state_dict)[0] == "v1"
+    assert state_dict_architecture(v2_state_dict)[0] == "v2"
+    # v2's norms are BatchNorm2d in every torchvision build, pretrained or not: eps 1e-5 without num_batches_tracked too.
+    without_counts = {key: value for key, value in v2_state_dict.items() if not key.endswith("num_batches_tracked")}
+    assert batchnorm_eps(without_counts, architecture="v2")[0] == 1e-5
+    # A state_dict against the other architecture's model says so instead of listing 88 keys.
+    with pytest.raises(ConversionError, match=r"the state_dict is v2 .* but the model is v1: set config\.model\.architecture = 'v2'"):
+        convert_state_dict(v2_state_dict, expected_params())
+    with pytest.raises(ConversionError, match=r"the state_dict is v1 .* but the model is v2"):
+        convert_state_dict(state_dict, expected_params(config_path=V2_CONFIG))
+
+
+def test_v2_checkpoint_records_the_architecture_whatever_the_config(v2_state_dict, tmp_path):
+    torch.save({key: torch.from_numpy(value) for key, value in v2_state_dict.items()}, tmp_path / "v2.pth")
+    done = convert_torchvision_checkpoint(tmp_path / "v2.pth", tmp_path / "checkpoint", load_config_file(CONFIG))
+    assert (done.architecture, done.bn_eps) == ("v2", 1e-5) and "FastRCNNConvFCHead" in done.architecture_reason
+    params, config, _ = load_checkpoint(tmp_path / "checkpoint")
+    assert config.model.architecture == "v2" and config.model.backbone.bn_eps == 1e-5
+    np.testing.assert_array_equal(params["rpn_head"]["conv_1"]["kernel"], v2_state_dict["rpn.head.conv.1.0.weight"].transpose(2, 3, 1, 0))

@@ -1,5 +1,6 @@
 """Model pieces against independent references: torchvision's FrozenBatchNorm2d (eps 0), nearest
-upsampling, ResNet-101 sizes, trainable-layer freezing; and the jitted predict's shapes and compile count."""
+upsampling, ResNet-101 sizes, trainable-layer freezing (v1 and v2), v2's parameter count; v2's
+RoI-head BatchNorm leaving padding RoIs out; and the jitted predict's shapes and compile count."""
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +19,7 @@ torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
 CONFIG = "configs/mask_rcnn_r50_fpn_coco.py"
+V2_CONFIG = "configs/mask_rcnn_r50_fpn_v2_coco.py"
 TINY_CONFIG = "configs/mask_rcnn_tiny.py"
 
 
@@ -64,6 +66,57 @@ def test_frozen_mask_matches_torchvision_trainable_layers_3():
     # Every norm constant is frozen; nothing outside the backbone is.
     assert all(is_frozen for path, is_frozen in frozen.items() if path[-1] in ("mean", "var", "scale"))
     assert not any(is_frozen for path, is_frozen in frozen.items() if path[0] != "backbone")
+
+
+def test_v2_frozen_mask_matches_torchvision_trainable_layers_3():
+    params = jax.eval_shape(build_model(load_config_file(V2_CONFIG)).init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))["params"]
+    frozen = traverse_util.flatten_dict(frozen_parameter_mask(params, trainable_backbone_layers=3, norm="batch"))
+    # torchvision's v2 backbone: plain BatchNorm2d, requires_grad off outside the top 3 stages.
+    body = torchvision.models.detection.backbone_utils._resnet_fpn_extractor(
+        torchvision.models.resnet50(), 3, norm_layer=torch.nn.BatchNorm2d).body
+    frozen_torch = {name for name, p in body.named_parameters() if not p.requires_grad}
+    torch_names = {"kernel": "weight", "scale": "weight", "bias": "bias"}
+    ours_frozen = {".".join(path[1:-1]).replace("downsample_conv", "downsample.0").replace("downsample_bn", "downsample.1")
+                   + "." + torch_names[path[-1]] for path, is_frozen in frozen.items() if is_frozen and path[-1] in torch_names}
+    assert ours_frozen == frozen_torch
+    # Statistics never take gradients; every other leaf outside the backbone trains, heads' norms included.
+    assert all(is_frozen for path, is_frozen in frozen.items() if path[-1] in ("mean", "var"))
+    assert not any(is_frozen for path, is_frozen in frozen.items() if path[0] != "backbone" and path[-1] not in ("mean", "var"))
+    assert not frozen[("box_conv_fc", "bn1", "scale")] and not frozen[("fpn", "inner_bn_0", "bias")]
+
+
+def test_v2_has_torchvisions_parameter_count():
+    params = jax.eval_shape(build_model(load_config_file(V2_CONFIG)).init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))["params"]
+    ours = sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
+    reference = torchvision.models.detection.maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None).state_dict()
+    assert ours == sum(v.numel() for k, v in reference.items() if not k.endswith("num_batches_tracked"))
+
+
+@pytest.mark.parametrize("head", ["box_head", "mask_head"])
+def test_v2_head_batch_statistics_leave_padding_rois_out(head):
+    config = load_config_file(TINY_CONFIG)
+    config.model.architecture = "v2"
+    model = build_model(config)
+    params = random_params(model)
+    size = config.model.box_roi_size if head == "box_head" else config.model.mask_roi_size
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(2, 3, size, size, config.model.fpn_channels)).astype(np.float32)
+    valid = np.asarray([[True, True, False], [True, False, False]])
+    padded = np.where(valid[..., None, None, None], real, 1e3)  # padding RoIs hold garbage
+
+    def run(features, mask):
+        return model.apply({"params": params}, features, mask, True, method=head, mutable=["norm_statistics"])
+
+    outputs, statistics = run(padded, valid)
+    kept_outputs, kept_statistics = run(real[valid][None], np.ones((1, 3), bool))
+    first = outputs[0] if head == "box_head" else outputs
+    kept = kept_outputs[0] if head == "box_head" else kept_outputs
+    np.testing.assert_allclose(first[valid], kept[0], rtol=1e-4, atol=1e-5)
+    for mine, theirs in zip(jax.tree_util.tree_leaves(statistics), jax.tree_util.tree_leaves(kept_statistics)):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-6)
+    assert len(jax.tree_util.tree_leaves(statistics)) == 2 * 4  # mean and var of the head's 4 norms
+    inference = model.apply({"params": params}, padded, method=head)
+    assert not np.allclose(inference[0] if head == "box_head" else inference, first)  # train uses batch statistics
 
 
 def test_parameter_tree_reads_like_torchvision():

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import shared_data_path
+from detection_matching import match_detections, our_detections
 from maskrcnn_jax.command_line import load_config_file
 from maskrcnn_jax.convert_torchvision import convert_state_dict
 from maskrcnn_jax.data.image_io import load_image
@@ -27,16 +28,6 @@ MIN_SIZE, MAX_SIZE = 320, 512
 # Two photos of different orientation (landscape 640x427, portrait 381x500), so the batch pads both ways.
 PHOTOS = ("000000000042.jpg", "000000000073.jpg")
 CONFIG = "configs/mask_rcnn_r50_fpn_coco.py"
-
-
-def iou_matrix(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
-    """numpy box IoU [N, 4] x [M, 4] -> [N, M]."""
-    top_left = np.maximum(boxes_a[:, None, :2], boxes_b[None, :, :2])
-    bottom_right = np.minimum(boxes_a[:, None, 2:], boxes_b[None, :, 2:])
-    intersection = np.prod(np.clip(bottom_right - top_left, 0, None), axis=-1)
-    area_a = np.prod(boxes_a[:, 2:] - boxes_a[:, :2], axis=-1)
-    area_b = np.prod(boxes_b[:, 2:] - boxes_b[:, :2], axis=-1)
-    return intersection / (area_a[:, None] + area_b[None, :] - intersection)
 
 
 @pytest.fixture(scope="module")
@@ -113,24 +104,10 @@ def test_rpn_proposals_are_the_same(outputs):
         assert same_rank.mean() >= 0.95, same_rank.mean()
 
 
-def match_detections(theirs: dict, mine: dict) -> np.ndarray:
-    """For each torchvision detection, the index of our same-class detection with the highest IoU >= 0.99, or -1."""
-    ious = iou_matrix(theirs["boxes"], mine["boxes"])
-    ious[theirs["labels"][:, None] != mine["classes"][None, :]] = 0
-    best = ious.argmax(axis=1)
-    return np.where(ious[np.arange(len(best)), best] >= 0.99, best, -1)
-
-
-def our_detections(outputs, b: int) -> dict:
-    ours = outputs["ours"]
-    valid = ours["valid"][b]
-    return {key: ours[key][b][valid] for key in ("boxes", "scores", "classes", "masks")}
-
-
 def test_detections_match_boxes_classes_scores(outputs):
     matched, total = 0, 0
     for b, theirs in enumerate(outputs["torch"]["detections"]):
-        mine = our_detections(outputs, b)
+        mine = our_detections(outputs["ours"], b)
         assert len(theirs["boxes"]) >= 20, "the reference must make detections for this test to mean anything"
         assert abs(len(mine["boxes"]) - len(theirs["boxes"])) <= 0.01 * len(theirs["boxes"])
         match = match_detections(theirs, mine)
@@ -143,7 +120,7 @@ def test_detections_match_boxes_classes_scores(outputs):
 
 def test_mask_probabilities_and_pasted_masks_match(outputs):
     for b, theirs in enumerate(outputs["torch"]["detections"]):
-        mine = our_detections(outputs, b)
+        mine = our_detections(outputs["ours"], b)
         match = match_detections(theirs, mine)
         found = match >= 0
         np.testing.assert_allclose(mine["masks"][match[found]], outputs["torch"]["masks_28"][b][found], atol=1e-3)

@@ -6,37 +6,89 @@ only when the function runs.
 """
 
 
-def confident_random_torchvision_maskrcnn(seed: int = 0, min_size: int = 800, max_size: int = 1333, class_logit_scale: float = 2.0, box_regression_scale: float = 0.1):
-    """torchvision `maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)` in eval mode, seeded.
+def confident_random_torchvision_maskrcnn(seed: int = 0, min_size: int = 800, max_size: int = 1333, class_logit_scale: float = 2.0,
+                                          box_regression_scale: float = 0.1, architecture: str = "v1", statistics_images=None):
+    """torchvision `maskrcnn_resnet50_fpn` (architecture "v1") or `maskrcnn_resnet50_fpn_v2` ("v2")
+    with weights=None, weights_backbone=None, in eval mode, seeded.
 
     The class-logit layer is scaled by `class_logit_scale` (more confident scores) and both box
     regression layers (RPN and box head) by `box_regression_scale`: unscaled random deltas stretch
     boxes into slivers a tenth of a pixel wide, whose IoU is dominated by float32 rounding. Built
-    without weights, the backbone normalises with BatchNorm2d (eps 1e-5, frozen in eval mode); its
-    statistics are drawn at random too (torchvision leaves them at 1/0/0/1), so the converter's
-    handling of all four buffers is exercised. They stay within 10% of 1/0/0/1: wider ranges compound
-    over the 53 layers and saturate every score at 1.0.
+    without weights, every norm is BatchNorm2d (eps 1e-5, fixed in eval mode); its statistics are
+    drawn at random too (torchvision leaves them at 1/0/0/1), so the converter's handling of all four
+    buffers is exercised:
+      v1: within 10% of 1/0/0/1 (random_batchnorm_near_identity): wider ranges compound over the 53
+          layers and saturate every score at 1.0;
+      v2: from the activations of `statistics_images` (a list of [3, H, W] float tensors in [0, 1]),
+          see random_batchnorm_from_activations. v2 needs a larger class_logit_scale (about 8) for
+          confident scores.
     """
     import torch
     import torchvision
 
+    builders = {"v1": torchvision.models.detection.maskrcnn_resnet50_fpn,
+                "v2": torchvision.models.detection.maskrcnn_resnet50_fpn_v2}
     torch.manual_seed(seed)
-    model = torchvision.models.detection.maskrcnn_resnet50_fpn(
-        weights=None, weights_backbone=None, min_size=min_size, max_size=max_size
-    ).eval()
+    model = builders[architecture](weights=None, weights_backbone=None, min_size=min_size, max_size=max_size).eval()
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, (torch.nn.BatchNorm2d, torchvision.ops.FrozenBatchNorm2d)):
-                channels = module.weight.shape[0]
-                module.weight.copy_(0.9 + 0.2 * torch.rand(channels, generator=generator))
-                module.bias.copy_(0.1 * torch.rand(channels, generator=generator) - 0.05)
-                module.running_mean.copy_(0.1 * torch.rand(channels, generator=generator) - 0.05)
-                module.running_var.copy_(0.9 + 0.2 * torch.rand(channels, generator=generator))
+        if architecture == "v1":
+            random_batchnorm_near_identity(model, generator)
+        else:
+            random_batchnorm_from_activations(model, statistics_images, generator)
         model.roi_heads.box_predictor.cls_score.weight.mul_(class_logit_scale)
         model.rpn.head.bbox_pred.weight.mul_(box_regression_scale)
         model.roi_heads.box_predictor.bbox_pred.weight.mul_(box_regression_scale)
     return model
+
+
+def random_batchnorm_near_identity(model, generator) -> None:
+    """Every BatchNorm2d / FrozenBatchNorm2d of `model`: weight, running_var in [0.9, 1.1], bias,
+    running_mean in [-0.05, 0.05]."""
+    import torch
+    import torchvision
+
+    for module in model.modules():
+        if isinstance(module, (torch.nn.BatchNorm2d, torchvision.ops.FrozenBatchNorm2d)):
+            channels = module.weight.shape[0]
+            module.weight.copy_(0.9 + 0.2 * torch.rand(channels, generator=generator))
+            module.bias.copy_(0.1 * torch.rand(channels, generator=generator) - 0.05)
+            module.running_mean.copy_(0.1 * torch.rand(channels, generator=generator) - 0.05)
+            module.running_var.copy_(0.9 + 0.2 * torch.rand(channels, generator=generator))
+
+
+def random_batchnorm_from_activations(model, images, generator) -> None:
+    """Random BatchNorm2d statistics of the size of the activations they normalise, for a model
+    with BatchNorm after (nearly) every conv, as torchvision's v2.
+
+    Statistics drawn far from the activations (e.g. var in [0.5, 2] when a layer's outputs have
+    variance 100) compound layer after layer and saturate every score. So one pass over `images`
+    (backbone, RPN, then box and mask heads on the proposals) sets each layer, just before it runs,
+    from the channel mean m and variance v of its input: running_mean = m + U(-0.1, 0.1) sqrt(v),
+    running_var = v U(0.5, 2), weight U(0.5, 1.5), bias U(-0.1, 0.1). The statistics then span
+    orders of magnitude across layers, each off by up to 2x from what a layer sees.
+    """
+    import torch
+
+    def set_statistics(module, inputs):
+        (value,) = inputs
+        channels = value.shape[1]
+        mean, var = value.mean(dim=(0, 2, 3)), value.var(dim=(0, 2, 3))
+        module.weight.copy_(0.5 + torch.rand(channels, generator=generator))
+        module.bias.copy_(0.2 * torch.rand(channels, generator=generator) - 0.1)
+        module.running_mean.copy_(mean + (0.2 * torch.rand(channels, generator=generator) - 0.1) * var.sqrt())
+        module.running_var.copy_(var * (0.5 + 1.5 * torch.rand(channels, generator=generator)))
+        hooks.pop(module).remove()
+
+    hooks = {module: module.register_forward_pre_hook(set_statistics)
+             for module in model.modules() if isinstance(module, torch.nn.BatchNorm2d)}
+    image_list, _ = model.transform(images)
+    features = model.backbone(image_list.tensors)
+    proposals, _ = model.rpn(image_list, features)
+    heads = model.roi_heads
+    heads.box_head(heads.box_roi_pool(features, proposals, image_list.image_sizes))
+    heads.mask_head(heads.mask_roi_pool(features, proposals, image_list.image_sizes))
+    assert not hooks, f"{len(hooks)} BatchNorm2d layers did not run"
 
 
 def trainable_torchvision_maskrcnn(seed: int = 0, min_size: int = 800, max_size: int = 1333):

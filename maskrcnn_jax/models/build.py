@@ -15,9 +15,10 @@ from maskrcnn_jax.models.resnet import resnet_stage_sizes
 
 
 def build_model(config: ml_collections.ConfigDict) -> MaskRCNN:
-    """MaskRCNN from `config.model` (backbone.{depth or stage_sizes, stem_width, bn_eps}, fpn_channels,
-    representation_size, mask_head_channels, dtype: "float32" or "bfloat16" compute, parameters and
-    loss reductions stay float32) and `spec_from_config(config)`."""
+    """MaskRCNN from `config.model` (architecture: "v1" (default) or "v2", backbone.{depth or
+    stage_sizes, stem_width, bn_eps}, fpn_channels, representation_size, mask_head_channels,
+    box_head_channels (v2's conv box head, default 256), dtype: "float32" or "bfloat16" compute,
+    parameters and loss reductions stay float32) and `spec_from_config(config)`."""
     model_config = config.model
     spec = spec_from_config(config)
     backbone = model_config.backbone
@@ -31,9 +32,11 @@ def build_model(config: ml_collections.ConfigDict) -> MaskRCNN:
         num_anchors=spec.num_anchors_per_location,
         representation_size=model_config.representation_size,
         mask_head_channels=model_config.mask_head_channels,
+        box_head_channels=model_config.get("box_head_channels", 256),
         box_roi_size=spec.box_roi_size,
         mask_roi_size=spec.mask_roi_size,
         dtype=jnp.dtype(model_config.get("dtype", "float32")),
+        architecture=model_config.get("architecture", "v1"),
     )
 
 

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from maskrcnn_jax.models.conv import Conv
+from maskrcnn_jax.models.norm import BatchNorm
 
 # torchvision initialises FPN convs with kaiming_uniform(a=1) and zero bias.
 fpn_init = nn.initializers.variance_scaling(1.0, "fan_in", "uniform")
@@ -32,27 +33,32 @@ class FPN(nn.Module):
     features: [C2, C3, C4, C5], each [B, H_l, W_l, C_l] ->
     [P2, P3, P4, P5, P6], each [B, H_l, W_l, channels] in `dtype`; P6 = P5[:, ::2, ::2] (max-pool,
     kernel 1, stride 2). dtype, fast_convs: as models.conv.Conv's dtype and fast.
+    norm (Mask R-CNN v2): each conv without bias, followed by BatchNorm ("inner_bn_i", "layer_bn_i",
+    eps `bn_eps`; `train` as BatchNorm's, over every position, padding included as in torchvision).
     """
 
     channels: int = 256
     dtype: Any = jnp.float32
     fast_convs: bool = True
+    norm: bool = False
+    bn_eps: float = 1e-5
 
     @nn.compact
-    def __call__(self, features: Sequence[jax.Array]) -> list[jax.Array]:
-        def inner(index: int) -> Conv:
-            return Conv(self.channels, 1, kernel_init=fpn_init, dtype=self.dtype, fast=self.fast_convs, name=f"inner_{index}")
-
-        def layer(index: int) -> Conv:
-            return Conv(self.channels, 3, kernel_init=fpn_init, dtype=self.dtype, fast=self.fast_convs, name=f"layer_{index}")
+    def __call__(self, features: Sequence[jax.Array], train: bool = False) -> list[jax.Array]:
+        def block(kind: str, kernel_size: int, index: int, x: jax.Array) -> jax.Array:
+            x = Conv(self.channels, kernel_size, use_bias=not self.norm, kernel_init=fpn_init, dtype=self.dtype,
+                     fast=self.fast_convs, name=f"{kind}_{index}")(x)
+            if self.norm:
+                x = BatchNorm(self.bn_eps, name=f"{kind}_bn_{index}")(x, train)
+            return x
 
         last = len(features) - 1
-        top_down = inner(last)(features[last])
-        outputs = [layer(last)(top_down)]
+        top_down = block("inner", 1, last, features[last])
+        outputs = [block("layer", 3, last, top_down)]
         for index in range(last - 1, -1, -1):
-            lateral = inner(index)(features[index])
+            lateral = block("inner", 1, index, features[index])
             top_down = lateral + upsample_nearest(top_down, lateral.shape[1], lateral.shape[2])
-            outputs.insert(0, layer(index)(top_down))
+            outputs.insert(0, block("layer", 3, index, top_down))
         outputs.append(outputs[-1][:, ::2, ::2])
         return outputs
 

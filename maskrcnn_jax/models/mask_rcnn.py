@@ -15,25 +15,36 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from maskrcnn_jax.models.box_head import BoxPredictor, TwoMLPHead
+from maskrcnn_jax.models.box_head import BoxPredictor, ConvFCHead, TwoMLPHead
 from maskrcnn_jax.models.fpn import FPN
 from maskrcnn_jax.models.mask_head import MaskHead, MaskPredictor
 from maskrcnn_jax.models.resnet import ResNet
 from maskrcnn_jax.models.rpn_head import RPNHead
 
 
-class MaskRCNN(nn.Module):
-    """ResNet-FPN backbone, RPN head, box head (TwoMLPHead + predictor), mask head (+ predictor).
+ARCHITECTURES = ("v1", "v2")
 
-    Parameter tree: backbone/{conv1,bn1,layer1/0/conv1,...}, fpn/{inner_i,layer_i}, rpn_head/{conv,
-    cls_logits,bbox_pred}, box_mlp/{fc6,fc7}, box_predictor/{cls_score,bbox_pred},
-    mask_convs/mask_fcn1..4, mask_predictor/{conv5_mask,mask_fcn_logits}.
+
+class MaskRCNN(nn.Module):
+    """ResNet-FPN backbone, RPN head, box head (+ predictor), mask head (+ predictor).
+
+    architecture "v1" (torchvision's maskrcnn_resnet50_fpn): frozen BatchNorm in the backbone, a
+    1-conv RPN head, TwoMLPHead, a mask head without norm. Parameter tree: backbone/{conv1,bn1,
+    layer1/0/conv1,...}, fpn/{inner_i,layer_i}, rpn_head/{conv,cls_logits,bbox_pred}, box_mlp/{fc6,fc7},
+    box_predictor/{cls_score,bbox_pred}, mask_convs/mask_fcn1..4, mask_predictor/{conv5_mask,mask_fcn_logits}.
+    architecture "v2" (maskrcnn_resnet50_fpn_v2): BatchNorm (models.norm, eps `bn_eps`) in the backbone,
+    after every FPN conv (fpn/{inner_bn_i,layer_bn_i}) and every mask-head conv (mask_convs/mask_bn1..4),
+    a 2-conv RPN head (rpn_head/conv_1 added), and ConvFCHead (box_conv_fc/{conv1..4,bn1..4,fc})
+    in place of box_mlp.
 
     dtype: the compute dtype of every convolution and dense layer (e.g. jnp.bfloat16); parameters,
-    frozen-BatchNorm math and the heads' outputs (objectness, box deltas, class logits, mask logits)
+    BatchNorm math and the heads' outputs (objectness, box deltas, class logits, mask logits)
     stay float32, so the losses reduce in float32. The features are in `dtype`.
     fast_convs: the convolutions of models.conv that are faster on XLA:CPU (values and gradients
     equal); False runs lax.conv_general_dilated everywhere. Neither changes the parameter tree.
+    train / valid (v2's BatchNorm, for the training side): train=True normalises with batch
+    statistics; valid (bool over the RoI batch shape, True for real RoIs) leaves padding RoIs out of them.
+    With v1 they change nothing.
     """
 
     num_classes: int = 91
@@ -44,38 +55,53 @@ class MaskRCNN(nn.Module):
     num_anchors: int = 3
     representation_size: int = 1024
     mask_head_channels: int = 256
+    box_head_channels: int = 256
     box_roi_size: int = 7
     mask_roi_size: int = 14
     dtype: Any = jnp.float32
     fast_convs: bool = True
+    architecture: str = "v1"
 
     def setup(self):
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {self.architecture!r}; expected one of {ARCHITECTURES}")
+        v2 = self.architecture == "v2"
         convs = dict(dtype=self.dtype, fast_convs=self.fast_convs)
-        self.backbone = ResNet(self.stage_sizes, self.stem_width, self.bn_eps, **convs)
-        self.fpn = FPN(self.fpn_channels, **convs)
-        self.rpn_head = RPNHead(self.num_anchors, **convs)
-        self.box_mlp = TwoMLPHead(self.representation_size, dtype=self.dtype)
+        self.backbone = ResNet(self.stage_sizes, self.stem_width, self.bn_eps, norm="batch" if v2 else "frozen", **convs)
+        self.fpn = FPN(self.fpn_channels, norm=v2, bn_eps=self.bn_eps, **convs)
+        self.rpn_head = RPNHead(self.num_anchors, num_convs=2 if v2 else 1, **convs)
+        if v2:
+            self.box_conv_fc = ConvFCHead(self.box_head_channels, representation_size=self.representation_size,
+                                          bn_eps=self.bn_eps, **convs)
+        else:
+            self.box_mlp = TwoMLPHead(self.representation_size, dtype=self.dtype)
         self.box_predictor = BoxPredictor(self.num_classes, dtype=self.dtype)
-        self.mask_convs = MaskHead(self.mask_head_channels, **convs)
+        self.mask_convs = MaskHead(self.mask_head_channels, norm=v2, bn_eps=self.bn_eps, **convs)
         self.mask_predictor = MaskPredictor(self.num_classes, **convs)
 
-    def features(self, images: jax.Array) -> list[jax.Array]:
+    def features(self, images: jax.Array, train: bool = False) -> list[jax.Array]:
         """images [B, H, W, 3] normalised -> [P2, P3, P4, P5, P6], each [B, H/s, W/s, C] in `dtype`, s = 4..64."""
-        return self.fpn(self.backbone(images))
+        return self.fpn(self.backbone(images, train), train)
 
     def rpn(self, features: Sequence[jax.Array]) -> tuple[list[jax.Array], list[jax.Array]]:
         """Per level: objectness logits [B, H_l, W_l, A] and box deltas [B, H_l, W_l, A * 4]."""
         return self.rpn_head(features)
 
-    def box_head(self, roi_features: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """roi_features [..., S, S, C] -> (class_logits [..., K], box_deltas [..., K, 4])."""
-        return self.box_predictor(self.box_mlp(roi_features))
+    def box_head(self, roi_features: jax.Array, valid: jax.Array | None = None,
+                 train: bool = False) -> tuple[jax.Array, jax.Array]:
+        """roi_features [..., S, S, C], valid bool [...] -> (class_logits [..., K], box_deltas [..., K, 4])."""
+        if self.architecture == "v2":
+            representation = self.box_conv_fc(roi_features, valid, train)
+        else:
+            representation = self.box_mlp(roi_features)
+        return self.box_predictor(representation)
 
-    def mask_head(self, roi_features: jax.Array) -> jax.Array:
-        """roi_features [..., S, S, C] -> mask logits [..., 2S, 2S, K]."""
+    def mask_head(self, roi_features: jax.Array, valid: jax.Array | None = None, train: bool = False) -> jax.Array:
+        """roi_features [..., S, S, C], valid bool [...] -> mask logits [..., 2S, 2S, K]."""
         batch_shape = roi_features.shape[:-3]
         flat = roi_features.reshape((-1,) + roi_features.shape[-3:])
-        logits = self.mask_predictor(self.mask_convs(flat))
+        flat_valid = None if valid is None else valid.reshape(-1)
+        logits = self.mask_predictor(self.mask_convs(flat, flat_valid, train))
         return logits.reshape(batch_shape + logits.shape[1:])
 
     def __call__(self, images: jax.Array) -> dict[str, jax.Array]:

@@ -1,11 +1,13 @@
-"""ResNet backbone (torchvision v1.5 layout: stride on the 3x3 conv) with frozen BatchNorm.
+"""ResNet backbone (torchvision v1.5 layout: stride on the 3x3 conv) with frozen or trained BatchNorm.
 
 Legend: B batch, H W image, C channels. Feature maps are NHWC.
 
-Frozen BatchNorm statistics live in the `params` tree as four leaves per norm layer
-(`scale`, `bias`, `mean`, `var`), exactly torchvision's FrozenBatchNorm2d buffers. They are
-constants: the module stops their gradient, and `models.frozen_parameter_mask` marks them (and
-the frozen stem/early stages) so a trainer's optimizer leaves them alone.
+norm "frozen" (Mask R-CNN v1): FrozenBatchNorm, whose statistics live in the `params` tree as four
+leaves per norm layer (`scale`, `bias`, `mean`, `var`), exactly torchvision's FrozenBatchNorm2d
+buffers. They are constants: the module stops their gradient, and `models.frozen_parameter_mask`
+marks them (and the frozen stem/early stages) so a trainer's optimizer leaves them alone.
+norm "batch" (Mask R-CNN v2, torchvision's nn.BatchNorm2d): models.norm.BatchNorm, same leaves;
+`train` selects batch statistics.
 """
 
 from typing import Any, Sequence
@@ -15,6 +17,9 @@ import jax
 import jax.numpy as jnp
 
 from maskrcnn_jax.models.conv import Conv
+from maskrcnn_jax.models.norm import BatchNorm
+
+NORM_KINDS = ("frozen", "batch")
 
 # He (fan_out) init as torchvision's ResNet; only used when training from scratch.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -40,7 +45,9 @@ class FrozenBatchNorm(nn.Module):
     eps: float = 1e-5
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False, valid: jax.Array | None = None) -> jax.Array:
+        """train and valid are those of BatchNorm, accepted so that either norm fits the same call;
+        frozen statistics ignore them."""
         channels = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (channels,))
         bias = self.param("bias", nn.initializers.zeros, (channels,))
@@ -53,10 +60,18 @@ class FrozenBatchNorm(nn.Module):
         return (x.astype(jnp.float32) * folded_scale + folded_bias).astype(x.dtype)
 
 
+def batch_norm(kind: str, eps: float, name: str) -> FrozenBatchNorm | BatchNorm:
+    """The backbone's norm layer: kind "frozen" (FrozenBatchNorm) or "batch" (BatchNorm); both are
+    called as norm(x, train)."""
+    if kind not in NORM_KINDS:
+        raise ValueError(f"unknown norm {kind!r}; expected one of {NORM_KINDS}")
+    return FrozenBatchNorm(eps, name=name) if kind == "frozen" else BatchNorm(eps, name=name)
+
+
 class Bottleneck(nn.Module):
     """1x1 -> 3x3 (stride) -> 1x1 (x4 channels) with a projection shortcut when shapes change.
 
-    x: [B, H, W, C_in] -> [B, H/stride, W/stride, 4 * width].
+    x: [B, H, W, C_in] -> [B, H/stride, W/stride, 4 * width]. norm: "frozen" or "batch" (batch_norm).
     """
 
     width: int
@@ -64,17 +79,21 @@ class Bottleneck(nn.Module):
     bn_eps: float = 1e-5
     dtype: Any = jnp.float32
     fast_convs: bool = True
+    norm: str = "frozen"
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         out_channels = 4 * self.width
         options = dict(dtype=self.dtype, fast=self.fast_convs)
-        y = nn.relu(FrozenBatchNorm(self.bn_eps, name="bn1")(conv(self.width, 1, **options, name="conv1")(x)))
-        y = nn.relu(FrozenBatchNorm(self.bn_eps, name="bn2")(conv(self.width, 3, self.stride, **options, name="conv2")(y)))
-        y = FrozenBatchNorm(self.bn_eps, name="bn3")(conv(out_channels, 1, **options, name="conv3")(y))
+
+        def norm(name: str, y: jax.Array) -> jax.Array:
+            return batch_norm(self.norm, self.bn_eps, name)(y, train)
+
+        y = nn.relu(norm("bn1", conv(self.width, 1, **options, name="conv1")(x)))
+        y = nn.relu(norm("bn2", conv(self.width, 3, self.stride, **options, name="conv2")(y)))
+        y = norm("bn3", conv(out_channels, 1, **options, name="conv3")(y))
         if self.stride != 1 or x.shape[-1] != out_channels:
-            x = conv(out_channels, 1, self.stride, **options, name="downsample_conv")(x)
-            x = FrozenBatchNorm(self.bn_eps, name="downsample_bn")(x)
+            x = norm("downsample_bn", conv(out_channels, 1, self.stride, **options, name="downsample_conv")(x))
         return nn.relu(x + y)
 
 
@@ -87,12 +106,13 @@ class ResNetStage(nn.Module):
     bn_eps: float = 1e-5
     dtype: Any = jnp.float32
     fast_convs: bool = True
+    norm: str = "frozen"
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         for index in range(self.num_blocks):
             stride = self.stride if index == 0 else 1
-            x = Bottleneck(self.width, stride, self.bn_eps, self.dtype, self.fast_convs, name=str(index))(x)
+            x = Bottleneck(self.width, stride, self.bn_eps, self.dtype, self.fast_convs, self.norm, name=str(index))(x, train)
         return x
 
 
@@ -103,6 +123,8 @@ class ResNet(nn.Module):
     (e.g. 8) with (1, 1, 1, 1) gives a tiny network for tests and CPU demos.
     Convolutions compute in `dtype` (parameters stay float32); fast_convs: models.conv's faster
     CPU formulations (False: lax.conv_general_dilated everywhere, the reference).
+    norm: "frozen" (v1) or "batch" (v2; `train` then normalises with batch statistics, padding included
+    as in torchvision).
     images: [B, H, W, 3] -> list of 4 maps [B, H/s, W/s, 4 * stem_width * 2**i] in `dtype`, s = 4, 8, 16, 32.
     """
 
@@ -111,11 +133,12 @@ class ResNet(nn.Module):
     bn_eps: float = 1e-5
     dtype: Any = jnp.float32
     fast_convs: bool = True
+    norm: str = "frozen"
 
     @nn.compact
-    def __call__(self, images: jax.Array) -> list[jax.Array]:
+    def __call__(self, images: jax.Array, train: bool = False) -> list[jax.Array]:
         x = conv(self.stem_width, 7, 2, dtype=self.dtype, fast=self.fast_convs, name="conv1")(images)
-        x = nn.relu(FrozenBatchNorm(self.bn_eps, name="bn1")(x))
+        x = nn.relu(batch_norm(self.norm, self.bn_eps, "bn1")(x, train))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         outputs = []
         for index, num_blocks in enumerate(self.stage_sizes):
@@ -126,8 +149,9 @@ class ResNet(nn.Module):
                 bn_eps=self.bn_eps,
                 dtype=self.dtype,
                 fast_convs=self.fast_convs,
+                norm=self.norm,
                 name=f"layer{index + 1}",
-            )(x)
+            )(x, train)
             outputs.append(x)
         return outputs
 

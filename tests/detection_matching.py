@@ -1,0 +1,30 @@
+"""Matching our detections to a reference's, for the parity tests against torchvision (numpy only)."""
+
+import numpy as np
+
+
+def iou_matrix(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
+    """numpy box IoU [N, 4] x [M, 4] -> [N, M]."""
+    top_left = np.maximum(boxes_a[:, None, :2], boxes_b[None, :, :2])
+    bottom_right = np.minimum(boxes_a[:, None, 2:], boxes_b[None, :, 2:])
+    intersection = np.prod(np.clip(bottom_right - top_left, 0, None), axis=-1)
+    area_a = np.prod(boxes_a[:, 2:] - boxes_a[:, :2], axis=-1)
+    area_b = np.prod(boxes_b[:, 2:] - boxes_b[:, :2], axis=-1)
+    return intersection / (area_a[:, None] + area_b[None, :] - intersection)
+
+
+def match_detections(theirs: dict, mine: dict) -> np.ndarray:
+    """For each torchvision detection, the index of our same-class detection with the highest IoU >= 0.99, or -1.
+
+    theirs: {"boxes" [N, 4], "labels" [N]}; mine: {"boxes" [M, 4], "classes" [M]} -> [N] int.
+    """
+    ious = iou_matrix(theirs["boxes"], mine["boxes"])
+    ious[theirs["labels"][:, None] != mine["classes"][None, :]] = 0
+    best = ious.argmax(axis=1)
+    return np.where(ious[np.arange(len(best)), best] >= 0.99, best, -1)
+
+
+def our_detections(predictions: dict, b: int) -> dict:
+    """The valid detections of image b of our batched prediction ({"boxes", "scores", "classes", "masks"})."""
+    valid = predictions["valid"][b]
+    return {key: predictions[key][b][valid] for key in ("boxes", "scores", "classes", "masks")}
