@@ -3,7 +3,8 @@
     python scripts/benchmark.py --task=inference --against=torchvision --size=800x1216 --output=FILE.json
     python scripts/benchmark.py --task=train --against=torchvision --size=512x512 --batch=2 --output=FILE.json
 
-inference: a seeded confident random torchvision `maskrcnn_resnet50_fpn` is converted to our
+inference: a seeded confident random torchvision `maskrcnn_resnet50_fpn` (or, with
+--config configs/mask_rcnn_r50_fpn_v2_coco.py, `maskrcnn_resnet50_fpn_v2`) is converted to our
 parameters; one real photo is resized to exactly --size (so neither side rescales it) and both
 run the whole prediction: torchvision `model([image])` (transform, network, postprocess with mask
 pasting) against ours (host preprocessing, jitted predict, jitted mask pasting at the image size,
@@ -69,7 +70,12 @@ def benchmark_inference(config, size: str, image_path: str, runs: int, threads: 
     torch.set_num_threads(threads)
     height, width = (int(side) for side in size.split("x"))
     image = np.asarray(Image.fromarray(load_image(image_path)).resize((width, height), Image.BILINEAR))
-    reference = confident_random_torchvision_maskrcnn(seed=0, min_size=min(height, width), max_size=max(height, width))
+    architecture = config.model.get("architecture", "v1")
+    # v2: random BatchNorm statistics sized from this photo's activations (tests/torchvision_reference.py).
+    v2_options = dict(class_logit_scale=8.0, statistics_images=[torch.from_numpy(image.copy()).permute(2, 0, 1).float() / 255])
+    with torch.no_grad():
+        reference = confident_random_torchvision_maskrcnn(seed=0, min_size=min(height, width), max_size=max(height, width),
+                                                          architecture=architecture, **(v2_options if architecture == "v2" else {}))
 
     config = config.copy_and_resolve_references()
     config.model.backbone.bn_eps = 1e-5  # torchvision built with weights=None
