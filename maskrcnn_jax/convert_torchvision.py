@@ -305,7 +305,8 @@ def convert_torchvision_checkpoint(
     architecture, architecture_reason = state_dict_architecture(state_dict)
     eps, reason = batchnorm_eps(state_dict, bn_eps, architecture)
     config = config.copy_and_resolve_references()
-    config.model.architecture = architecture
+    with config.unlocked():  # a config written before `architecture` existed lacks the key
+        config.model.architecture = architecture
     config.model.backbone.bn_eps = eps
     model = build_model(config)
     expected = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3), jnp.float32))["params"]
