@@ -99,10 +99,12 @@ def assert_same_detections(expected: dict, boxes, classes, scores, masks) -> Non
     assert np.mean(ious) >= 0.98, np.mean(ious)
 
 
-def test_converter_records_the_batchnorm_eps_and_says_why(converted):
+def test_converter_records_the_batchnorm_eps_and_architecture_and_says_why(converted):
     assert "bn_eps = 1e-05 (BatchNorm2d buffers" in converted["printed"]
+    assert "architecture = v1 (roi_heads.box_head.fc6.weight present: TwoMLPHead" in converted["printed"]
     config = load_config(converted["checkpoint"])
     assert config.model.backbone.bn_eps == 1e-5 and config.input.min_size == MIN_SIZE
+    assert config.model.architecture == "v1"
 
 
 def test_png_is_drawn_over_the_photo(converted, script_results):

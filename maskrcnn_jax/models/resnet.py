@@ -60,7 +60,7 @@ class FrozenBatchNorm(nn.Module):
         return (x.astype(jnp.float32) * folded_scale + folded_bias).astype(x.dtype)
 
 
-def batch_norm(kind: str, eps: float, name: str) -> FrozenBatchNorm | BatchNorm:
+def norm_layer(kind: str, eps: float, name: str) -> FrozenBatchNorm | BatchNorm:
     """The backbone's norm layer: kind "frozen" (FrozenBatchNorm) or "batch" (BatchNorm); both are
     called as norm(x, train)."""
     if kind not in NORM_KINDS:
@@ -71,7 +71,7 @@ def batch_norm(kind: str, eps: float, name: str) -> FrozenBatchNorm | BatchNorm:
 class Bottleneck(nn.Module):
     """1x1 -> 3x3 (stride) -> 1x1 (x4 channels) with a projection shortcut when shapes change.
 
-    x: [B, H, W, C_in] -> [B, H/stride, W/stride, 4 * width]. norm: "frozen" or "batch" (batch_norm).
+    x: [B, H, W, C_in] -> [B, H/stride, W/stride, 4 * width]. norm: "frozen" or "batch" (norm_layer).
     """
 
     width: int
@@ -87,7 +87,7 @@ class Bottleneck(nn.Module):
         options = dict(dtype=self.dtype, fast=self.fast_convs)
 
         def norm(name: str, y: jax.Array) -> jax.Array:
-            return batch_norm(self.norm, self.bn_eps, name)(y, train)
+            return norm_layer(self.norm, self.bn_eps, name)(y, train)
 
         y = nn.relu(norm("bn1", conv(self.width, 1, **options, name="conv1")(x)))
         y = nn.relu(norm("bn2", conv(self.width, 3, self.stride, **options, name="conv2")(y)))
@@ -138,7 +138,7 @@ class ResNet(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> list[jax.Array]:
         x = conv(self.stem_width, 7, 2, dtype=self.dtype, fast=self.fast_convs, name="conv1")(images)
-        x = nn.relu(batch_norm(self.norm, self.bn_eps, "bn1")(x, train))
+        x = nn.relu(norm_layer(self.norm, self.bn_eps, "bn1")(x, train))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         outputs = []
         for index, num_blocks in enumerate(self.stage_sizes):
