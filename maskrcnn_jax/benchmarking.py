@@ -28,12 +28,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from maskrcnn_jax.detector import make_binary_mask_paster, pyramid_anchors
-from maskrcnn_jax.detector.losses import LOSS_NAMES, head_losses, training_proposals, training_targets
+from maskrcnn_jax.detector import make_binary_mask_paster, make_predict_fn, pyramid_anchors, spec_from_config
+from maskrcnn_jax.detector.losses import LOSS_NAMES, head_losses, make_loss_fn, training_proposals, training_targets
 from maskrcnn_jax.detector.predict import detect, detection_outputs, propose
 from maskrcnn_jax.detector.pyramid import POOLED_STRIDES, flatten_rpn_outputs, pool_rois
 from maskrcnn_jax.detector.spec import DetectorSpec
-from maskrcnn_jax.training.step import apply_gradients, trainable_gradients
+from maskrcnn_jax.models import build_model, frozen_parameter_mask, init_params
+from maskrcnn_jax.training.optimizer import update_direction
+from maskrcnn_jax.training.state import TrainState
+from maskrcnn_jax.training.step import apply_gradients, train_step_fn, trainable_gradients
 
 INFERENCE_STAGES = ("backbone", "fpn", "rpn + proposals", "roi heads", "post-processing + paste")
 TRAIN_STAGES = ("backbone", "fpn", "rpn + proposals", "targets", "roi heads", "losses", "optimizer")
@@ -227,3 +230,62 @@ def synthetic_training_batch(batch_size: int, canvas: tuple[int, int], num_class
         "gt_valid": jnp.asarray(np.tile(np.arange(max_instances) < count, (batch_size, 1))),
         "valid": jnp.ones(batch_size, bool),
     }
+
+
+def train_speed(config, canvas: tuple[int, int], batch_size: int, runs: int, learning_rate: float = 1e-3,
+                profile: bool = False) -> dict:
+    """Training images/s of our step alone (the trainer's `train_step_fn`, jitted with donation) on a
+    synthetic batch [batch_size, *canvas] shaped as the config's pipeline makes it (max instances,
+    mask side), random parameters, SGD momentum 0.9 and weight decay 1e-4; the config's model
+    (e.g. --config.model.dtype=bfloat16). Median step of `runs` after one warm-up step.
+
+    Returns {"device", "dtype", "canvas", "batch", "compile_s", "step_s", "images_per_s", "gflop"
+    (XLA's count for the step), "gflops", "runs_s"} and, with profile, "profile" (profile_train_step's rows).
+    """
+    model, spec = build_model(config), spec_from_config(config)
+    params = init_params(model, jax.random.key(0))
+    frozen = frozen_parameter_mask(params, trainable_backbone_layers=config.train.trainable_backbone_layers)
+    optimizer = update_direction(frozen, momentum=0.9, weight_decay=1e-4)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
+                       key=jax.random.key_data(jax.random.key(0)))
+    batch = synthetic_training_batch(batch_size, canvas, spec.num_classes, config.data.max_instances,
+                                     config.data.mask_size)
+    step = train_step_fn(make_loss_fn(model, spec), optimizer, lambda _: jnp.float32(learning_rate), frozen)
+    start = time.perf_counter()
+    compiled = jax.jit(step, donate_argnums=0).lower(state, batch).compile()
+    compile_s = time.perf_counter() - start
+    flops = compiled_flops(compiled)
+    times = []
+    for _ in range(runs + 1):  # the first is the warm-up
+        start = time.perf_counter()
+        state, metrics = compiled(state, batch)
+        jax.block_until_ready(metrics["loss"])
+        times.append(time.perf_counter() - start)
+    step_s = statistics.median(times[1:])
+    result = {"device": jax.devices()[0].device_kind, "dtype": str(model.dtype), "canvas": list(canvas),
+              "batch": batch_size, "compile_s": compile_s, "step_s": step_s, "images_per_s": batch_size / step_s,
+              "gflop": flops / 1e9, "gflops": flops / 1e9 / step_s, "runs_s": times[1:]}
+    if profile:
+        result["profile"] = profile_train_step(model, spec, state, batch, optimizer, learning_rate, frozen)
+    return result
+
+
+def inference_speed(config, canvas: tuple[int, int], batch_sizes: tuple[int, ...], runs: int) -> list[dict]:
+    """Our jitted `predict` alone (no host preprocessing, no pasting) on noise images filling the
+    canvas, random parameters, the config's model; per batch size: {"batch", "compile_s", "seconds"
+    (median of `runs` after a warm-up), "ms_per_image", "images_per_s"}."""
+    model, spec = build_model(config), spec_from_config(config)
+    params = init_params(model, jax.random.key(0))
+    predict = make_predict_fn(model, spec)
+    rows = []
+    for batch_size in batch_sizes:
+        sizes = jnp.asarray(np.tile(np.array(canvas, np.int32), (batch_size, 1)))
+        images = jax.random.normal(jax.random.key(batch_size), (batch_size, *canvas, 3), jnp.float32)
+        batch = {"image": images, "image_size": sizes, "original_size": sizes}
+        start = time.perf_counter()
+        compiled = predict.lower(params, batch).compile()
+        compile_s = time.perf_counter() - start
+        seconds = median_seconds(compiled, (params, batch), runs)
+        rows.append({"batch": batch_size, "compile_s": compile_s, "seconds": seconds,
+                     "ms_per_image": 1000 * seconds / batch_size, "images_per_s": batch_size / seconds})
+    return rows

@@ -20,6 +20,19 @@ sizes (2000 proposals, 256 anchors, 512 RoIs per image) on both sides, the same 
 its own worker process, so each peak RSS is its own; the driver alternates single steps between
 them after a warm-up step. compile_s is the XLA compile of our jitted step.
 Writes {"jax_s", "torchvision_s", "ratio", "compile_s", "jax_peak_rss_mb", ...} and prints a table.
+
+Both tasks also report our achieved GFLOP/s (XLA's cost analysis of the compiled programs over the
+median time) against a float32 2048x2048 matmul timed at the start of the same run, and (unless
+--noprofile) a per-stage profile after the timed runs: each stage jitted on the real outputs of the
+one before, median of 3 (maskrcnn_jax.benchmarking).
+
+--against=none: our model alone on whatever device JAX has (the accelerator mode, no torch needed),
+random parameters, the config's model and dtype, noise images filling the --size canvas:
+    python scripts/benchmark.py --task=train --against=none --size=800x1344 --batch=16 \
+        --config.model.dtype=bfloat16 --output=train_gpu.json
+    python scripts/benchmark.py --task=inference --against=none --size=800x1344 --output=inference_gpu.json
+train: images/s of the jitted, donated training step (synthetic ground truth shaped as the config's
+pipeline makes it); inference: `predict` latency at batch 1 and throughput at --throughput_batch.
 """
 
 import json
@@ -38,6 +51,7 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
+from maskrcnn_jax import benchmarking
 from maskrcnn_jax.command_line import define_config_flag, run
 from maskrcnn_jax.convert_torchvision import convert_state_dict
 from maskrcnn_jax.data.image_io import load_image
@@ -46,26 +60,30 @@ from maskrcnn_jax.models import build_model
 from maskrcnn_jax.preprocess import preprocess_batch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the reference model is a test helper
-from torchvision_reference import confident_random_torchvision_maskrcnn  # noqa: E402
+sys.path.insert(0, str(ROOT / "tests"))  # the reference model is a test helper (imported where used: torch)
 
 DEFAULT_CONFIG = ROOT / "configs" / "mask_rcnn_r50_fpn_coco.py"
 DEFAULT_IMAGE = ROOT / ".." / "shared" / "data" / "coco_val2014_43" / "images" / "000000000042.jpg"
 
 _CONFIG = define_config_flag("model config file", default=str(DEFAULT_CONFIG))
 _TASK = flags.DEFINE_enum("task", None, ["inference", "train"], "what to time", required=True)
-_AGAINST = flags.DEFINE_enum("against", "torchvision", ["torchvision"], "the reference implementation")
+_AGAINST = flags.DEFINE_enum("against", "torchvision", ["torchvision", "none"],
+                             "the reference implementation; none: ours alone on the default device")
 _SIZE = flags.DEFINE_string("size", "800x1216", "HxW of the image fed to both models")
 _IMAGE = flags.DEFINE_string("image", str(DEFAULT_IMAGE), "photo resized to --size (default: a COCO val photo)")
 _BATCH = flags.DEFINE_integer("batch", 2, "images per training step (task train)")
 _RUNS = flags.DEFINE_integer("runs", 5, "timed runs per system after one warm-up")
 _THREADS = flags.DEFINE_integer("threads", os.cpu_count(), "torch threads; XLA:CPU uses all cores")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON file for the figures", required=True)
+_PROFILE = flags.DEFINE_bool("profile", True, "also time each stage on its own (benchmarking.py)")
+_THROUGHPUT_BATCH = flags.DEFINE_integer("throughput_batch", 16, "inference batch for throughput (--against=none)")
 
 
-def benchmark_inference(config, size: str, image_path: str, runs: int, threads: int) -> dict:
-    """Median seconds per image for our predict path and torchvision's, plus compile time and peak RSS."""
+def benchmark_inference(config, size: str, image_path: str, runs: int, threads: int, profile: bool) -> dict:
+    """Median seconds per image for our predict path and torchvision's, plus compile time, peak RSS,
+    our GFLOP/s and (profile) the per-stage profile."""
     import torch
+    from torchvision_reference import confident_random_torchvision_maskrcnn
 
     torch.set_num_threads(threads)
     height, width = (int(side) for side in size.split("x"))
@@ -114,6 +132,8 @@ def benchmark_inference(config, size: str, image_path: str, runs: int, threads: 
         torchvision_times.append(time.perf_counter() - start)
 
     jax_s, torchvision_s = statistics.median(jax_times), statistics.median(torchvision_times)
+    gflop = (benchmarking.compiled_flops(predict) + benchmarking.compiled_flops(paste)) / 1e9
+    stages = benchmarking.profile_inference(model, spec_from_config(config), params, batch, (height, width)) if profile else None
     return {
         "task": "inference",
         "size": [height, width],
@@ -128,6 +148,9 @@ def benchmark_inference(config, size: str, image_path: str, runs: int, threads: 
         "torchvision_runs_s": torchvision_times,
         "detections": {"jax": int(ours["valid"].sum()), "torchvision": int(len(theirs["boxes"]))},
         "device": jax.devices()[0].device_kind,
+        "jax_gflop": gflop,
+        "jax_gflops": gflop / jax_s,
+        "profile": stages,
     }
 
 
@@ -196,8 +219,9 @@ def torchvision_train_worker(connection, inputs_path: str, weights_path: str, si
     _serve_steps(connection, step)
 
 
-def jax_train_worker(connection, inputs_path: str, weights_path: str, config, size, batch_size: int):
-    """Our jitted training step (the trainer's step function) on the same weights and inputs."""
+def jax_train_worker(connection, inputs_path: str, weights_path: str, config, size, batch_size: int, profile: bool):
+    """Our jitted training step (the trainer's step function) on the same weights and inputs; after
+    the timed steps, with profile, the per-stage profile of the step."""
     from maskrcnn_jax.detector.losses import make_loss_fn
     from maskrcnn_jax.models import frozen_parameter_mask
     from maskrcnn_jax.training.optimizer import update_direction
@@ -225,8 +249,10 @@ def jax_train_worker(connection, inputs_path: str, weights_path: str, config, si
         jax.block_until_ready(metrics["loss"])
 
     step()  # warm-up
-    connection.send(compile_s)
+    connection.send((compile_s, benchmarking.compiled_flops(compiled) / 1e9))
     _serve_steps(connection, step)
+    if profile:
+        connection.send(benchmarking.profile_train_step(model, spec, state, batch, optimizer, TRAIN_LEARNING_RATE, frozen))
 
 
 def our_training_batch(inputs, size, batch_size: int) -> dict:
@@ -250,8 +276,9 @@ def our_training_batch(inputs, size, batch_size: int) -> dict:
     return batch
 
 
-def benchmark_train(config, size: str, batch_size: int, runs: int, threads: int) -> dict:
-    """Median seconds per training step for ours and torchvision's, each in its own process."""
+def benchmark_train(config, size: str, batch_size: int, runs: int, threads: int, profile: bool) -> dict:
+    """Median seconds per training step for ours and torchvision's, each in its own process, our
+    GFLOP/s and (profile) the per-stage profile of our step."""
     height, width = (int(side) for side in size.split("x"))
     context = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as scratch:
@@ -264,9 +291,9 @@ def benchmark_train(config, size: str, batch_size: int, runs: int, threads: int)
         assert torch_end.recv() == "ready"
         jax_end, jax_worker_end = context.Pipe()
         jax_worker = context.Process(target=jax_train_worker, args=(
-            jax_worker_end, inputs_path, weights_path, config, (height, width), batch_size))
+            jax_worker_end, inputs_path, weights_path, config, (height, width), batch_size, profile))
         jax_worker.start()
-        compile_s = jax_end.recv()
+        compile_s, gflop = jax_end.recv()
         assert jax_end.recv() == "ready"
         jax_times, torchvision_times = [], []
         for _ in range(runs):
@@ -277,6 +304,7 @@ def benchmark_train(config, size: str, batch_size: int, runs: int, threads: int)
         for end in (jax_end, torch_end):
             end.send("done")
             peaks.append(end.recv())
+        stages = jax_end.recv() if profile else None
         jax_worker.join()
         torch_worker.join()
     jax_s, torchvision_s = statistics.median(jax_times), statistics.median(torchvision_times)
@@ -295,7 +323,35 @@ def benchmark_train(config, size: str, batch_size: int, runs: int, threads: int)
         "jax_runs_s": jax_times,
         "torchvision_runs_s": torchvision_times,
         "device": jax.devices()[0].device_kind,
+        "jax_gflop": gflop,
+        "jax_gflops": gflop / jax_s,
+        "profile": stages,
     }
+
+
+def benchmark_ours(config, task: str, size: str, batch_size: int, runs: int, throughput_batch: int,
+                   profile: bool) -> dict:
+    """The accelerator mode (--against=none): our model alone on the default device."""
+    canvas = tuple(int(side) for side in size.split("x"))
+    result = {"task": task, "against": "none", "size": list(canvas), "device": jax.devices()[0].device_kind,
+              "platform": jax.default_backend(), "dtype": config.model.get("dtype", "float32")}
+    if task == "train":
+        result.update(benchmarking.train_speed(config, canvas, batch_size, runs, profile=profile))
+    else:
+        result["inference"] = benchmarking.inference_speed(config, canvas, (1, throughput_batch), runs)
+    return result
+
+
+def print_ours(result: dict) -> None:
+    print(f"device: {result['device']} ({result['platform']}), dtype {result['dtype']}, "
+          f"canvas {'x'.join(map(str, result['size']))}")
+    if result["task"] == "train":
+        print(f"train batch {result['batch']}: {result['images_per_s']:.2f} images/s, step {result['step_s']:.3f} s, "
+              f"compile {result['compile_s']:.1f} s, {result['gflop']:.0f} GFLOP per step = {result['gflops']:.1f} GFLOP/s")
+    else:
+        for row in result["inference"]:
+            print(f"inference batch {row['batch']}: {row['ms_per_image']:.1f} ms per image, "
+                  f"{row['images_per_s']:.2f} images/s, compile {row['compile_s']:.1f} s")
 
 
 def print_table(result: dict) -> None:
@@ -314,6 +370,9 @@ def print_table(result: dict) -> None:
         rows.append(("torchvision peak RSS MB", f"{result['torchvision_peak_rss_mb']:.0f}"))
     else:
         rows.append(("detections jax / torchvision", f"{result['detections']['jax']} / {result['detections']['torchvision']}"))
+    rows += [("device", result["device"]),
+             ("jax GFLOP (XLA count)", f"{result['jax_gflop']:.1f}"),
+             ("jax GFLOP/s", f"{result['jax_gflops']:.1f}")]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
@@ -322,11 +381,23 @@ def print_table(result: dict) -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if _TASK.value == "train":
-        result = benchmark_train(_CONFIG.value, _SIZE.value, _BATCH.value, _RUNS.value, _THREADS.value)
+    ceiling = benchmarking.matmul_ceiling()
+    print(f"matmul ceiling: {ceiling['size']}x{ceiling['size']} float32 in {ceiling['seconds'] * 1000:.1f} ms "
+          f"= {ceiling['gflops']:.1f} GFLOP/s ({jax.devices()[0].device_kind})")
+    if _AGAINST.value == "none":
+        result = benchmark_ours(_CONFIG.value, _TASK.value, _SIZE.value, _BATCH.value, _RUNS.value,
+                                _THROUGHPUT_BATCH.value, _PROFILE.value)
+        print_ours(result)
+    elif _TASK.value == "train":
+        result = benchmark_train(_CONFIG.value, _SIZE.value, _BATCH.value, _RUNS.value, _THREADS.value, _PROFILE.value)
+        print_table(result)
     else:
-        result = benchmark_inference(_CONFIG.value, _SIZE.value, _IMAGE.value, _RUNS.value, _THREADS.value)
-    print_table(result)
+        result = benchmark_inference(_CONFIG.value, _SIZE.value, _IMAGE.value, _RUNS.value, _THREADS.value,
+                                     _PROFILE.value)
+        print_table(result)
+    result["matmul_ceiling"] = ceiling
+    if result.get("profile"):
+        print(benchmarking.format_profile(result["profile"], ceiling["gflops"]))
     pathlib.Path(_OUTPUT.value).write_text(json.dumps(result, indent=2) + "\n")
 
 

@@ -1,64 +1,81 @@
-"""Loader throughput: images/s of the grain training pipeline with its full transforms.
+"""Training input against training compute: images/s of the grain training pipeline beside the
+images/s the training step consumes, for one config, on this machine.
 
-    python scripts/benchmark_data.py --data ../shared/data/coco_train2017_85 [--workers 2] \
-        [--canvas 1024] [--batch 8] [--batches 20] [--large_scale_jitter] [--jitter 0.1,2.0]
+    python scripts/benchmark_data.py --config configs/shapes_tiny.py
+    python scripts/benchmark_data.py --config configs/mask_rcnn_r50_fpn_coco.py --data ../shared/data/coco_train2017_85 \
+        --config.data.num_workers=2 --config.train.global_batch_size=8 --step_batch=1
 
-Decode, resize/jitter/crop, flip, normalise, pad to the canvas, pad ground truth and crop masks
-to 112x112, batch; the first batch (worker start-up included) is timed separately. Then, in this
-process, the time per image to read a record (decode image and masks) and to transform it.
+The pipeline is the trainer's (`training.data.training_source` + `training_iterator`: decode,
+resize / jitter / crop, flip, normalise, pad to the config's canvas, pad ground truth and crop masks,
+batch, with config.data.num_workers processes); the first batch (worker start-up included) is
+timed apart. Then, in this process, the time per image to read a record and to transform it. Then
+the step: `benchmarking.train_speed` (the trainer's jitted step, random parameters, a synthetic batch
+of --step_batch images shaped as the pipeline's) -- its images/s is what the pipeline must keep up
+with. A config with data.source "coco" reads --data (annotations.json + images/); when that is
+absent it says so and stops. "shapes" writes its synthetic dataset into --workdir on first use.
 """
 
+import pathlib
 import time
 
 import numpy as np
 from absl import app, flags
 
+from maskrcnn_jax import benchmarking
+from maskrcnn_jax.command_line import define_config_flag
 from maskrcnn_jax.data import transforms
-from maskrcnn_jax.data.coco import CocoSource
-from maskrcnn_jax.data.pipeline import training_dataset
+from maskrcnn_jax.training.data import training_iterator, training_source
 
-DATA = flags.DEFINE_string("data", "../shared/data/coco_train2017_85",
-                            "COCO-format folder with annotations.json and images/")
-WORKERS = flags.DEFINE_integer("workers", 2, "grain worker processes (0: in this process)")
-CANVAS = flags.DEFINE_integer("canvas", 1024, "square canvas side")
-MIN_SIZE = flags.DEFINE_integer("min_size", 800, "torchvision min_size (short side)")
-MAX_SIZE = flags.DEFINE_integer("max_size", 1024, "torchvision max_size (long side)")
-BATCH = flags.DEFINE_integer("batch", 8, "images per batch")
-BATCHES = flags.DEFINE_integer("batches", 20, "timed batches after the first")
-LARGE_SCALE_JITTER = flags.DEFINE_bool("large_scale_jitter", False, "scale relative to the canvas")
-JITTER = flags.DEFINE_list("jitter", ["1.0", "1.0"], "scale jitter range lo,hi")
-MAX_INSTANCES = flags.DEFINE_integer("max_instances", 100, "ground-truth slots per image")
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+_CONFIG = define_config_flag("training config", default=str(ROOT / "configs" / "mask_rcnn_r50_fpn_coco.py"))
+_DATA = flags.DEFINE_string("data", str(ROOT / ".." / "shared" / "data" / "coco_train2017_85"),
+                            "COCO-format folder (annotations.json, images/) for a config with data.source coco")
+_WORKDIR = flags.DEFINE_string("workdir", "/tmp/benchmark_data", "where data.source shapes writes its images")
+_BATCHES = flags.DEFINE_integer("batches", 20, "timed batches after the first")
+_STEP_BATCH = flags.DEFINE_integer("step_batch", None, "images per timed training step (default: the config's batch)")
+_STEP_RUNS = flags.DEFINE_integer("step_runs", 2, "timed training steps after a warm-up; 0: no step")
 
 
 def main(argv):
     del argv
-    source = CocoSource(f"{DATA.value}/annotations.json", f"{DATA.value}/images")
-    dataset = training_dataset(
-        source, global_batch_size=BATCH.value, seed=0, canvas_size=(CANVAS.value, CANVAS.value),
-        min_size=MIN_SIZE.value, max_size=MAX_SIZE.value, max_instances=MAX_INSTANCES.value, mask_size=112,
-        flip_probability=0.5, jitter_range=tuple(float(v) for v in JITTER.value),
-        large_scale_jitter=LARGE_SCALE_JITTER.value, num_workers=WORKERS.value)
-    iterator = iter(dataset)
+    config = _CONFIG.value
+    if config.data.source == "coco":
+        data = pathlib.Path(_DATA.value)
+        if not (data / "annotations.json").is_file():
+            print(f"skipped: no COCO data at {data} (annotations.json + images/); pass --data FOLDER")
+            return
+        config.data.train_annotations, config.data.train_images = str(data / "annotations.json"), str(data / "images")
+    source = training_source(config, _WORKDIR.value)
+    batch_size = config.train.global_batch_size
+    canvas = tuple(config.input.canvas_size)
+    iterator = training_iterator(config, source)
     start = time.perf_counter()
     next(iterator)
     first = time.perf_counter() - start
     start = time.perf_counter()
-    for _ in range(BATCHES.value):
+    for _ in range(_BATCHES.value):
         next(iterator)
     elapsed = time.perf_counter() - start
-    images = BATCHES.value * BATCH.value
-    print(f"workers={WORKERS.value} canvas={CANVAS.value} batch={BATCH.value} "
-          f"lsj={LARGE_SCALE_JITTER.value} jitter={JITTER.value}: first batch {first:.2f} s, "
-          f"{images} images in {elapsed:.2f} s = {images / elapsed:.1f} images/s")
     if hasattr(iterator, "close"):
         iterator.close()
-    read_ms, transform_ms = per_image_milliseconds(source, num_images=20)
+    pipeline_images_per_s = _BATCHES.value * batch_size / elapsed
+    print(f"pipeline: {len(source)} records, workers={config.data.num_workers} canvas={canvas} batch={batch_size} "
+          f"lsj={config.data.large_scale_jitter} jitter={tuple(config.data.jitter_range)}: first batch {first:.2f} s, "
+          f"{_BATCHES.value * batch_size} images in {elapsed:.2f} s = {pipeline_images_per_s:.1f} images/s")
+    read_ms, transform_ms = per_image_milliseconds(config, source, num_images=min(20, len(source)))
     print(f"in this process, per image: read {read_ms:.1f} ms, transforms {transform_ms:.1f} ms")
+    if _STEP_RUNS.value:
+        step_batch = _STEP_BATCH.value or batch_size
+        step = benchmarking.train_speed(config, canvas, step_batch, _STEP_RUNS.value)
+        print(f"train step ({step['device']}, {step['dtype']}): batch {step_batch} in {step['step_s']:.3f} s = "
+              f"{step['images_per_s']:.2f} images/s (compile {step['compile_s']:.1f} s); "
+              f"pipeline / step = {pipeline_images_per_s / step['images_per_s']:.1f}")
 
 
-def per_image_milliseconds(source, num_images: int) -> tuple[float, float]:
+def per_image_milliseconds(config, source, num_images: int) -> tuple[float, float]:
     """Mean ms per image to read a record and to transform it (best of 3 passes, less noise)."""
-    canvas = (CANVAS.value, CANVAS.value)
+    data, canvas = config.data, tuple(config.input.canvas_size)
     rng = np.random.default_rng(0)
     read_times, transform_times = [], []
     for _ in range(3):
@@ -68,11 +85,11 @@ def per_image_milliseconds(source, num_images: int) -> tuple[float, float]:
         start = time.perf_counter()
         for record in records:
             geometry = transforms.training_geometry(
-                rng, *record["image"].shape[:2], canvas_size=canvas, min_size=MIN_SIZE.value,
-                max_size=MAX_SIZE.value, jitter_range=tuple(float(v) for v in JITTER.value),
-                large_scale_jitter=LARGE_SCALE_JITTER.value, flip_probability=0.5)
+                rng, *record["image"].shape[:2], canvas_size=canvas, min_size=config.input.min_size,
+                max_size=config.input.max_size, jitter_range=tuple(data.jitter_range),
+                large_scale_jitter=data.large_scale_jitter, flip_probability=data.flip_probability)
             transforms.transform_example(record, geometry, canvas_size=canvas,
-                                         max_instances=MAX_INSTANCES.value, mask_size=112)
+                                         max_instances=data.max_instances, mask_size=data.mask_size)
         transform_times.append(time.perf_counter() - start)
     return 1000 * min(read_times) / num_images, 1000 * min(transform_times) / num_images
 

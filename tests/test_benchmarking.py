@@ -1,8 +1,11 @@
-"""maskrcnn_jax.benchmarking on the tiny model: FLOP counts against hand-computed ones, the stage lists
-of the inference and training profiles, and the images/s helpers of scripts/benchmark.py's
-accelerator mode (run here on the CPU at a tiny size)."""
+"""maskrcnn_jax.benchmarking on the tiny shapes model: FLOP counts against hand-computed ones, the stage
+lists of the inference and training profiles, and scripts/benchmark.py's accelerator mode
+(--against=none, run here on the CPU at a tiny size)."""
 
+import json
 import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +20,9 @@ from maskrcnn_jax.preprocess import preprocess_batch
 from maskrcnn_jax.training.optimizer import update_direction
 from maskrcnn_jax.training.state import TrainState
 
-CONFIG = load_config_file(pathlib.Path(__file__).parents[1] / "configs" / "mask_rcnn_tiny.py")
+ROOT = pathlib.Path(__file__).parents[1]
+CONFIG_FILE = ROOT / "configs" / "shapes_tiny.py"  # tiny model, few proposals and RoIs
+CONFIG = load_config_file(CONFIG_FILE)
 CANVAS = (96, 128)
 
 
@@ -56,12 +61,41 @@ def test_inference_profile_stages(tiny):
     assert rows[0]["gflop"] > 0  # the backbone's convolutions are counted
 
 
-def test_train_profile_stages(tiny):
-    model, spec, params = tiny
-    frozen = frozen_parameter_mask(params, trainable_backbone_layers=3)
-    optimizer = update_direction(frozen, momentum=0.9, weight_decay=1e-4)
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
-                       key=jax.random.key_data(jax.random.key(0)))
-    batch = benchmarking.synthetic_training_batch(2, CANVAS, spec.num_classes, max_instances=4, mask_size=28)
-    rows = benchmarking.profile_train_step(model, spec, state, batch, optimizer, 0.01, frozen, repeats=1)
-    check_rows(rows, benchmarking.TRAIN_STAGES)
+def test_train_speed_and_profile_stages():
+    result = benchmarking.train_speed(CONFIG, CANVAS, batch_size=2, runs=1, profile=True)
+    assert result["images_per_s"] > 0 and result["gflop"] > 0 and result["compile_s"] > 0
+    assert result["device"] == jax.devices()[0].device_kind and result["dtype"] == "float32"
+    check_rows(result["profile"], benchmarking.TRAIN_STAGES)
+
+
+def test_benchmark_script_accelerator_mode_runs_tiny(tmp_path):
+    """What a GPU user runs (docs/benchmarks.md), at a tiny size on this CPU: inference latency and throughput."""
+    output = tmp_path / "inference.json"
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--task=inference", "--against=none",
+         f"--config={CONFIG_FILE}", "--size=64x64", "--throughput_batch=2", "--runs=1", f"--output={output}"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    result = json.loads(output.read_text())
+    assert result["device"] == "cpu" and "device: cpu" in completed.stdout
+    assert [row["batch"] for row in result["inference"]] == [1, 2]
+    assert all(row["images_per_s"] > 0 for row in result["inference"])
+    assert result["matmul_ceiling"]["gflops"] > 0
+
+
+def run_benchmark_data(*args):
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark_data.py"), *args],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
+def test_benchmark_data_reports_pipeline_images_per_second(tmp_path):
+    completed = run_benchmark_data(f"--config={CONFIG_FILE}", f"--workdir={tmp_path}", "--batches=2", "--step_runs=0",
+                                   "--config.data.shapes.num_train_images=12")
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert "images/s" in completed.stdout.split("pipeline:")[1]
+
+
+def test_benchmark_data_skips_coco_without_data(tmp_path):
+    completed = run_benchmark_data(f"--data={tmp_path}", "--step_runs=0")
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stdout.startswith(f"skipped: no COCO data at {tmp_path}")
