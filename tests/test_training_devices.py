@@ -44,8 +44,7 @@ SCRIPT = textwrap.dedent("""
 
     model = build_model(config)
     init = lambda key: init_params(model, key)
-    frozen = frozen_parameter_mask(jax.eval_shape(init, jax.random.key(0)), 3,
-                                   norm="batch" if architecture == "v2" else "frozen")
+    frozen = frozen_parameter_mask(jax.eval_shape(init, jax.random.key(0)), 3, norm=model.norm)
     optimizer = update_direction(frozen, momentum=0.9, weight_decay=1e-4)
     learning_rate = learning_rate_schedule(base_learning_rate=0.02, num_steps=10)
     initialize = state_lib.make_state_initializer(init, optimizer)

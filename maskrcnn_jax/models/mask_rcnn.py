@@ -62,12 +62,17 @@ class MaskRCNN(nn.Module):
     fast_convs: bool = True
     architecture: str = "v1"
 
+    @property
+    def norm(self) -> str:
+        """The backbone's norm layers, as `frozen_parameter_mask` takes it: "frozen" (v1) or "batch" (v2)."""
+        return "batch" if self.architecture == "v2" else "frozen"
+
     def setup(self):
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {self.architecture!r}; expected one of {ARCHITECTURES}")
         v2 = self.architecture == "v2"
         convs = dict(dtype=self.dtype, fast_convs=self.fast_convs)
-        self.backbone = ResNet(self.stage_sizes, self.stem_width, self.bn_eps, norm="batch" if v2 else "frozen", **convs)
+        self.backbone = ResNet(self.stage_sizes, self.stem_width, self.bn_eps, norm=self.norm, **convs)
         self.fpn = FPN(self.fpn_channels, norm=v2, bn_eps=self.bn_eps, **convs)
         self.rpn_head = RPNHead(self.num_anchors, num_convs=2 if v2 else 1, **convs)
         if v2:

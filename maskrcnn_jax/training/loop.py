@@ -167,7 +167,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     model = build_model(config)
     init_model_params = lambda key: init_params(model, key)  # noqa: E731
     frozen_mask = frozen_parameter_mask(jax.eval_shape(init_model_params, jax.random.key(0)),
-                                        train.trainable_backbone_layers)
+                                        train.trainable_backbone_layers, norm=model.norm)
     optimizer, learning_rate_fn = _optimizer_from_config(train, frozen_mask)
     initialize = make_state_initializer(init_model_params, optimizer)
     abstract_state = abstract_train_state(initialize, mesh)
