@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from maskrcnn_jax.detector import make_binary_mask_paster, make_predict_fn, pyramid_anchors, spec_from_config
+from maskrcnn_jax.detector.chunks import map_valid_chunks
 from maskrcnn_jax.detector.losses import LOSS_NAMES, head_losses, make_loss_fn, training_proposals, training_targets
 from maskrcnn_jax.detector.predict import detect, detection_outputs, propose
 from maskrcnn_jax.detector.pyramid import POOLED_STRIDES, flatten_rpn_outputs, pool_rois
@@ -174,19 +175,24 @@ def profile_train_step(model, spec: DetectorSpec, state, batch: dict, optimizer,
     targets = profiler.run("targets", lambda *args: training_targets(spec, anchors, *args),
                            proposals, proposal_valid, batch, step_key)
 
-    def roi_heads(p, pooled_features, roi_boxes, slot_boxes):
+    def roi_heads(p, pooled_features, roi_boxes, slots):
         def heads(q, f):
             variables = {"params": q}
             class_logits, box_deltas = model.apply(
                 variables, pool_rois(spec, f, roi_boxes, spec.box_roi_size), method="box_head")
-            mask_logits = model.apply(variables, pool_rois(spec, f, slot_boxes, spec.mask_roi_size), method="mask_head")
+            mask_features = pool_rois(spec, f, slots["boxes"], spec.mask_roi_size)
+            mask_head = lambda x: model.apply(variables, x, method="mask_head")  # noqa: E731
+            if spec.mask_head_chunk_size:  # as detector_losses
+                mask_logits = map_valid_chunks(mask_head, mask_features, slots["valid"], spec.mask_head_chunk_size)
+            else:
+                mask_logits = mask_head(mask_features)
             return class_logits, box_deltas, mask_logits
 
         return _forward_backward(heads, p, pooled_features, _subtree(frozen_mask, head_names), True)
 
     head_outputs, head_grads, _ = profiler.run(
         "roi heads", roi_heads, _subtree(params, head_names), features[: len(POOLED_STRIDES)],
-        targets["rois"]["boxes"], targets["mask_slots"]["boxes"])
+        targets["rois"]["boxes"], targets["mask_slots"])
 
     def losses(outputs, targets):
         total = lambda o: sum(head_losses(*o, targets)[0][name] for name in LOSS_NAMES)  # noqa: E731

@@ -16,6 +16,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from maskrcnn_jax.detector.chunks import map_valid_chunks
 from maskrcnn_jax.detector.proposals import generate_proposals
 from maskrcnn_jax.detector.pyramid import flatten_rpn_outputs, pool_rois, pyramid_anchors
 from maskrcnn_jax.detector.spec import DetectorSpec
@@ -153,8 +154,12 @@ def detector_losses(model, spec: DetectorSpec, params, batch: dict, key: jax.Arr
     class_logits, box_deltas = model.apply(
         variables, pool_rois(spec, features, targets["rois"]["boxes"], spec.box_roi_size), method="box_head")
     # Mask head on the positive RoIs (fixed slots); the loss takes the GT class channel only.
-    mask_logits = model.apply(
-        variables, pool_rois(spec, features, targets["mask_slots"]["boxes"], spec.mask_roi_size), method="mask_head")
+    mask_features = pool_rois(spec, features, targets["mask_slots"]["boxes"], spec.mask_roi_size)
+    mask_head = lambda x: model.apply(variables, x, method="mask_head")  # noqa: E731
+    if spec.mask_head_chunk_size:
+        mask_logits = map_valid_chunks(mask_head, mask_features, targets["mask_slots"]["valid"], spec.mask_head_chunk_size)
+    else:
+        mask_logits = mask_head(mask_features)
     losses, selected = head_losses(objectness, rpn_deltas, class_logits, box_deltas, mask_logits, targets)
     aux = {"rpn": targets["rpn"], "proposals": proposals, "proposal_valid": proposal_valid, "rois": targets["rois"],
            "mask_slots": targets["mask_slots"], "class_logits": class_logits, **selected,

@@ -60,10 +60,17 @@ class DetectorSpec:
     roi_sampler: SamplerSpec = SamplerSpec(0.5, 0.5, False, 512, 0.25)
     mask_rois_per_image: int = 128  # fixed mask-loss slots: 0.25 x 512 positives at most
     mask_target_size: int = 28  # 2 x mask_roi_size (the mask head's deconv doubles it)
+    # > 0: the training step runs the mask head only on the chunks of this many slots (per image)
+    # that hold a positive RoI (detector.chunks); 0: on every slot. Same losses and gradients, for a
+    # mask head that computes each RoI alone.
+    mask_head_chunk_size: int = 0
 
     def __post_init__(self):
         if self.mask_target_size != 2 * self.mask_roi_size:
             raise ValueError(f"mask_target_size {self.mask_target_size} must be 2 x mask_roi_size {self.mask_roi_size}")
+        if self.mask_head_chunk_size and self.mask_rois_per_image % self.mask_head_chunk_size:
+            raise ValueError(f"mask_rois_per_image {self.mask_rois_per_image} must be a multiple of "
+                             f"mask_head_chunk_size {self.mask_head_chunk_size}")
 
     @property
     def num_anchors_per_location(self) -> int:
@@ -77,6 +84,14 @@ def _proposal_spec(node: ml_collections.ConfigDict) -> ProposalSpec:
         nms_threshold=node.rpn_nms_threshold,
         min_size=node.rpn_min_size,
     )
+
+
+def _mask_head_chunk_size(model: ml_collections.ConfigDict, train: ml_collections.ConfigDict) -> int:
+    """config.targets.mask_head_chunk_size, at most one image's slots; 0 for architecture v2, whose
+    mask head normalises over all valid slots together (BatchNorm) and so must see them at once."""
+    if model.get("architecture", "v1") != "v1":
+        return 0
+    return min(train.get("mask_head_chunk_size", 0), train.mask_rois_per_image)
 
 
 def spec_from_config(config: ml_collections.ConfigDict) -> DetectorSpec:
@@ -96,6 +111,7 @@ def spec_from_config(config: ml_collections.ConfigDict) -> DetectorSpec:
             roi_sampler=SamplerSpec(train.roi_fg_iou_threshold, train.roi_bg_iou_threshold, False,
                                     train.roi_batch_size_per_image, train.roi_positive_fraction),
             mask_rois_per_image=train.mask_rois_per_image,
+            mask_head_chunk_size=_mask_head_chunk_size(model, train),
         )
     return DetectorSpec(
         num_classes=model.num_classes,
