@@ -91,10 +91,14 @@ def random_batchnorm_from_activations(model, images, generator) -> None:
     assert not hooks, f"{len(hooks)} BatchNorm2d layers did not run"
 
 
-def trainable_torchvision_maskrcnn(seed: int = 0, min_size: int = 800, max_size: int = 1333):
-    """torchvision Mask R-CNN R50-FPN (91 classes) as its COCO recipe trains it, in train mode:
-    FrozenBatchNorm2d (eps 1e-5) with random statistics, stem and layer1 frozen
-    (trainable_backbone_layers=3), random weights.
+def trainable_torchvision_maskrcnn(seed: int = 0, min_size: int = 800, max_size: int = 1333, architecture: str = "v1"):
+    """torchvision Mask R-CNN R50-FPN (91 classes) as its COCO recipes train it, in train mode, random weights.
+
+    v1 (maskrcnn_resnet50_fpn's recipe): FrozenBatchNorm2d (eps 1e-5) with random statistics, stem
+    and layer1 frozen (trainable_backbone_layers=3).
+    v2 (`maskrcnn_resnet50_fpn_v2`, built without weights as PR 5773 trains it from scratch):
+    BatchNorm2d everywhere, normalising with batch statistics in train mode, every layer trainable
+    (torchvision's default without backbone weights); random affine parameters and running statistics.
 
     The RPN's and the classifier's output layers are scaled down so that they look trained:
     unscaled random deltas stretch every proposal to the image border (NMS then leaves a few
@@ -106,14 +110,20 @@ def trainable_torchvision_maskrcnn(seed: int = 0, min_size: int = 800, max_size:
     from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 
     torch.manual_seed(seed)
-    body = torchvision.models.resnet50(weights=None, norm_layer=torchvision.ops.FrozenBatchNorm2d)
-    model = torchvision.models.detection.MaskRCNN(
-        _resnet_fpn_extractor(body, 3), num_classes=91, min_size=min_size, max_size=max_size
-    )
+    if architecture == "v2":
+        model = torchvision.models.detection.maskrcnn_resnet50_fpn_v2(
+            weights=None, weights_backbone=None, num_classes=91, min_size=min_size, max_size=max_size)
+        norm_type = torch.nn.BatchNorm2d
+    else:
+        body = torchvision.models.resnet50(weights=None, norm_layer=torchvision.ops.FrozenBatchNorm2d)
+        model = torchvision.models.detection.MaskRCNN(
+            _resnet_fpn_extractor(body, 3), num_classes=91, min_size=min_size, max_size=max_size
+        )
+        norm_type = torchvision.ops.FrozenBatchNorm2d
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, torchvision.ops.FrozenBatchNorm2d):
+            if isinstance(module, norm_type):
                 channels = module.weight.shape[0]
                 module.weight.copy_(0.8 + 0.4 * torch.rand(channels, generator=generator))
                 module.bias.copy_(0.2 * torch.rand(channels, generator=generator) - 0.1)

@@ -8,6 +8,10 @@ means): RPN objectness BCE averaged over the sampled anchors; RPN box smooth-L1 
 over positive anchors / sampled anchors; class cross-entropy averaged over sampled RoIs; box
 smooth-L1 (beta 1/9) of the GT class summed over positive RoIs / sampled RoIs; mask BCE on the GT
 class channel averaged over the positive RoIs' pixels.
+
+The model runs in training mode: BatchNorm layers (architecture v2) normalise with the statistics
+of the batch (in the heads, of the valid RoIs only) and report their new running statistics;
+FrozenBatchNorm (v1) has no training mode.
 """
 
 import functools
@@ -21,6 +25,8 @@ from maskrcnn_jax.detector.proposals import generate_proposals
 from maskrcnn_jax.detector.pyramid import flatten_rpn_outputs, pool_rois, pyramid_anchors
 from maskrcnn_jax.detector.spec import DetectorSpec
 from maskrcnn_jax.detector.targets import crop_mask_targets, mask_slots, roi_targets, rpn_targets
+from maskrcnn_jax.models.norm import STATISTICS_COLLECTION
+from maskrcnn_jax.trees import flatten_dict, unflatten_dict
 
 SMOOTH_L1_BETA = 1.0 / 9.0
 LOSS_NAMES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
@@ -138,32 +144,43 @@ def detector_losses(model, spec: DetectorSpec, params, batch: dict, key: jax.Arr
     "proposal_valid" [B,P], "rois": roi_targets per image, "mask_slots": mask_slots per image, and the
     RoI heads' outputs the losses were computed from, for a variant that replaces one term:
     "class_logits" [B,R,K], "class_box_deltas" [B,R,4] (the target class's), "mask_logits" [B,Rm,T,T]
-    (the GT class's channel), "mask_targets" [B,Rm,T,T]}).
+    (the GT class's channel), "mask_targets" [B,Rm,T,T], and "norm_statistics": the BatchNorm
+    layers' new running `mean` / `var` as a partial tree of `params`, empty without BatchNorm}).
     The stages (features, RPN head, `training_proposals`, `training_targets`, the RoI heads,
     `head_losses`) are separate functions so that scripts/benchmark.py can time each one.
     """
     variables = {"params": params}
+    statistics = {}
+
+    def apply_in_training_mode(*args, method, **kwargs):
+        outputs, updates = model.apply(variables, *args, method=method, train=True, mutable=[STATISTICS_COLLECTION],
+                                       **kwargs)
+        statistics.update(flatten_dict(updates.get(STATISTICS_COLLECTION, {})))
+        return outputs
+
     images = batch["image"]
-    features = model.apply(variables, images, method="features")
+    features = apply_in_training_mode(images, method="features")
     objectness, rpn_deltas = flatten_rpn_outputs(*model.apply(variables, features, method="rpn"))
     anchors, level_sizes = pyramid_anchors(spec, images.shape[1:3], [level.shape[1:3] for level in features])
     # Proposals from the detached RPN outputs, then RoI sampling with the GT boxes appended.
     proposals, proposal_valid = training_proposals(spec, anchors, level_sizes, jax.lax.stop_gradient(objectness),
                                                    jax.lax.stop_gradient(rpn_deltas), batch["image_size"])
     targets = training_targets(spec, anchors, proposals, proposal_valid, batch, key, mask_targets_fn)
-    class_logits, box_deltas = model.apply(
-        variables, pool_rois(spec, features, targets["rois"]["boxes"], spec.box_roi_size), method="box_head")
+    class_logits, box_deltas = apply_in_training_mode(
+        pool_rois(spec, features, targets["rois"]["boxes"], spec.box_roi_size), valid=targets["rois"]["valid"],
+        method="box_head")
     # Mask head on the positive RoIs (fixed slots); the loss takes the GT class channel only.
     mask_features = pool_rois(spec, features, targets["mask_slots"]["boxes"], spec.mask_roi_size)
-    mask_head = lambda x: model.apply(variables, x, method="mask_head")  # noqa: E731
+    mask_valid = targets["mask_slots"]["valid"]
     if spec.mask_head_chunk_size:
-        mask_logits = map_valid_chunks(mask_head, mask_features, targets["mask_slots"]["valid"], spec.mask_head_chunk_size)
+        mask_logits = map_valid_chunks(lambda x: model.apply(variables, x, method="mask_head"), mask_features,
+                                       mask_valid, spec.mask_head_chunk_size)
     else:
-        mask_logits = mask_head(mask_features)
+        mask_logits = apply_in_training_mode(mask_features, valid=mask_valid, method="mask_head")
     losses, selected = head_losses(objectness, rpn_deltas, class_logits, box_deltas, mask_logits, targets)
     aux = {"rpn": targets["rpn"], "proposals": proposals, "proposal_valid": proposal_valid, "rois": targets["rois"],
            "mask_slots": targets["mask_slots"], "class_logits": class_logits, **selected,
-           "mask_targets": targets["mask_targets"]}
+           "mask_targets": targets["mask_targets"], "norm_statistics": unflatten_dict(statistics)}
     return losses, aux
 
 
@@ -186,12 +203,17 @@ def loss_metrics(losses: dict, aux: dict, batch: dict) -> dict:
 def make_loss_fn(model, spec: DetectorSpec, mask_targets_fn: MaskTargetsFn = crop_mask_targets_batch):
     """`loss_fn(params, batch, key) -> (total loss, metrics)` for the trainer (pure; jit it there).
 
-    metrics: the five losses, "loss" (their sum) and the sample counts of `loss_metrics`.
+    metrics: the five losses, "loss" (their sum) and the sample counts of `loss_metrics`; with
+    BatchNorm also "norm_statistics", the running statistics the train step writes into the
+    parameters (see training.step).
     """
 
     def loss_fn(params, batch, key):
         losses, aux = detector_losses(model, spec, params, batch, key, mask_targets_fn)
         total = sum(losses[name] for name in LOSS_NAMES)
-        return total, {"loss": total, **loss_metrics(losses, aux, batch)}
+        metrics = {"loss": total, **loss_metrics(losses, aux, batch)}
+        if aux["norm_statistics"]:
+            metrics["norm_statistics"] = aux["norm_statistics"]
+        return total, metrics
 
     return loss_fn
