@@ -1,12 +1,15 @@
-"""Training-loss and gradient parity with torchvision's Mask R-CNN R50-FPN (train mode).
+"""Training-loss and gradient parity with torchvision's Mask R-CNN R50-FPN, v1 and v2 (train mode).
 
-Same weights (a seeded torchvision model with FrozenBatchNorm, trainable_backbone_layers=3, converted),
+Same weights (a seeded torchvision model, converted: v1 with FrozenBatchNorm and
+trainable_backbone_layers=3; v2 with BatchNorm normalising with batch statistics, every layer trainable),
 the same real photos and ground truth (COCO polygons of ../shared/data/coco_train2017_85, one image
 without objects), and the same samples: torchvision's two `fg_bg_sampler`s are replaced by ones that
 return the anchors and RoIs our sampler drew (checking on the way that torchvision's matcher labels
 them as we do). Mask targets: torchvision's own `roi_align` of the full-image masks, fed to both
 (our default targets come from box crops; their distance is measured in docs/training_targets.md).
 """
+
+import copy
 
 import numpy as np
 import pytest
@@ -24,6 +27,7 @@ from maskrcnn_jax.data.transforms import crop_masks_to_boxes, resize_image, resi
 from maskrcnn_jax.detector import DetectorSpec  # noqa: E402
 from maskrcnn_jax.detector.losses import LOSS_NAMES, detector_losses  # noqa: E402
 from maskrcnn_jax.models import MaskRCNN, frozen_parameter_mask  # noqa: E402
+from maskrcnn_jax.trees import flatten_dict  # noqa: E402
 from torchvision_reference import trainable_torchvision_maskrcnn  # noqa: E402
 
 MIN_SIZE, MAX_SIZE = 320, 512
@@ -137,12 +141,21 @@ def split_samples(index, positive, valid):
             [index[b][valid[b] & ~positive[b]] for b in range(len(index))])
 
 
-@pytest.fixture(scope="module")
-def parity():
+# torchvision's trainable backbone layers: v1's recipe 3; v2 built without backbone weights trains all 5.
+TRAINABLE_BACKBONE_LAYERS = {"v1": 3, "v2": 5}
+
+
+def parity_frozen_mask(model: MaskRCNN, params) -> dict:
+    return frozen_parameter_mask(params, TRAINABLE_BACKBONE_LAYERS[model.architecture], norm=model.norm)
+
+
+@pytest.fixture(scope="module", params=["v1", "v2"])
+def parity(request):
+    architecture = request.param
     examples = real_examples()
-    torch_model = trainable_torchvision_maskrcnn(seed=0, min_size=MIN_SIZE, max_size=MAX_SIZE)
+    torch_model = trainable_torchvision_maskrcnn(seed=0, min_size=MIN_SIZE, max_size=MAX_SIZE, architecture=architecture)
     spec = DetectorSpec(num_classes=91)
-    model = MaskRCNN(num_classes=91, bn_eps=1e-5)
+    model = MaskRCNN(num_classes=91, bn_eps=1e-5, architecture=architecture)
     state_dict = {key: value.detach().numpy() for key, value in torch_model.state_dict().items()}
     expected = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))["params"]
     params = jax.tree_util.tree_map(jnp.asarray, convert_state_dict(state_dict, expected))
@@ -152,19 +165,26 @@ def parity():
     batch = our_batch(examples, canvas)
     key = jax.random.key(7)
 
-    # Our samples first (their mask targets come from torchvision), then losses and gradients.
-    aux = jax.jit(lambda p, b, k: detector_losses(model, spec, p, b, k)[1])(params, batch, key)
+    # One compiled program for both passes: the samples (and mask slots) do not depend on the mask
+    # targets, so a first pass with placeholder targets gives the slots torchvision's targets are
+    # computed for, and the second pass takes the losses and gradients with those targets.
+    @jax.jit
+    def losses_and_grads(p, mask_targets):
+        def total_loss(p):
+            losses, aux = detector_losses(model, spec, p, batch, key, lambda *_: mask_targets)
+            return sum(losses[name] for name in LOSS_NAMES), (losses, aux)
+        return jax.value_and_grad(total_loss, has_aux=True)(p)
+
+    target_shape = (len(examples), spec.mask_rois_per_image, spec.mask_target_size, spec.mask_target_size)
+    (_, (_, aux)), _ = losses_and_grads(params, jnp.zeros(target_shape))
     mask_targets = torchvision_mask_targets(examples, aux["mask_slots"], spec.mask_target_size)
-
-    def total_loss(p):
-        losses, _ = detector_losses(model, spec, p, batch, key, lambda *_: mask_targets)
-        return sum(losses[name] for name in LOSS_NAMES), losses
-
-    (_, our_losses), our_grads = jax.jit(jax.value_and_grad(total_loss, has_aux=True))(params)
+    (_, (our_losses, aux)), our_grads = losses_and_grads(params, mask_targets)
 
     # torchvision's proposals (the RPN's forward, as the training forward computes them), to
     # translate our sampled RoI candidates into its indices.
     images = [torch.from_numpy(example["image"]).permute(2, 0, 1).contiguous() for example in examples]
+    # In train mode (v2's BatchNorm) this forward moves the running statistics: put them back after.
+    buffers = {name: buffer.clone() for name, buffer in torch_model.named_buffers()}
     with torch.no_grad():
         image_list, _ = torch_model.transform(images)
         rpn_features = torch_model.backbone(image_list.tensors)
@@ -174,33 +194,55 @@ def parity():
         objectness, deltas = torchvision.models.detection.rpn.concat_box_prediction_layers(objectness, deltas)
         decoded = torch_model.rpn.box_coder.decode(deltas, anchors).view(len(images), -1, 4)
         their_proposals, _ = torch_model.rpn.filter_proposals(decoded, objectness, image_list.image_sizes, levels)
+        for name, buffer in torch_model.named_buffers():
+            buffer.copy_(buffers[name])
     their_proposals = [proposals.numpy() for proposals in their_proposals]
     our_proposals = np.asarray(aux["proposals"])
     roi_index = np.stack([
         torchvision_candidate_index(index, proposals, our_proposals.shape[1], theirs)
         for index, proposals, theirs in zip(np.asarray(aux["rois"]["index"]), our_proposals, their_proposals)])
 
-    # torchvision's training forward and backward with our samples.
-    rpn_sampler = FixedSampler(*split_samples(aux["rpn"]["index"], aux["rpn"]["positive"], aux["rpn"]["valid"]))
-    roi_sampler = FixedSampler(*split_samples(roi_index, aux["rois"]["positive"], aux["rois"]["valid"]))
+    # torchvision's training forward and backward with our samples; for v2 also in float64 (from the
+    # same weights, on the float32 run's proposals), the reference its gradients are measured against.
+    samples = dict(rpn=split_samples(aux["rpn"]["index"], aux["rpn"]["positive"], aux["rpn"]["valid"]),
+                   roi=split_samples(roi_index, aux["rois"]["positive"], aux["rois"]["valid"]))
+    torch_model_64 = copy.deepcopy(torch_model).double() if architecture == "v2" else None
+    torch_losses, torch_grads, rpn_sampler, roi_sampler = torch_training_step(torch_model, examples, samples, expected)
+    state_after = convert_state_dict({key: value.detach().numpy() for key, value in torch_model.state_dict().items()},
+                                     expected)
+    float64_grads = None
+    if torch_model_64 is not None:
+        fixed_proposals = [torch.from_numpy(proposals).double() for proposals in their_proposals]
+        torch_model_64.rpn.filter_proposals = lambda *args, **kwargs: (fixed_proposals, None)
+        _, float64_grads, _, _ = torch_training_step(torch_model_64, examples, samples, expected)
+    return dict(model=model, architecture=architecture, examples=examples, aux=aux, their_proposals=their_proposals,
+                rpn_sampler=rpn_sampler, roi_sampler=roi_sampler, roi_index=roi_index, our_losses=our_losses,
+                torch_losses=torch_losses, our_grads=our_grads, torch_grads=torch_grads, params=params,
+                torch_params_after_step=state_after, float64_grads=float64_grads,
+                num_trainable=sum(p.requires_grad for p in torch_model.parameters()))
+
+
+def torch_training_step(torch_model, examples, samples, expected):
+    """torchvision's training forward and backward with the given samples, in the model's precision.
+
+    Returns (losses, gradients converted to our parameter tree as float64 numpy, the two samplers).
+    """
+    dtype = next(torch_model.parameters()).dtype
+    rpn_sampler, roi_sampler = FixedSampler(*samples["rpn"]), FixedSampler(*samples["roi"])
     torch_model.rpn.fg_bg_sampler = rpn_sampler
     torch_model.roi_heads.fg_bg_sampler = roi_sampler
-    targets = [{"boxes": torch.from_numpy(e["boxes"]), "labels": torch.from_numpy(e["labels"]),
+    images = [torch.from_numpy(e["image"]).permute(2, 0, 1).contiguous().to(dtype) for e in examples]
+    targets = [{"boxes": torch.from_numpy(e["boxes"]).to(dtype), "labels": torch.from_numpy(e["labels"]),
                 "masks": torch.from_numpy(e["masks"])} for e in examples]
     torch_losses = torch_model(images, targets)
     sum(torch_losses.values()).backward()
-
-    torch_grads = {}
+    grads = {}
     named = dict(torch_model.named_parameters())
     for name, value in torch_model.state_dict().items():
         parameter = named.get(name)
         grad = parameter.grad if parameter is not None and parameter.grad is not None else None
-        torch_grads[name] = grad.numpy() if grad is not None else np.zeros(value.shape, np.float32)
-    torch_grads = convert_state_dict(torch_grads, expected)
-    return dict(examples=examples, aux=aux, their_proposals=their_proposals, rpn_sampler=rpn_sampler,
-                roi_sampler=roi_sampler, roi_index=roi_index, our_losses=our_losses, torch_losses=torch_losses,
-                our_grads=our_grads, torch_grads=torch_grads, params=params,
-                num_trainable=sum(p.requires_grad for p in torch_model.parameters()))
+        grads[name] = grad.double().numpy() if grad is not None else np.zeros(value.shape)
+    return torch_losses, convert_state_dict(grads, expected), rpn_sampler, roi_sampler
 
 
 def test_parity_proposals_equal_torchvision_training_proposals(parity):
@@ -236,18 +278,52 @@ def test_parity_loss_equals_torchvision(parity, name):
     assert abs(ours - theirs) <= 1e-4 * abs(theirs), (name, ours, theirs)
 
 
-def test_parity_grad_of_every_trainable_parameter_equals_torchvision(parity):
-    frozen = frozen_parameter_mask(parity["params"], trainable_backbone_layers=3)
-    flat_frozen = jax.tree_util.tree_leaves_with_path(frozen)
-    ours = jax.tree_util.tree_leaves(parity["our_grads"])
-    theirs = jax.tree_util.tree_leaves(parity["torch_grads"])
+def relative_errors(ours, theirs, frozen) -> dict:
+    """{leaf path: |ours - theirs| / |theirs|} over the leaves `frozen` marks False."""
     errors = {}
-    for (path, is_frozen), our_grad, their_grad in zip(flat_frozen, ours, theirs):
-        if is_frozen:
-            continue
-        reference = np.linalg.norm(their_grad)
-        assert reference > 0, jax.tree_util.keystr(path)
-        errors[jax.tree_util.keystr(path)] = np.linalg.norm(np.asarray(our_grad) - their_grad) / reference
+    for (path, is_frozen), our_leaf, their_leaf in zip(jax.tree_util.tree_leaves_with_path(frozen),
+                                                        jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(theirs)):
+        if not is_frozen:
+            reference = np.linalg.norm(their_leaf)
+            assert reference > 0, jax.tree_util.keystr(path)
+            errors[jax.tree_util.keystr(path)] = np.linalg.norm(np.asarray(our_leaf, np.float64) - their_leaf) / reference
+    return errors
+
+
+def test_parity_grad_of_every_trainable_parameter_equals_torchvision(parity):
+    """v1: every trainable leaf's gradient within 1e-3 of torchvision's (norm of the difference / norm).
+
+    v2: training-mode BatchNorm makes the gradients ill-conditioned (each BatchNorm's backward
+    subtracts the mean and the projection on its normalised input, and the float32 rounding of the
+    forward grows layer by layer towards the input), so torchvision's own float32 gradients are a
+    few percent from its float64 ones deep in the backbone. The reference is torchvision in float64:
+    each leaf of ours must be within 1e-3, or within 2x of torchvision's float32 error, of it.
+    """
+    frozen = parity_frozen_mask(parity["model"], parity["params"])
+    if parity["architecture"] == "v1":
+        errors = relative_errors(parity["our_grads"], parity["torch_grads"], frozen)
+        allowed = dict.fromkeys(errors, 1e-3)
+    else:
+        errors = relative_errors(parity["our_grads"], parity["float64_grads"], frozen)
+        torch_errors = relative_errors(parity["torch_grads"], parity["float64_grads"], frozen)
+        allowed = {name: max(1e-3, 2 * torch_errors[name]) for name in errors}
+        for name in sorted(errors, key=lambda n: errors[n] / allowed[n])[-5:]:
+            print(f"v2 {name}: ours {errors[name]:.2e}, torchvision float32 {torch_errors[name]:.2e} from float64")
     assert len(errors) == parity["num_trainable"]  # the same parameters are frozen in both
-    worst = max(errors, key=errors.get)
-    assert errors[worst] <= 1e-3, (worst, errors[worst])
+    worst = max(errors, key=lambda n: errors[n] / allowed[n])
+    assert errors[worst] <= allowed[worst], (worst, errors[worst], allowed[worst])
+
+
+def test_parity_batch_norm_running_statistics_equal_torchvision_after_the_step(parity):
+    """v2 (BatchNorm in train mode): the running statistics we report equal torchvision's buffers
+    after its training forward, every BatchNorm layer of the backbone, FPN and heads; v1 has none."""
+    ours = flatten_dict(parity["aux"]["norm_statistics"])
+    if parity["architecture"] == "v1":
+        assert ours == {}
+        return
+    theirs = flatten_dict(parity["torch_params_after_step"])
+    before = flatten_dict(parity["params"])
+    assert len(ours) == sum(path[-1] in ("mean", "var") for path in before) > 100
+    for path, value in ours.items():
+        assert not np.allclose(value, before[path]), path  # the statistics moved
+        np.testing.assert_allclose(value, theirs[path], rtol=1e-4, atol=1e-5, err_msg=str(path))
