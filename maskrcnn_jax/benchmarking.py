@@ -35,6 +35,7 @@ from maskrcnn_jax.detector.predict import detect, detection_outputs, propose
 from maskrcnn_jax.detector.pyramid import POOLED_STRIDES, flatten_rpn_outputs, pool_rois
 from maskrcnn_jax.detector.spec import DetectorSpec
 from maskrcnn_jax.models import build_model, frozen_parameter_mask, init_params
+from maskrcnn_jax.models.norm import STATISTICS_COLLECTION
 from maskrcnn_jax.training.optimizer import update_direction
 from maskrcnn_jax.training.state import TrainState
 from maskrcnn_jax.training.step import apply_gradients, train_step_fn, trainable_gradients
@@ -102,6 +103,13 @@ def _apply(model, method: Callable) -> Callable:
     return lambda params, inputs: model.apply({"params": params}, inputs, method=method)
 
 
+def _apply_training(model, params, *args, method, **kwargs):
+    """A model method called in training mode (train=True: v2's BatchNorm on batch statistics, as
+    detector_losses runs it); the new running statistics are computed and dropped."""
+    outputs, _ = model.apply({"params": params}, *args, method=method, mutable=[STATISTICS_COLLECTION], **kwargs)
+    return outputs
+
+
 def _forward_backward(fn: Callable, params, inputs, frozen_mask, differentiate_inputs: bool):
     """fn(params, inputs)'s outputs, its parameter gradients (frozen leaves zero, as the train step
     has them) and input gradients (None unless differentiate_inputs), for a cotangent of ones."""
@@ -151,14 +159,14 @@ def profile_train_step(model, spec: DetectorSpec, state, batch: dict, optimizer,
 
     def backbone(p, x):
         # The images need no gradient.
-        return _forward_backward(_apply(model, lambda module, x: module.backbone(x)), p, x,
-                                 _subtree(frozen_mask, [BACKBONE]), differentiate_inputs=False)[:2]
+        backbone_fn = lambda q, x: _apply_training(model, q, x, method=lambda module, x: module.backbone(x, True))  # noqa: E731
+        return _forward_backward(backbone_fn, p, x, _subtree(frozen_mask, [BACKBONE]), differentiate_inputs=False)[:2]
 
     body, backbone_grads = profiler.run("backbone", backbone, _subtree(params, [BACKBONE]), images)
 
     def fpn(p, x):
-        return _forward_backward(_apply(model, lambda module, x: module.fpn(x)), p, x,
-                                 _subtree(frozen_mask, [FPN]), differentiate_inputs=True)
+        fpn_fn = lambda q, x: _apply_training(model, q, x, method=lambda module, x: module.fpn(x, True))  # noqa: E731
+        return _forward_backward(fpn_fn, p, x, _subtree(frozen_mask, [FPN]), differentiate_inputs=True)
 
     features, fpn_grads, _ = profiler.run("fpn", fpn, _subtree(params, [FPN]), body)
     anchors, level_sizes = pyramid_anchors(spec, images.shape[1:3], [level.shape[1:3] for level in features])
@@ -175,24 +183,25 @@ def profile_train_step(model, spec: DetectorSpec, state, batch: dict, optimizer,
     targets = profiler.run("targets", lambda *args: training_targets(spec, anchors, *args),
                            proposals, proposal_valid, batch, step_key)
 
-    def roi_heads(p, pooled_features, roi_boxes, slots):
-        def heads(q, f):
-            variables = {"params": q}
-            class_logits, box_deltas = model.apply(
-                variables, pool_rois(spec, f, roi_boxes, spec.box_roi_size), method="box_head")
+    def roi_heads(p, pooled_features, rois, slots):
+        def heads(q, f):  # as detector_losses
+            class_logits, box_deltas = _apply_training(
+                model, q, pool_rois(spec, f, rois["boxes"], spec.box_roi_size), valid=rois["valid"], train=True,
+                method="box_head")
             mask_features = pool_rois(spec, f, slots["boxes"], spec.mask_roi_size)
-            mask_head = lambda x: model.apply(variables, x, method="mask_head")  # noqa: E731
-            if spec.mask_head_chunk_size:  # as detector_losses
-                mask_logits = map_valid_chunks(mask_head, mask_features, slots["valid"], spec.mask_head_chunk_size)
+            if spec.mask_head_chunk_size:
+                mask_logits = map_valid_chunks(lambda x: model.apply({"params": q}, x, method="mask_head"),
+                                               mask_features, slots["valid"], spec.mask_head_chunk_size)
             else:
-                mask_logits = mask_head(mask_features)
+                mask_logits = _apply_training(model, q, mask_features, valid=slots["valid"], train=True,
+                                              method="mask_head")
             return class_logits, box_deltas, mask_logits
 
         return _forward_backward(heads, p, pooled_features, _subtree(frozen_mask, head_names), True)
 
     head_outputs, head_grads, _ = profiler.run(
         "roi heads", roi_heads, _subtree(params, head_names), features[: len(POOLED_STRIDES)],
-        targets["rois"]["boxes"], targets["mask_slots"])
+        targets["rois"], targets["mask_slots"])
 
     def losses(outputs, targets):
         total = lambda o: sum(head_losses(*o, targets)[0][name] for name in LOSS_NAMES)  # noqa: E731
@@ -250,7 +259,8 @@ def train_speed(config, canvas: tuple[int, int], batch_size: int, runs: int, lea
     """
     model, spec = build_model(config), spec_from_config(config)
     params = init_params(model, jax.random.key(0))
-    frozen = frozen_parameter_mask(params, trainable_backbone_layers=config.train.trainable_backbone_layers)
+    frozen = frozen_parameter_mask(params, trainable_backbone_layers=config.train.trainable_backbone_layers,
+                                   norm=model.norm)
     optimizer = update_direction(frozen, momentum=0.9, weight_decay=1e-4)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
                        key=jax.random.key_data(jax.random.key(0)))

@@ -195,13 +195,20 @@ def _serve_steps(connection, step) -> None:
     connection.send(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
-def torchvision_train_worker(connection, inputs_path: str, weights_path: str, size, batch_size: int, threads: int):
-    """torchvision's training step; saves the model's initial state_dict for the JAX worker first."""
+# torchvision's trainable backbone layers: v1's recipe 3; v2 built without backbone weights (PR 5773
+# trains it from scratch) trains all 5.
+TRAINABLE_BACKBONE_LAYERS = {"v1": 3, "v2": 5}
+
+
+def torchvision_train_worker(connection, inputs_path: str, weights_path: str, size, batch_size: int, threads: int,
+                             architecture: str):
+    """torchvision's training step (v1 or v2, as trainable_torchvision_maskrcnn builds it); saves the
+    model's initial state_dict for the JAX worker first."""
     import torch
     from torchvision_reference import trainable_torchvision_maskrcnn
 
     torch.set_num_threads(threads)
-    model = trainable_torchvision_maskrcnn(seed=0, min_size=min(size), max_size=max(size))
+    model = trainable_torchvision_maskrcnn(seed=0, min_size=min(size), max_size=max(size), architecture=architecture)
     np.savez(weights_path, **{key: value.numpy() for key, value in model.state_dict().items()})
     inputs = np.load(inputs_path)
     images = [torch.from_numpy(inputs[f"image_{b}"]).permute(2, 0, 1).contiguous() for b in range(batch_size)]
@@ -229,11 +236,12 @@ def jax_train_worker(connection, inputs_path: str, weights_path: str, config, si
     from maskrcnn_jax.training.step import train_step_fn
 
     config = config.copy_and_resolve_references()
-    config.model.backbone.bn_eps = 1e-5  # torchvision's FrozenBatchNorm2d default
+    config.model.backbone.bn_eps = 1e-5  # torchvision's FrozenBatchNorm2d and BatchNorm2d default
     model, spec = build_model(config), spec_from_config(config)
     expected = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))["params"]
     params = jax.device_put(convert_state_dict(dict(np.load(weights_path)), expected))
-    frozen = frozen_parameter_mask(params, trainable_backbone_layers=3)
+    frozen = frozen_parameter_mask(params, trainable_backbone_layers=TRAINABLE_BACKBONE_LAYERS[model.architecture],
+                                   norm=model.norm)
     optimizer = update_direction(frozen, momentum=0.9, weight_decay=1e-4)
     step_fn = train_step_fn(make_loss_fn(model, spec), optimizer, lambda step: jnp.float32(TRAIN_LEARNING_RATE), frozen)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
@@ -286,7 +294,8 @@ def benchmark_train(config, size: str, batch_size: int, runs: int, threads: int,
         write_training_inputs(inputs_path, (height, width), batch_size)
         torch_end, torch_worker_end = context.Pipe()
         torch_worker = context.Process(target=torchvision_train_worker, args=(
-            torch_worker_end, inputs_path, weights_path, (height, width), batch_size, threads))
+            torch_worker_end, inputs_path, weights_path, (height, width), batch_size, threads,
+            config.model.get("architecture", "v1")))
         torch_worker.start()
         assert torch_end.recv() == "ready"
         jax_end, jax_worker_end = context.Pipe()
