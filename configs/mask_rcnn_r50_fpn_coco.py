@@ -88,6 +88,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.eval_images = "/data/coco/val2017"
     config.data.tfds_data_dir = ""  # source "tfds": a dataset written by scripts/build_tfds.py
     config.data.tfds_train_split = "train"
+    config.data.train_canvas_size = ()  # empty: config.input.canvas_size (training and evaluation alike)
     config.data.max_instances = 100
     config.data.mask_size = 112
     config.data.flip_probability = 0.5

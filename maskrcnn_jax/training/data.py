@@ -107,13 +107,14 @@ def class_slots(num_model_classes: int, source) -> tuple[np.ndarray, tuple[str, 
 
 
 def training_iterator(config: ml_collections.ConfigDict, source) -> grain.DatasetIterator:
-    """Endless batches of this process's shard (per-process batch = global batch / process count)."""
+    """Endless batches of this process's shard (per-process batch = global batch / process count), on
+    the canvas config.data.train_canvas_size (empty or absent: config.input.canvas_size, evaluation's)."""
     data = config.data
     dataset = training_dataset(
         source,
         global_batch_size=config.train.global_batch_size,
         seed=config.train.seed,
-        canvas_size=tuple(config.input.canvas_size),
+        canvas_size=tuple(data.get("train_canvas_size") or config.input.canvas_size),
         min_size=config.input.min_size,
         max_size=config.input.max_size,
         max_instances=data.max_instances,
