@@ -28,7 +28,7 @@ $(RUNTIME_STAMP): $(PY) pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=20 tests
 
 demo: $(RUNTIME_STAMP)
 	$(PY) scripts/demo.py --output $(DEMO_OUTPUT)
