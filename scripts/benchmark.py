@@ -256,8 +256,13 @@ def jax_train_worker(connection, inputs_path: str, weights_path: str, config, si
         state, metrics = compiled(state, batch)
         jax.block_until_ready(metrics["loss"])
 
+    # Where the memory goes: the process's peak so far (compilation included, before any step) and
+    # XLA's own account of the step's buffers.
+    compile_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    memory = compiled.memory_analysis()
+    buffers_mb = {name: getattr(memory, f"{name}_size_in_bytes") / 2**20 for name in ("argument", "output", "temp")}
     step()  # warm-up
-    connection.send((compile_s, benchmarking.compiled_flops(compiled) / 1e9))
+    connection.send((compile_s, benchmarking.compiled_flops(compiled) / 1e9, compile_peak_mb, buffers_mb))
     _serve_steps(connection, step)
     if profile:
         connection.send(benchmarking.profile_train_step(model, spec, state, batch, optimizer, TRAIN_LEARNING_RATE, frozen))
@@ -302,7 +307,7 @@ def benchmark_train(config, size: str, batch_size: int, runs: int, threads: int,
         jax_worker = context.Process(target=jax_train_worker, args=(
             jax_worker_end, inputs_path, weights_path, config, (height, width), batch_size, profile))
         jax_worker.start()
-        compile_s, gflop = jax_end.recv()
+        compile_s, gflop, compile_peak_mb, buffers_mb = jax_end.recv()
         assert jax_end.recv() == "ready"
         jax_times, torchvision_times = [], []
         for _ in range(runs):
@@ -328,6 +333,8 @@ def benchmark_train(config, size: str, batch_size: int, runs: int, threads: int,
         "ratio": jax_s / torchvision_s,
         "compile_s": compile_s,
         "jax_peak_rss_mb": peaks[0],
+        "jax_peak_rss_after_compile_mb": compile_peak_mb,
+        "jax_step_buffers_mb": buffers_mb,
         "torchvision_peak_rss_mb": peaks[1],
         "jax_runs_s": jax_times,
         "torchvision_runs_s": torchvision_times,
@@ -376,7 +383,10 @@ def print_table(result: dict) -> None:
     ]
     if result["task"] == "train":
         rows.insert(2, ("batch", result["batch"]))
-        rows.append(("torchvision peak RSS MB", f"{result['torchvision_peak_rss_mb']:.0f}"))
+        buffers = result["jax_step_buffers_mb"]
+        rows += [("jax peak RSS after compile MB", f"{result['jax_peak_rss_after_compile_mb']:.0f}"),
+                 ("jax step buffers MB (XLA)", ", ".join(f"{name} {size:.0f}" for name, size in buffers.items())),
+                 ("torchvision peak RSS MB", f"{result['torchvision_peak_rss_mb']:.0f}")]
     else:
         rows.append(("detections jax / torchvision", f"{result['detections']['jax']} / {result['detections']['torchvision']}"))
     rows += [("device", result["device"]),
