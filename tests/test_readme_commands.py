@@ -48,6 +48,8 @@ RULES = [
      "an R50 benchmark of minutes on a photo at 800x1216; docs/benchmarks.md records its runs"),
     ("python scripts/train.py --config configs/mask_rcnn_r50_fpn_coco.py", ELSEWHERE,
      "needs COCO or torchvision's weights (downloads) and a GPU or TPU"),
+    ("python scripts/train.py --config configs/mask_rcnn_r50_fpn_v2_coco.py", ELSEWHERE,
+     "needs COCO (a download) and a pod: 400 epochs of 64 images per step"),
     ("pip install", ELSEWHERE, "installs jax for a GPU or a TPU (a download)"),
     ("gcloud", ELSEWHERE, "needs a Cloud TPU pod"),
     ("srun", ELSEWHERE, "needs a SLURM cluster"),
