@@ -87,13 +87,12 @@ def _proposal_spec(node: ml_collections.ConfigDict) -> ProposalSpec:
 
 
 def _mask_head_chunk_size(model: ml_collections.ConfigDict, train: ml_collections.ConfigDict) -> int:
-    """config.targets.mask_head_chunk_size, at most one image's slots. Architecture v2's mask head
-    normalises over all valid slots together (BatchNorm) and so must see them at once: chunks are an error."""
-    chunk_size = min(train.get("mask_head_chunk_size", 0), train.mask_rois_per_image)
-    if chunk_size and model.get("architecture", "v1") != "v1":
-        raise ValueError(f"config.targets.mask_head_chunk_size must be 0 for architecture {model.architecture}: "
-                         "its mask head's BatchNorm normalises over all mask slots at once")
-    return chunk_size
+    """config.targets.mask_head_chunk_size, at most one image's slots; 0 for architecture v2, whose
+    mask head normalises over all valid slots together (BatchNorm) and so must see them at once (so a
+    v1 config switched to v2, e.g. by the converter or --config.model.architecture=v2, still works)."""
+    if model.get("architecture", "v1") != "v1":
+        return 0
+    return min(train.get("mask_head_chunk_size", 0), train.mask_rois_per_image)
 
 
 def spec_from_config(config: ml_collections.ConfigDict) -> DetectorSpec:
