@@ -1,6 +1,8 @@
-"""Matching our detections to a reference's, for the parity tests against torchvision (numpy only)."""
+"""Matching our detections to a reference's, for the parity tests against torchvision."""
 
 import numpy as np
+
+from maskrcnn_jax.detector import make_binary_mask_paster
 
 
 def iou_matrix(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
@@ -28,3 +30,20 @@ def our_detections(predictions: dict, b: int) -> dict:
     """The valid detections of image b of our batched prediction ({"boxes", "scores", "classes", "masks"})."""
     valid = predictions["valid"][b]
     return {key: predictions[key][b][valid] for key in ("boxes", "scores", "classes", "masks")}
+
+
+def matched_pairs(torch_detections: list[dict], ours: dict):
+    """Per image b: (theirs, mine, found, match): torchvision's detections, our valid ones, and for
+    each of theirs whether a match exists (found [N] bool) and its index among ours (match [N])."""
+    for b, theirs in enumerate(torch_detections):
+        mine = our_detections(ours, b)
+        match = match_detections(theirs, mine)
+        yield theirs, mine, match >= 0, match
+
+
+def pasted_mask_overlap(mine: dict, chosen: np.ndarray, reference_masks: np.ndarray, image_shape) -> tuple:
+    """Our masks of the detections `chosen` pasted into the image (H, W) against the reference's
+    binary masks [P, H, W]: (intersection [P], union [P]) pixel counts."""
+    paste = make_binary_mask_paster(*image_shape[:2])
+    pasted = np.asarray(paste(mine["masks"][chosen][None], mine["boxes"][chosen][None]))[0]
+    return (pasted & reference_masks).sum(axis=(1, 2)), (pasted | reference_masks).sum(axis=(1, 2))

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from conftest import shared_data_path
-from detection_matching import match_detections, our_detections
+from detection_matching import matched_pairs, pasted_mask_overlap
 from maskrcnn_jax.command_line import load_config_file
 from maskrcnn_jax.convert_torchvision import convert_state_dict
 from maskrcnn_jax.data.image_io import load_image
-from maskrcnn_jax.detector import make_binary_mask_paster, predict_with_intermediates, spec_from_config
+from maskrcnn_jax.detector import predict_with_intermediates, spec_from_config
 from maskrcnn_jax.models import build_model
 from maskrcnn_jax.preprocess import preprocess_batch
 
@@ -106,12 +106,9 @@ def test_rpn_proposals_are_the_same(outputs):
 
 def test_detections_match_boxes_classes_scores(outputs):
     matched, total = 0, 0
-    for b, theirs in enumerate(outputs["torch"]["detections"]):
-        mine = our_detections(outputs["ours"], b)
+    for theirs, mine, found, match in matched_pairs(outputs["torch"]["detections"], outputs["ours"]):
         assert len(theirs["boxes"]) >= 20, "the reference must make detections for this test to mean anything"
         assert abs(len(mine["boxes"]) - len(theirs["boxes"])) <= 0.01 * len(theirs["boxes"])
-        match = match_detections(theirs, mine)
-        found = match >= 0
         matched += found.sum()
         total += len(match)
         np.testing.assert_allclose(mine["scores"][match[found]], theirs["scores"][found], atol=1e-3)
@@ -119,15 +116,9 @@ def test_detections_match_boxes_classes_scores(outputs):
 
 
 def test_mask_probabilities_and_pasted_masks_match(outputs):
-    for b, theirs in enumerate(outputs["torch"]["detections"]):
-        mine = our_detections(outputs["ours"], b)
-        match = match_detections(theirs, mine)
-        found = match >= 0
+    pairs = matched_pairs(outputs["torch"]["detections"], outputs["ours"])
+    for b, (theirs, mine, found, match) in enumerate(pairs):
         np.testing.assert_allclose(mine["masks"][match[found]], outputs["torch"]["masks_28"][b][found], atol=1e-3)
-        height, width = outputs["images"][b].shape[:2]
-        paste = make_binary_mask_paster(height, width)
-        pasted = np.asarray(paste(mine["masks"][match[found]][None], mine["boxes"][match[found]][None]))[0]
-        reference = theirs["masks"][found, 0] > 0.5
-        intersection = (pasted & reference).sum(axis=(1, 2))
-        union = (pasted | reference).sum(axis=(1, 2))
+        intersection, union = pasted_mask_overlap(mine, match[found], theirs["masks"][found, 0] > 0.5,
+                                                  outputs["images"][b].shape)
         assert (intersection / np.maximum(union, 1) >= 0.98).all()

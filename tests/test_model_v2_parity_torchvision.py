@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from conftest import shared_data_path
-from detection_matching import match_detections, our_detections
+from detection_matching import matched_pairs, pasted_mask_overlap
 from maskrcnn_jax.command_line import load_config_file
 from maskrcnn_jax.convert_torchvision import batchnorm_eps, convert_state_dict, state_dict_architecture
 from maskrcnn_jax.data.image_io import load_image
-from maskrcnn_jax.detector import make_binary_mask_paster, predict_with_intermediates, spec_from_config
+from maskrcnn_jax.detector import predict_with_intermediates, spec_from_config
 from maskrcnn_jax.models import build_model
 from maskrcnn_jax.preprocess import preprocess_batch
 
@@ -90,12 +90,9 @@ def test_fpn_features_within_1e4_relative(outputs):
 
 def test_detections_match_boxes_classes_scores(outputs):
     matched, total, score_errors = 0, 0, []
-    for b, theirs in enumerate(outputs["torch_detections"]):
-        mine = our_detections(outputs["ours"], b)
+    for theirs, mine, found, match in matched_pairs(outputs["torch_detections"], outputs["ours"]):
         assert len(theirs["boxes"]) >= 20, "the reference must make detections for this test to mean anything"
         assert abs(len(mine["boxes"]) - len(theirs["boxes"])) <= 0.01 * len(theirs["boxes"])
-        match = match_detections(theirs, mine)
-        found = match >= 0
         matched += found.sum()
         total += len(match)
         score_errors.append(np.abs(mine["scores"][match[found]] - theirs["scores"][found]).max())
@@ -107,17 +104,10 @@ def test_detections_match_boxes_classes_scores(outputs):
 
 def test_mask_probabilities_and_pasted_masks_match(outputs):
     ious, probability_errors = [], []
-    for b, theirs in enumerate(outputs["torch_detections"]):
-        mine = our_detections(outputs["ours"], b)
-        match = match_detections(theirs, mine)
-        found = match >= 0
+    for b, (theirs, mine, found, match) in enumerate(matched_pairs(outputs["torch_detections"], outputs["ours"])):
         probability_errors.append(np.abs(mine["masks"][match[found]] - outputs["masks_28"][b][found]).max())
-        height, width = outputs["images"][b].shape[:2]
-        paste = make_binary_mask_paster(height, width)
-        pasted = np.asarray(paste(mine["masks"][match[found]][None], mine["boxes"][match[found]][None]))[0]
-        reference = theirs["masks"][found, 0] > 0.5
-        intersection = (pasted & reference).sum(axis=(1, 2))
-        union = (pasted | reference).sum(axis=(1, 2))
+        intersection, union = pasted_mask_overlap(mine, match[found], theirs["masks"][found, 0] > 0.5,
+                                                  outputs["images"][b].shape)
         assert union.min() > 0, "every reference mask must cover some pixels for its IoU to mean anything"
         ious.append(intersection / union)
     ious = np.concatenate(ious)
