@@ -2,11 +2,12 @@
 
 from flax import traverse_util
 
+from maskrcnn_jax.models.resnet import NORM_KINDS
+
 # torchvision's order: trainable_layers = n unfreezes the first n names of this tuple.
 BACKBONE_LAYERS_FROM_TOP = ("layer4", "layer3", "layer2", "layer1", "conv1")
 NORM_LEAVES = ("scale", "bias", "mean", "var")
 STATISTICS_LEAVES = ("mean", "var")
-NORMS = ("frozen", "batch")
 
 
 def frozen_parameter_mask(params: dict, trainable_backbone_layers: int = 3, norm: str = "frozen") -> dict:
@@ -19,8 +20,8 @@ def frozen_parameter_mask(params: dict, trainable_backbone_layers: int = 3, norm
       norm "batch" (v2's BatchNorm): every `mean` / `var` leaf (statistics, replaced by the running
       update, never by gradients); `scale` / `bias` train outside the frozen stages, heads included.
     """
-    if norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
+    if norm not in NORM_KINDS:
+        raise ValueError(f"unknown norm {norm!r}; expected one of {NORM_KINDS}")
     trainable = BACKBONE_LAYERS_FROM_TOP[:trainable_backbone_layers]
     flat = traverse_util.flatten_dict(params)
     frozen_leaves = NORM_LEAVES if norm == "frozen" else STATISTICS_LEAVES
