@@ -16,6 +16,12 @@ complete. A step directory with neither metadata file is never read. The readers
 directory, a directory of numbered step directories, or a training workdir (its checkpoints/
 folder), and then read the latest step that has its metadata.json.
 
+A backbone checkpoint (`save_backbone_checkpoint`, written by scripts/convert_backbone.py from
+ImageNet classification weights) has the same two entries, but no detection heads and no class
+names: DIR/params/ holds {"backbone": ...} and DIR/metadata.json {"kind": "backbone", "backbone":
+{what the weights are: architecture, depth, stage_sizes, stem_width, bn_eps, source, input}}. It
+starts a training run (config.init.mode = "backbone"); the model readers refuse it with that advice.
+
 JSON has no tuples: the config's sequences come back as tuples (configs use tuples, not lists).
 
 Errors name the path and what to do: FileNotFoundError / NotADirectoryError for a path that holds
@@ -40,6 +46,7 @@ METADATA_ITEM_FILE = pathlib.Path("metadata") / "metadata"
 PARAMS_DIR = "params"
 STEPS_DIR = "checkpoints"  # in a training workdir
 TORCH_SUFFIXES = (".pth", ".pt", ".pkl", ".bin")
+BACKBONE_KIND = "backbone"  # metadata.json's "kind" of a backbone checkpoint (a model checkpoint has none)
 
 
 class CheckpointError(ValueError):
@@ -68,10 +75,8 @@ def save_metadata(directory: str | os.PathLike, config: ml_collections.ConfigDic
     pathlib.Path(directory, METADATA_FILE).write_text(json.dumps(metadata, indent=1) + "\n")
 
 
-def save_checkpoint(
-    directory: str | os.PathLike, params: dict, config: ml_collections.ConfigDict, class_names: Sequence[str]
-) -> None:
-    """Writes a checkpoint directory (the module docstring's layout); `directory` must not hold one already."""
+def _save_params_then(directory: str | os.PathLike, params: dict, write_metadata) -> None:
+    """Writes DIR/params, then calls write_metadata(DIR); `directory` must not hold a checkpoint already."""
     directory = pathlib.Path(directory).absolute()
     if (directory / PARAMS_DIR).exists() or (directory / METADATA_FILE).exists():
         raise FileExistsError(f"{directory} already holds a checkpoint")
@@ -80,7 +85,21 @@ def save_checkpoint(
     checkpointer.save(directory / PARAMS_DIR, params)
     checkpointer.wait_until_finished()
     # Metadata last: a directory with metadata.json holds complete parameters.
-    save_metadata(directory, config, class_names)
+    write_metadata(directory)
+
+
+def save_checkpoint(
+    directory: str | os.PathLike, params: dict, config: ml_collections.ConfigDict, class_names: Sequence[str]
+) -> None:
+    """Writes a checkpoint directory (the module docstring's layout); `directory` must not hold one already."""
+    _save_params_then(directory, params, lambda path: save_metadata(path, config, class_names))
+
+
+def save_backbone_checkpoint(directory: str | os.PathLike, params: dict, description: dict) -> None:
+    """Writes a backbone checkpoint (module docstring): params {"backbone": the ResNet's tree} and
+    `description` (JSON-serialisable) as metadata.json's "backbone"; `directory` must not hold one already."""
+    metadata = json.dumps({"kind": BACKBONE_KIND, "backbone": description}, indent=1) + "\n"
+    _save_params_then(directory, params, lambda path: (path / METADATA_FILE).write_text(metadata))
 
 
 def _metadata_file(directory: pathlib.Path) -> pathlib.Path | None:
@@ -124,15 +143,48 @@ def resolve_checkpoint(path: str | os.PathLike) -> pathlib.Path:
     )
 
 
-def load_metadata(path: str | os.PathLike) -> tuple[ml_collections.ConfigDict, tuple[str, ...]]:
-    """(config, class_names) of the checkpoint at `path` (see `resolve_checkpoint`); the config is unlocked."""
-    metadata_file = _metadata_file(resolve_checkpoint(path))
+def _damaged(metadata_file: pathlib.Path, error: Exception) -> CheckpointError:
+    return CheckpointError(f"{metadata_file} is damaged ({type(error).__name__}: {error}); "
+                           "write or copy the checkpoint again")
+
+
+def _read_metadata(directory: pathlib.Path) -> dict:
+    """The metadata JSON of a resolved checkpoint directory, as a dict."""
+    metadata_file = _metadata_file(directory)
     try:
         metadata = json.loads(metadata_file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise _damaged(metadata_file, error) from None
+    if not isinstance(metadata, dict):
+        raise _damaged(metadata_file, TypeError(f"a JSON {type(metadata).__name__}, not an object"))
+    return metadata
+
+
+def load_backbone_description(path: str | os.PathLike) -> dict | None:
+    """The "backbone" description of the backbone checkpoint at `path`; None for a model checkpoint or
+    a training workdir (see `resolve_checkpoint`)."""
+    directory = resolve_checkpoint(path)
+    metadata = _read_metadata(directory)
+    if metadata.get("kind") != BACKBONE_KIND:
+        return None
+    if not isinstance(metadata.get("backbone"), dict):
+        raise _damaged(_metadata_file(directory), KeyError("backbone"))
+    return metadata["backbone"]
+
+
+def load_metadata(path: str | os.PathLike) -> tuple[ml_collections.ConfigDict, tuple[str, ...]]:
+    """(config, class_names) of the checkpoint at `path` (see `resolve_checkpoint`); the config is unlocked.
+    A backbone checkpoint has neither: CheckpointError saying what it is for."""
+    directory = resolve_checkpoint(path)
+    metadata = _read_metadata(directory)
+    if metadata.get("kind") == BACKBONE_KIND:
+        raise CheckpointError(
+            f"{directory} is a backbone checkpoint (ImageNet weights of the ResNet only, no detection heads): "
+            f"start a training run from it with --config.init.mode=backbone --config.init.checkpoint={directory}")
+    try:
         return ml_collections.ConfigDict(_tuples(metadata["config"])), tuple(metadata["class_names"])
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-        raise CheckpointError(f"{metadata_file} is damaged ({type(error).__name__}: {error}); "
-                              "write or copy the checkpoint again") from None
+    except (KeyError, TypeError, ValueError) as error:
+        raise _damaged(_metadata_file(directory), error) from None
 
 
 def load_config(path: str | os.PathLike) -> ml_collections.ConfigDict:

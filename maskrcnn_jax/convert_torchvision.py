@@ -43,6 +43,8 @@ NORM_NAMES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": 
 SIGNATURE_KEYS = ("roi_heads.mask_predictor.mask_fcn_logits.weight", "rpn.head.cls_logits.weight")
 V1_BOX_HEAD_KEY = "roi_heads.box_head.fc6.weight"  # TwoMLPHead
 V2_BOX_HEAD_KEY = "roi_heads.box_head.0.0.weight"  # FastRCNNConvFCHead's first conv
+MASK_RCNN_BODY_PREFIX = "backbone.body."  # torchvision's ResNet inside its Mask R-CNN
+CLASSIFICATION_RESNET_KEY = "layer1.0.conv1.weight"  # torchvision's and timm's ResNets, on their own
 
 
 class ConversionError(ValueError):
@@ -64,14 +66,13 @@ def dense_kernel(weight: np.ndarray) -> np.ndarray:
     return weight.T
 
 
-def flattened_roi_dense_kernel(weight: np.ndarray, expected_shape: tuple[int, ...], channels: int,
-                               name: str = "roi_heads.box_head.fc6.weight") -> np.ndarray:
+def flattened_roi_dense_kernel(weight: np.ndarray, expected_shape: tuple[int, ...], channels: int) -> np.ndarray:
     """The box head's first linear layer (v1 fc6, v2 box_head.5) [out, C*S*S] (torch flattens C, H, W)
     -> [S*S*C, out] (we flatten H, W, C)."""
     out_features, in_features = weight.shape
     side = int(round((in_features / channels) ** 0.5))
     if side * side * channels != in_features or expected_shape != (in_features, out_features):
-        raise ConversionError(f"{name}: shape {weight.shape} does not fit expected {expected_shape[::-1]}")
+        raise ConversionError(f"shape {weight.shape} does not fit expected {expected_shape[::-1]}")
     return weight.reshape(out_features, channels, side, side).transpose(2, 3, 1, 0).reshape(in_features, out_features)
 
 
@@ -97,8 +98,13 @@ def model_layout(flat_params: Mapping[tuple[str, ...], object], fpn_channels: in
     return ModelLayout(norm_modules, len(box_convs), roi_channels)
 
 
-def torchvision_names(path: tuple[str, ...], layout: ModelLayout) -> tuple[list[str], Callable[[np.ndarray], np.ndarray]]:
-    """Candidate torchvision keys (current name first) and the layout conversion for one of our parameter paths."""
+def torchvision_names(path: tuple[str, ...], layout: ModelLayout,
+                      body_prefix: str = MASK_RCNN_BODY_PREFIX) -> tuple[list[str], Callable[[np.ndarray], np.ndarray]]:
+    """Candidate torchvision keys (current name first) and the layout conversion for one of our parameter paths.
+
+    body_prefix: what precedes torchvision's ResNet names (`layer1.0.conv1.weight`) in the state_dict:
+    "backbone.body." in a Mask R-CNN, "" in a classification ResNet.
+    """
     *modules, leaf = path
     is_norm = tuple(modules) in layout.norm_modules
     if leaf == "kernel":
@@ -110,7 +116,7 @@ def torchvision_names(path: tuple[str, ...], layout: ModelLayout) -> tuple[list[
     top = modules[0]
     if top == "backbone":
         parts = [m.replace("downsample_conv", "downsample.0").replace("downsample_bn", "downsample.1") for m in modules[1:]]
-        return ["backbone.body." + ".".join(parts) + "." + suffix], convert
+        return [body_prefix + ".".join(parts) + "." + suffix], convert
     if top == "fpn":
         kind, index = modules[1].split("_")[0], modules[1].split("_")[-1]
         base = f"backbone.fpn.{kind}_blocks.{index}"
@@ -151,9 +157,11 @@ def check_is_mask_rcnn(state_dict: Mapping[str, np.ndarray]) -> None:
     absent = [key for key in SIGNATURE_KEYS if key not in state_dict]
     if absent:
         sample = ", ".join(list(state_dict)[:5]) or "(empty)"
+        hint = ("; it looks like a classification ResNet: scripts/convert_backbone.py converts it into a backbone "
+                "checkpoint" if CLASSIFICATION_RESNET_KEY in state_dict else "")
         raise ConversionError(
             f"this is not a torchvision Mask R-CNN state_dict: {', '.join(absent)} "
-            f"{'is' if len(absent) == 1 else 'are'} absent (first keys: {sample})"
+            f"{'is' if len(absent) == 1 else 'are'} absent (first keys: {sample}){hint}"
         )
 
 
@@ -181,23 +189,39 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], expected_params: di
                               f"set config.model.architecture = {found!r}")
     flat_expected = flatten_dict(expected_params)
     layout = model_layout(flat_expected, fpn_channels)
+
+    def names(path, expected):
+        candidates, convert = torchvision_names(path, layout)
+        if path[0] in ("box_mlp", "box_conv_fc") and path[1] in ("fc6", "fc") and path[-1] == "kernel":
+            convert = lambda weight: flattened_roi_dense_kernel(weight, tuple(expected.shape), layout.roi_channels)  # noqa: E731
+        return candidates, convert
+
+    return unflatten_dict(convert_leaves(state_dict, flat_expected, names))
+
+
+def convert_leaves(state_dict: Mapping[str, np.ndarray], flat_expected: Mapping[tuple[str, ...], object],
+                   names: Callable[[tuple[str, ...], object], tuple[list[str], Callable[[np.ndarray], np.ndarray]]]
+                   ) -> dict[tuple[str, ...], np.ndarray]:
+    """{path: converted array} for every path of `flat_expected` (arrays or ShapeDtypeStructs).
+
+    names(path, expected) -> (candidate state_dict keys, current name first; the layout conversion,
+    which may raise ConversionError). Every state_dict key must be used, but for IGNORED_SUFFIXES.
+    Raises ConversionError listing all missing keys, shape mismatches and unexpected keys at once.
+    """
     converted, missing, mismatched, used = {}, [], [], set()
     for path, expected in flat_expected.items():
-        names, convert = torchvision_names(path, layout)
-        name = next((candidate for candidate in names if candidate in state_dict), None)
+        candidates, convert = names(path, expected)
+        name = next((candidate for candidate in candidates if candidate in state_dict), None)
         if name is None:
-            missing.append(names[0])
+            missing.append(candidates[0])
             continue
         used.add(name)
         weight = np.asarray(state_dict[name], np.float32)
-        if path[0] in ("box_mlp", "box_conv_fc") and path[1] in ("fc6", "fc") and path[-1] == "kernel":
-            try:
-                value = flattened_roi_dense_kernel(weight, tuple(expected.shape), layout.roi_channels, name)
-            except ConversionError as error:
-                mismatched.append(str(error))
-                continue
-        else:
+        try:
             value = convert(weight)
+        except ConversionError as error:
+            mismatched.append(f"{name}: {error}")
+            continue
         if value.shape != tuple(expected.shape):
             mismatched.append(f"{name}: torchvision shape {weight.shape} converts to {value.shape}, model expects {tuple(expected.shape)}")
             continue
@@ -212,7 +236,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], expected_params: di
         problems.append(f"{len(unexpected)} unexpected keys: {', '.join(unexpected)}")
     if problems:
         raise ConversionError("cannot convert the state_dict: " + " | ".join(problems))
-    return unflatten_dict(converted)
+    return converted
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:

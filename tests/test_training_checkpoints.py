@@ -148,12 +148,13 @@ def test_initial_params_read_a_converted_checkpoint_and_a_training_workdir(tmp_p
     trained = model_like_params(4, seed=4)
     save_training_step(tmp_path / "workdir", 5, trained, iter(grain.MapDataset.range(8).to_iter_dataset()))
     random = jax.device_put(model_like_params(4, seed=5))
+    backbone = tiny_config().model.backbone
 
-    from_converted = initialization.initial_params(random, str(tmp_path / "converted"), "all")
+    from_converted = initialization.initial_params(random, str(tmp_path / "converted"), "all", backbone)
     _assert_tree_equal(from_converted["backbone"], converted["backbone"])
     _assert_tree_equal(from_converted["box_predictor"], jax.device_get(random["box_predictor"]))
-    from_workdir = initialization.initial_params(random, str(tmp_path / "workdir"), "all")
+    from_workdir = initialization.initial_params(random, str(tmp_path / "workdir"), "all", backbone)
     _assert_tree_equal(from_workdir, trained)
-    assert initialization.initial_params(random, "", "none") is None
+    assert initialization.initial_params(random, "", "none", backbone) is None
     with pytest.raises(ValueError, match="config.init.checkpoint is empty"):
-        initialization.initial_params(random, "", "backbone")
+        initialization.initial_params(random, "", "backbone", backbone)

@@ -22,10 +22,9 @@ def build_model(config: ml_collections.ConfigDict) -> MaskRCNN:
     model_config = config.model
     spec = spec_from_config(config)
     backbone = model_config.backbone
-    stage_sizes = tuple(backbone.stage_sizes) if backbone.get("stage_sizes") else resnet_stage_sizes(backbone.depth)
     return MaskRCNN(
         num_classes=spec.num_classes,
-        stage_sizes=stage_sizes,
+        stage_sizes=backbone_stage_sizes(backbone),
         stem_width=backbone.stem_width,
         bn_eps=backbone.bn_eps,
         fpn_channels=model_config.fpn_channels,
@@ -38,6 +37,11 @@ def build_model(config: ml_collections.ConfigDict) -> MaskRCNN:
         dtype=jnp.dtype(model_config.get("dtype", "float32")),
         architecture=model_config.get("architecture", "v1"),
     )
+
+
+def backbone_stage_sizes(backbone: ml_collections.ConfigDict) -> tuple[int, ...]:
+    """Blocks per ResNet stage of config.model.backbone: its stage_sizes, or those of its depth when empty."""
+    return tuple(backbone.stage_sizes) if backbone.get("stage_sizes") else resnet_stage_sizes(backbone.depth)
 
 
 def init_params(model: MaskRCNN, rng: jax.Array, image_size: tuple[int, int] = (64, 64)) -> dict:

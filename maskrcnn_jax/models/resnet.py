@@ -20,6 +20,9 @@ from maskrcnn_jax.models.conv import Conv
 from maskrcnn_jax.models.norm import BatchNorm
 
 NORM_KINDS = ("frozen", "batch")
+# The layout below, as a backbone checkpoint records the layout of its weights (torchvision's and
+# timm's `resnet50`; the original ResNet and detectron2's MSRA weights stride on the first 1x1 conv).
+ARCHITECTURE = "resnet_v1.5"
 
 # He (fan_out) init as torchvision's ResNet; only used when training from scratch.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -154,6 +157,12 @@ class ResNet(nn.Module):
             )(x, train)
             outputs.append(x)
         return outputs
+
+
+def bottleneck_resnet_depth(stage_sizes: Sequence[int]) -> int:
+    """The depth a bottleneck ResNet is named by: the stem conv, 3 convs per block and the classifier
+    ((3, 4, 6, 3) -> 50, (3, 4, 23, 3) -> 101)."""
+    return 3 * sum(stage_sizes) + 2
 
 
 def resnet_stage_sizes(depth: int) -> tuple[int, ...]:

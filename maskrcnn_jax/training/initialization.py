@@ -1,27 +1,43 @@
-"""Starting parameters from an earlier model (config.init): a converted torchvision checkpoint or a
-training workdir, the whole model or only its backbone.
+"""Starting parameters from an earlier model (config.init): ImageNet weights converted into a backbone
+checkpoint (scripts/convert_backbone.py), a converted torchvision checkpoint or a training workdir,
+the whole model or only its backbone.
 
-Modes: "none" (random, the default), "backbone" (the ResNet body `backbone/...` only; FPN and heads
-random), "all" (every parameter). With another class count the box and mask predictors keep their
-random initialisation (fine-tuning to a new dataset, as torchvision's fine-tuning tutorial and
-matterport's balloon example do).
+Modes: "none" (random), "backbone" (the ResNet body `backbone/...` only; FPN and heads random: the
+published COCO recipes start from an ImageNet ResNet), "all" (every parameter). With another class
+count the box and mask predictors keep their random initialisation (fine-tuning to a new dataset, as
+torchvision's fine-tuning tutorial and matterport's balloon example do).
+
+A backbone checkpoint records what its weights are; it is refused, naming each field, when its
+architecture, blocks per stage, stem width or BatchNorm eps differ from config.model.backbone, or
+when the input it expects is not what the pipeline feeds (`PIPELINE_INPUT`): training on inputs the
+weights were not trained for fails silently otherwise.
 """
 
 import os
 import pathlib
 
 import jax
+import ml_collections
 import numpy as np
 from absl import logging
 
 from maskrcnn_jax import checkpoint as converted_checkpoint
+from maskrcnn_jax.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from maskrcnn_jax.models.build import backbone_stage_sizes
+from maskrcnn_jax.models.resnet import ARCHITECTURE, bottleneck_resnet_depth
 from maskrcnn_jax.training import checkpoints
+from maskrcnn_jax.training.progress import say
 from maskrcnn_jax.trees import flatten_dict, unflatten_dict
 
 MODES = ("none", "backbone", "all")
 BACKBONE_SUBTREES = ("backbone",)
 # The class-dependent layers: re-initialised when the class count differs.
 PREDICTOR_SUBTREES = ("box_predictor", "mask_predictor")
+# What the input pipeline feeds the model (data.transforms.normalize_image: RGB photos / 255, minus
+# mean, over std), in a backbone checkpoint's terms.
+PIPELINE_INPUT = {"channels": "RGB", "range": [0.0, 1.0], "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+# Where to get ImageNet weights, for the message when config.init.checkpoint is missing.
+IMAGENET_RESNET50_URL = "https://download.pytorch.org/models/resnet50-0676ba61.pth"
 
 
 def read_params(path: str | os.PathLike) -> dict:
@@ -66,15 +82,92 @@ def merge_initial_params(random_params: dict, loaded: dict, mode: str) -> dict:
     return unflatten_dict(merged)
 
 
-def initial_params(random_params, init_checkpoint: str, mode: str):
+def describe_input(convention: dict) -> str:
+    """'RGB in [0.0, 1.0], mean [...], std [...]' from a backbone checkpoint's "input" record."""
+    return (f"{convention.get('channels')} in {convention.get('range')}, mean {convention.get('mean')}, "
+            f"std {convention.get('std')}")
+
+
+def describe_backbone(description: dict) -> str:
+    """One line on a backbone checkpoint: what the weights are and where they came from."""
+    source = description.get("source", {})
+    return (f"ResNet-{description.get('depth')} ({description.get('architecture')}, stem width "
+            f"{description.get('stem_width')}) from {source.get('file')} (sha256 {str(source.get('sha256'))[:12]}), "
+            f"BatchNorm eps {description.get('bn_eps')}, input {describe_input(description.get('input', {}))}")
+
+
+def _same_input(recorded: dict, fed: dict) -> bool:
+    """The same channel order and value range, and mean / std equal to float32 precision."""
+    try:
+        return (recorded.get("channels") == fed["channels"] and list(recorded.get("range")) == fed["range"]
+                and np.allclose(recorded.get("mean"), fed["mean"], rtol=1e-6, atol=0)
+                and np.allclose(recorded.get("std"), fed["std"], rtol=1e-6, atol=0))
+    except (TypeError, ValueError):  # a record without the fields, or of other lengths
+        return False
+
+
+def check_backbone_fits(description: dict, backbone: ml_collections.ConfigDict, path: pathlib.Path) -> None:
+    """Raises ValueError (one line, every differing field named) unless the backbone checkpoint's
+    `description` fits config.model.backbone (`backbone`) and the pipeline's input."""
+    stage_sizes = backbone_stage_sizes(backbone)
+    recorded_stages = tuple(description.get("stage_sizes") or ())
+    problems = []
+    if description.get("architecture") != ARCHITECTURE:
+        problems.append(f"architecture: checkpoint {description.get('architecture')}, model {ARCHITECTURE}")
+    if recorded_stages != stage_sizes:
+        problems.append(f"blocks per stage: checkpoint {recorded_stages} (ResNet-{description.get('depth')}), "
+                        f"config.model.backbone {stage_sizes} (ResNet-{bottleneck_resnet_depth(stage_sizes)})")
+    if description.get("stem_width") != backbone.stem_width:
+        problems.append(f"stem width: checkpoint {description.get('stem_width')}, "
+                        f"config.model.backbone.stem_width {backbone.stem_width}")
+    if description.get("bn_eps") != backbone.bn_eps:
+        problems.append(f"BatchNorm eps: checkpoint {description.get('bn_eps')} (its statistics were trained with "
+                        f"it), config.model.backbone.bn_eps {backbone.bn_eps}")
+    if not _same_input(description.get("input") or {}, PIPELINE_INPUT):
+        problems.append(f"input: the weights expect {describe_input(description.get('input') or {})}, the "
+                        f"pipeline feeds {describe_input(PIPELINE_INPUT)}; refusing to train on inputs the "
+                        "weights were not trained for")
+    if problems:
+        raise ValueError(f"the backbone checkpoint {path} does not fit the config: " + "; ".join(problems))
+
+
+def missing_backbone_message(init_checkpoint: str) -> str:
+    """What to do when config.init.mode is "backbone" and config.init.checkpoint names nothing."""
+    where = f"{init_checkpoint} does not exist" if init_checkpoint else "is empty"
+    output = init_checkpoint or "DIR"
+    return (f"config.init.mode is 'backbone' but config.init.checkpoint {where}: convert ImageNet ResNet weights "
+            f"first (e.g. torchvision's {IMAGENET_RESNET50_URL}) with `python scripts/convert_backbone.py --input "
+            f"resnet50-0676ba61.pth --output {output}` and pass --config.init.checkpoint={output}, or train from "
+            "scratch with --config.init.mode=none")
+
+
+def initial_params(random_params, init_checkpoint: str, mode: str, backbone: ml_collections.ConfigDict):
     """The parameters to start from: `random_params` (device arrays) merged with the checkpoint at
-    `init_checkpoint` per `mode`, as host numpy; None when mode is "none" (keep the random ones)."""
+    `init_checkpoint` per `mode`, as host numpy; None when mode is "none" (keep the random ones).
+
+    backbone: config.model.backbone, which a backbone checkpoint must fit (`check_backbone_fits`).
+    Says on stdout what was loaded.
+    """
     if mode == "none":
         return None
+    if mode == "backbone" and not (init_checkpoint and pathlib.Path(init_checkpoint).exists()):
+        raise ValueError(missing_backbone_message(init_checkpoint))
     if not init_checkpoint:
         raise ValueError(f"config.init.mode is {mode!r} but config.init.checkpoint is empty")
     path = pathlib.Path(init_checkpoint)
+    description = converted_checkpoint.load_backbone_description(path)
+    if description is not None and mode != "backbone":
+        raise ValueError(f"config.init.checkpoint {path} is a backbone checkpoint ({describe_backbone(description)}), "
+                         f"which starts the backbone only: set --config.init.mode=backbone, not {mode!r}")
+    if description is not None:
+        check_backbone_fits(description, backbone, path)
     loaded = read_params(path)
     host_random = jax.tree.map(lambda leaf: np.asarray(leaf.addressable_data(0)), random_params)
-    logging.info("init: %s parameters from %s", mode, path)
-    return merge_initial_params(host_random, loaded, mode)
+    merged = merge_initial_params(host_random, loaded, mode)
+    if description is not None:
+        count = sum(leaf.size for leaf in jax.tree.leaves(merged["backbone"]))
+        say(f"init: backbone {describe_backbone(description)}: {count:,} parameters from {path} into backbone/; "
+            "FPN and heads random")
+    else:
+        say(f"init: {mode} parameters from {path}")
+    return merged

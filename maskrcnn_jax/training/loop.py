@@ -127,7 +127,8 @@ def _restore_or_initialize(config, workdir, manager, initialize, optimizer, abst
         say(f"resuming from step {resume_step} ({where})")
         return state, resume_step
     state = create_train_state(initialize, config.train.seed, mesh)
-    loaded = initialization.initial_params(state.params, config.init.checkpoint, config.init.mode)
+    loaded = initialization.initial_params(state.params, config.init.checkpoint, config.init.mode,
+                                            config.model.backbone)
     if loaded is not None:
         state = replace_params(state, loaded, optimizer, mesh)
     say(f"starting at step 0 in {workdir} (config.init.mode {config.init.mode})")
