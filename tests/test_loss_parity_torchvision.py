@@ -3,9 +3,9 @@
 Same weights (a seeded torchvision model, converted: v1 with FrozenBatchNorm and
 trainable_backbone_layers=3; v2 with BatchNorm normalising with batch statistics, every layer trainable),
 the same real photos and ground truth (COCO polygons of ../shared/data/coco_train2017_85, one image
-without objects), and the same samples: torchvision's two `fg_bg_sampler`s are replaced by ones that
-return the anchors and RoIs our sampler drew (checking on the way that torchvision's matcher labels
-them as we do). Mask targets: torchvision's own `roi_align` of the full-image masks, fed to both
+without objects), and the same samples: torchvision's RoI heads get our proposals (its own are
+compared with ours separately), and its two `fg_bg_sampler`s are replaced by ones that return the
+anchors and RoIs our sampler drew (checking on the way that torchvision's matcher labels them as we do). Mask targets: torchvision's own `roi_align` of the full-image masks, fed to both
 (our default targets come from box crops; their distance is measured in docs/training_targets.md).
 """
 
@@ -114,25 +114,21 @@ class FixedSampler:
         return positive_masks, negative_masks
 
 
-def nearest_proposal(theirs: np.ndarray, box: np.ndarray) -> int:
-    """Index of torchvision's proposal equal to ours (up to float32 rounding of the box decode)."""
-    distance = np.abs(theirs - box).max(axis=1)
-    index = int(np.argmin(distance))
-    assert distance[index] < 1e-2, (box, theirs[index])
-    return index
+def unmatched_proposals(ours: np.ndarray, theirs: np.ndarray, tolerance: float = 1e-2) -> int:
+    """How many boxes of `ours` [N, 4] have no box of `theirs` [N', 4] within `tolerance` pixels
+    (each coordinate; float32 rounding of the box decode moves them by ~1e-4)."""
+    distance = np.abs(ours[:, None, :] - theirs[None, :, :]).max(axis=-1)
+    return int(np.sum(distance.min(axis=1) > tolerance))
 
 
-def torchvision_candidate_index(our_index, our_proposals, num_padded, their_proposals):
-    """Our RoI candidate index (proposal slot p, or GT m at num_padded + m) -> torchvision's
-    (its proposal with the same box, or GT m at len(proposals) + m). Matching boxes, not positions:
-    proposals with equal scores may come out of the two sorts in either order."""
-    mapped = []
-    for index in our_index:
-        if index >= num_padded:
-            mapped.append(index - num_padded + len(their_proposals))
-        else:
-            mapped.append(nearest_proposal(their_proposals, our_proposals[index]))
-    return np.asarray(mapped, np.int64)
+def torchvision_candidate_index(our_index, proposal_valid):
+    """Our RoI candidate index (proposal slot p of [P], or GT m at P + m) -> torchvision's, when it
+    is given our valid proposals in slot order: (the rank of slot p among the valid slots, or GT m at
+    the number of valid proposals + m)."""
+    num_padded, num_valid = len(proposal_valid), int(proposal_valid.sum())
+    rank = np.cumsum(proposal_valid) - 1
+    return np.asarray([index - num_padded + num_valid if index >= num_padded else rank[index] for index in our_index],
+                      np.int64)
 
 
 def split_samples(index, positive, valid):
@@ -180,8 +176,8 @@ def parity(request):
     mask_targets = torchvision_mask_targets(examples, aux["mask_slots"], spec.mask_target_size)
     (_, (our_losses, aux)), our_grads = losses_and_grads(params, mask_targets)
 
-    # torchvision's proposals (the RPN's forward, as the training forward computes them), to
-    # translate our sampled RoI candidates into its indices.
+    # torchvision's own proposals (the RPN's forward, as the training forward computes them), which
+    # test_parity_proposals_equal_torchvision_training_proposals compares with ours.
     images = [torch.from_numpy(example["image"]).permute(2, 0, 1).contiguous() for example in examples]
     # In train mode (v2's BatchNorm) this forward moves the running statistics: put them back after.
     buffers = {name: buffer.clone() for name, buffer in torch_model.named_buffers()}
@@ -197,33 +193,38 @@ def parity(request):
         for name, buffer in torch_model.named_buffers():
             buffer.copy_(buffers[name])
     their_proposals = [proposals.numpy() for proposals in their_proposals]
-    our_proposals = np.asarray(aux["proposals"])
-    roi_index = np.stack([
-        torchvision_candidate_index(index, proposals, our_proposals.shape[1], theirs)
-        for index, proposals, theirs in zip(np.asarray(aux["rois"]["index"]), our_proposals, their_proposals)])
+    proposal_valid = np.asarray(aux["proposal_valid"])
+    our_proposals = [proposals[valid] for proposals, valid in zip(np.asarray(aux["proposals"]), proposal_valid)]
+    roi_index = np.stack([torchvision_candidate_index(index, valid)
+                          for index, valid in zip(np.asarray(aux["rois"]["index"]), proposal_valid)])
 
-    # torchvision's training forward and backward with our samples; for v2 also in float64 (from the
-    # same weights, on the float32 run's proposals), the reference its gradients are measured against.
+    # torchvision's training forward and backward with our samples, drawn from our proposals (given
+    # to its RoI heads in place of its own: proposals are detached in both, and a near-tie in the
+    # proposals' sort or NMS can come out either way on another CPU kind, issue 26); for v2 also in
+    # float64, the reference its gradients are measured against, and in float32 with channels-last
+    # convolutions, a second float32 formulation whose distance from float64 measures the noise too.
     samples = dict(rpn=split_samples(aux["rpn"]["index"], aux["rpn"]["positive"], aux["rpn"]["valid"]),
                    roi=split_samples(roi_index, aux["rois"]["positive"], aux["rois"]["valid"]))
-    torch_model_64 = copy.deepcopy(torch_model).double() if architecture == "v2" else None
-    torch_losses, torch_grads, rpn_sampler, roi_sampler = torch_training_step(torch_model, examples, samples, expected)
+    variants = {}
+    if architecture == "v2":
+        variants = {"float64": copy.deepcopy(torch_model).double(),
+                    "channels_last": copy.deepcopy(torch_model).to(memory_format=torch.channels_last)}
+    torch_losses, torch_grads, rpn_sampler, roi_sampler = torch_training_step(torch_model, examples, samples, expected,
+                                                                              our_proposals)
     state_after = convert_state_dict({key: value.detach().numpy() for key, value in torch_model.state_dict().items()},
                                      expected)
-    float64_grads = None
-    if torch_model_64 is not None:
-        fixed_proposals = [torch.from_numpy(proposals).double() for proposals in their_proposals]
-        torch_model_64.rpn.filter_proposals = lambda *args, **kwargs: (fixed_proposals, None)
-        _, float64_grads, _, _ = torch_training_step(torch_model_64, examples, samples, expected)
+    variant_grads = {name: torch_training_step(variant, examples, samples, expected, our_proposals)[1]
+                     for name, variant in variants.items()}
     return dict(model=model, architecture=architecture, examples=examples, aux=aux, their_proposals=their_proposals,
                 rpn_sampler=rpn_sampler, roi_sampler=roi_sampler, roi_index=roi_index, our_losses=our_losses,
                 torch_losses=torch_losses, our_grads=our_grads, torch_grads=torch_grads, params=params,
-                torch_params_after_step=state_after, float64_grads=float64_grads,
+                torch_params_after_step=state_after, variant_grads=variant_grads, our_proposals=our_proposals,
                 num_trainable=sum(p.requires_grad for p in torch_model.parameters()))
 
 
-def torch_training_step(torch_model, examples, samples, expected):
-    """torchvision's training forward and backward with the given samples, in the model's precision.
+def torch_training_step(torch_model, examples, samples, expected, proposals):
+    """torchvision's training forward and backward with the given samples, drawn from the given
+    proposals (numpy [P_b, 4] per image), in the model's precision.
 
     Returns (losses, gradients converted to our parameter tree as float64 numpy, the two samplers).
     """
@@ -231,6 +232,8 @@ def torch_training_step(torch_model, examples, samples, expected):
     rpn_sampler, roi_sampler = FixedSampler(*samples["rpn"]), FixedSampler(*samples["roi"])
     torch_model.rpn.fg_bg_sampler = rpn_sampler
     torch_model.roi_heads.fg_bg_sampler = roi_sampler
+    fixed_proposals = [torch.from_numpy(boxes).to(dtype) for boxes in proposals]
+    torch_model.rpn.filter_proposals = lambda *args, **kwargs: (fixed_proposals, None)
     images = [torch.from_numpy(e["image"]).permute(2, 0, 1).contiguous().to(dtype) for e in examples]
     targets = [{"boxes": torch.from_numpy(e["boxes"]).to(dtype), "labels": torch.from_numpy(e["labels"]),
                 "masks": torch.from_numpy(e["masks"])} for e in examples]
@@ -245,13 +248,20 @@ def torch_training_step(torch_model, examples, samples, expected):
     return torch_losses, convert_state_dict(grads, expected), rpn_sampler, roi_sampler
 
 
+# Near-ties allowed between the two proposal sets, per image and direction. Float32 rounding moves
+# objectness scores by ~1e-6 relative, so a box tied within that at the per-level top-2000 cut or at
+# NMS's IoU 0.7 can go either way, and which way depends on the CPU kind (issue 26: one box of ~2000
+# on an Intel Xeon, none on the developers' earlier machine). A real bug moves far more: a wrong NMS
+# threshold, top-n, clip or decode changes hundreds of boxes, or every box.
+NEAR_TIES = 3
+
+
 def test_parity_proposals_equal_torchvision_training_proposals(parity):
-    for b, theirs in enumerate(parity["their_proposals"]):
-        valid = np.asarray(parity["aux"]["proposal_valid"][b])
-        assert valid.sum() == len(theirs) > 1000
-        ours = np.asarray(parity["aux"]["proposals"][b])[valid]
-        matched = {nearest_proposal(theirs, box) for box in ours}
-        assert len(matched) == len(theirs)
+    for ours, theirs in zip(parity["our_proposals"], parity["their_proposals"]):
+        assert len(theirs) > 1000 and abs(len(ours) - len(theirs)) <= NEAR_TIES
+        ours_unmatched, theirs_unmatched = unmatched_proposals(ours, theirs), unmatched_proposals(theirs, ours)
+        print(f"{parity['architecture']} proposals: {len(ours)} vs {len(theirs)}, unmatched {ours_unmatched} / {theirs_unmatched}")
+        assert ours_unmatched <= NEAR_TIES and theirs_unmatched <= NEAR_TIES
 
 
 def test_parity_matcher_labels_of_our_samples_equal_torchvision(parity):
@@ -290,27 +300,47 @@ def relative_errors(ours, theirs, frozen) -> dict:
     return errors
 
 
+# v2's bound against float64, per leaf: NOISE_FACTOR x the float32 noise (the larger distance from
+# float64 of torchvision's two float32 formulations), at least 1e-3, and never above BUG_SCALE.
+NOISE_FACTOR = 2
+BUG_SCALE = 0.5
+
+
 def test_parity_grad_of_every_trainable_parameter_equals_torchvision(parity):
     """v1: every trainable leaf's gradient within 1e-3 of torchvision's (norm of the difference / norm).
 
     v2: training-mode BatchNorm makes the gradients ill-conditioned (each BatchNorm's backward
     subtracts the mean and the projection on its normalised input, and the float32 rounding of the
-    forward grows layer by layer towards the input), so torchvision's own float32 gradients are a
-    few percent from its float64 ones deep in the backbone. The reference is torchvision in float64:
-    each leaf of ours must be within 1e-3, or within 2x of torchvision's float32 error, of it.
+    forward grows layer by layer towards the input), so any float32 gradient is percents from the
+    float64 one deep in the backbone, by an amount that depends on the formulation. The reference is
+    torchvision in float64; the float32 noise of a leaf is measured on two formulations,
+    torchvision's default and its channels-last convolutions (other kernels, other rounding), as the
+    larger of their distances from float64; ours must be within NOISE_FACTOR x that (at least 1e-3).
+    Measured (Intel Xeon, 2026-12-04): noise up to 1.6e-2 (default) and 7.4e-2 (channels-last),
+    ours at most 2.1e-2, 0.2-0.4 of the larger noise; one AMD EPYC put ours at 2.1x the default's
+    error alone (issue 26), which is why the larger of two formulations is the yardstick.
+    A bug is of another order: a BatchNorm backward without the mean term (the batch mean under
+    stop_gradient) put 0.67-57 relative on the worst leaves, against allowed 0.06-0.29. So the
+    bound may never exceed BUG_SCALE (0.5): a reference noisier than that fails as unusable.
     """
     frozen = parity_frozen_mask(parity["model"], parity["params"])
     if parity["architecture"] == "v1":
         errors = relative_errors(parity["our_grads"], parity["torch_grads"], frozen)
         allowed = dict.fromkeys(errors, 1e-3)
     else:
-        errors = relative_errors(parity["our_grads"], parity["float64_grads"], frozen)
-        torch_errors = relative_errors(parity["torch_grads"], parity["float64_grads"], frozen)
-        allowed = {name: max(1e-3, 2 * torch_errors[name]) for name in errors}
-        for name in sorted(errors, key=lambda n: errors[n] / allowed[n])[-5:]:
-            print(f"v2 {name}: ours {errors[name]:.2e}, torchvision float32 {torch_errors[name]:.2e} from float64")
+        reference = parity["variant_grads"]["float64"]
+        errors = relative_errors(parity["our_grads"], reference, frozen)
+        noise = {name: relative_errors(grads, reference, frozen)
+                 for name, grads in (("default", parity["torch_grads"]), ("channels_last", parity["variant_grads"]["channels_last"]))}
+        allowed = {leaf: max(1e-3, NOISE_FACTOR * max(noise["default"][leaf], noise["channels_last"][leaf])) for leaf in errors}
+        for leaf in sorted(errors, key=lambda n: errors[n] / allowed[n])[-5:]:
+            print(f"v2 {leaf}: ours {errors[leaf]:.2e} from float64; torchvision float32 {noise['default'][leaf]:.2e}, "
+                  f"channels-last {noise['channels_last'][leaf]:.2e}; allowed {allowed[leaf]:.2e}")
+        assert max(allowed.values()) <= BUG_SCALE, max(allowed.items(), key=lambda item: item[1])
     assert len(errors) == parity["num_trainable"]  # the same parameters are frozen in both
     worst = max(errors, key=lambda n: errors[n] / allowed[n])
+    print(f"{parity['architecture']} worst leaf {worst}: {errors[worst]:.2e}, allowed {allowed[worst]:.2e} "
+          f"(margin {allowed[worst] / errors[worst]:.1f}x)")
     assert errors[worst] <= allowed[worst], (worst, errors[worst], allowed[worst])
 
 

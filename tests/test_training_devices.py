@@ -58,20 +58,12 @@ SCRIPT = textwrap.dedent("""
     initial = state_lib.TrainState(np.int32(0), params, jax.device_get(optimizer.init(params)),
                                    np.array([0, 42], np.uint32))
 
-    # v2: one step, and the one-device step again from parameters moved by 1e-7 relative noise, to
-    # measure how far float32 rounding alone carries its gradients (training-mode BatchNorm makes
-    # them ill-conditioned).
     num_steps = 2 if architecture == "v1" else 1
-    perturbed = jax.tree.map(lambda leaf: (leaf * (1 + 1e-7 * rng.standard_normal(leaf.shape))).astype(leaf.dtype),
-                             params)
     results = {}
     meshes = {"eight": mesh_lib.make_mesh(), "one": mesh_lib.make_mesh(jax.devices()[:1])}
-    if architecture == "v2":
-        meshes["one_perturbed"] = meshes["one"]
     for name, mesh in meshes.items():
         abstract = state_lib.abstract_train_state(initialize, mesh)
-        start = initial._replace(params=perturbed) if name == "one_perturbed" else initial
-        state = jax.device_put(start, jax.tree.map(lambda leaf: leaf.sharding, abstract))
+        state = jax.device_put(initial, jax.tree.map(lambda leaf: leaf.sharding, abstract))
         train_step = make_train_step(loss_fn, optimizer, learning_rate, frozen, abstract, mesh)
         losses = []
         for host in host_batches[:num_steps]:
@@ -123,6 +115,9 @@ def device_run(request, tmp_path_factory):
         return {"architecture": request.param, **saved}
 
 
+V2_UPDATE_BOUND = 1e-2
+
+
 def is_statistic(architecture: str, name: str) -> bool:
     """A BatchNorm running statistic (v2), which the step replaces rather than the optimizer."""
     return architecture == "v2" and name.endswith(("['mean']", "['var']"))
@@ -168,22 +163,21 @@ def test_eight_devices_give_the_losses_and_parameters_of_one_device(device_run):
             rounding = 2 * np.spacing(np.abs(one[name]).max())
             np.testing.assert_allclose(update_eight, update_one, rtol=0, atol=max(1e-4 * scale, rounding), err_msg=name)
     else:
-        # v2's gradients are ill-conditioned: on one device, 1e-7 relative noise on the parameters
-        # moved the gradient by about 6e-4 relative (v1: 1e-7; v2 with BatchNorm in eval mode: 7e-6),
-        # so training-mode BatchNorm amplifies float32 rounding. The 8-device update must differ from
-        # the one-device update by no more than a few times that floor, measured here; statistics per
-        # device instead of over the global batch would already fail the losses above.
-        perturbed = _params(device_run, "one_perturbed/params/")
-
-        def update_distance(other):
-            difference = sum(np.sum(np.square(other[name] - one[name], dtype=np.float64)) for name in trainable)
-            size = sum(np.sum(np.square(one[name] - initial[name], dtype=np.float64)) for name in trainable)
-            return np.sqrt(difference / size)
-
-        floor, distance = update_distance(perturbed), update_distance(eight)
-        print(f"v2 update: 8 vs 1 device {distance:.2e}, 1 device vs 1e-7 perturbed {floor:.2e}")
-        assert 0 < floor < 1e-2
-        assert distance <= 4 * floor, (distance, floor)
+        # v2's gradients are ill-conditioned: training-mode BatchNorm amplifies float32 rounding
+        # (tests/test_loss_parity_torchvision.py: float32 gradients percents from float64 deep in the
+        # backbone), and the 8-device step rounds differently (its BatchNorm sums run per device,
+        # then across). Measured, norm of the update difference / norm of the update: 2.9e-4 (Intel
+        # Xeon, 2026-12-04), 5.5e-4 (the machine of 2026-12-03). A bug is of order one: gradients of
+        # one device's shard alone, or summed instead of averaged over the devices (8x). So the bound
+        # is V2_UPDATE_BOUND, 20x the noise seen and 50x below a bug. (An earlier version measured
+        # the noise from a run with parameters moved by 1e-7; on some CPU kinds that move changes
+        # which RoIs are sampled, issue 26, and the "noise" became 4.9e-2.) Statistics per device
+        # instead of over the global batch would already fail the losses above.
+        difference = sum(np.sum(np.square(eight[name] - one[name], dtype=np.float64)) for name in trainable)
+        size = sum(np.sum(np.square(one[name] - initial[name], dtype=np.float64)) for name in trainable)
+        distance = np.sqrt(difference / size)
+        print(f"v2 update: 8 vs 1 device {distance:.2e} (bound {V2_UPDATE_BOUND:.0e})")
+        assert distance <= V2_UPDATE_BOUND, distance
 
 
 def test_nan_batch_on_devices_is_skipped_with_parameters_and_optimizer_state_unchanged(device_run):
