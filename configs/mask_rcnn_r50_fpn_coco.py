@@ -3,10 +3,16 @@
 91 class slots (background + the 90 COCO category ids, as torchvision's COCO head); contiguous
 label i is COCO category id i.
 
+Training starts, as torchvision's recipe, from an ImageNet-pretrained ResNet-50 (config.init.mode
+"backbone"), converted once into config.init.checkpoint; a missing one stops the run with the
+convert command. From scratch: --config.init.mode=none.
+
+    python scripts/convert_backbone.py --input resnet50-0676ba61.pth --output /data/resnet50_imagenet
+    python scripts/train.py --config configs/mask_rcnn_r50_fpn_coco.py --workdir DIR \
+        --config.init.checkpoint=/data/resnet50_imagenet \
+        --config.data.train_annotations=.../instances_train2017.json --config.data.train_images=.../train2017
     python scripts/convert_torchvision.py --config configs/mask_rcnn_r50_fpn_coco.py --input model.pth --output DIR
     python scripts/predict.py --checkpoint DIR --output OUT photo.jpg    # the checkpoint holds this config
-    python scripts/train.py --config configs/mask_rcnn_r50_fpn_coco.py --workdir DIR \
-        --config.data.train_annotations=.../instances_train2017.json --config.data.train_images=.../train2017
 """
 
 import ml_collections
@@ -23,9 +29,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.backbone.depth = 50
     config.model.backbone.stage_sizes = ()  # empty: derived from depth; set e.g. (1, 1, 1, 1) for a tiny net
     config.model.backbone.stem_width = 64
-    # torchvision's COCO_V1 weights use FrozenBatchNorm eps = 0.0; a torchvision model built with
-    # weights=None (random or your own training) uses 1e-5. The converter records the right one.
-    config.model.backbone.bn_eps = 0.0
+    # 1e-5: torchvision's FrozenBatchNorm2d when its Mask R-CNN is built on ImageNet weights (and
+    # BatchNorm2d's, which trained them). Its COCO_V1 detection weights use 0.0; the torchvision
+    # converter records the right one in the checkpoint it writes.
+    config.model.backbone.bn_eps = 1e-5
     config.model.fpn_channels = 256
     config.model.anchor_sizes = (32, 64, 128, 256, 512)  # one size per level P2..P6
     config.model.anchor_aspect_ratios = (0.5, 1.0, 2.0)  # height / width
@@ -121,7 +128,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.batch_size = 8
     config.eval.max_images = 0
 
+    # ImageNet weights for the backbone (scripts/convert_backbone.py writes this directory); checked
+    # when training starts, so predicting or benchmarking with this config needs none.
     config.init = ml_collections.ConfigDict()
-    config.init.checkpoint = ""
-    config.init.mode = "none"
+    config.init.checkpoint = "/data/resnet50_imagenet"
+    config.init.mode = "backbone"  # "none": from scratch; "all": a whole converted or trained model
     return config

@@ -55,5 +55,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.weight_decay = 4e-5  # on every trainable leaf, BatchNorm's too (no --norm-weight-decay)
     config.train.trainable_backbone_layers = 5  # no backbone weights: torchvision trains every layer
     config.train.eval_every = 10 * steps_per_epoch
+    config.init.checkpoint = ""
     config.init.mode = "none"
     return config

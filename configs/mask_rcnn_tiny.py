@@ -30,4 +30,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.test.rpn_pre_nms_top_n = 200
     config.test.rpn_post_nms_top_n = 100
     config.test.detections_per_image = 20
+    config.init.checkpoint = ""  # no ImageNet weights fit this backbone: random start
+    config.init.mode = "none"
     return config

@@ -172,6 +172,20 @@ def load_backbone_description(path: str | os.PathLike) -> dict | None:
     return metadata["backbone"]
 
 
+def describe_input(convention: dict) -> str:
+    """'RGB in [0.0, 1.0], mean [...], std [...]' from a backbone checkpoint's "input" record."""
+    return (f"{convention.get('channels')} in {convention.get('range')}, mean {convention.get('mean')}, "
+            f"std {convention.get('std')}")
+
+
+def describe_backbone(description: dict) -> str:
+    """One line on a backbone checkpoint: what the weights are and where they came from."""
+    source = description.get("source", {})
+    return (f"ResNet-{description.get('depth')} ({description.get('architecture')}, stem width "
+            f"{description.get('stem_width')}) from {source.get('file')} (sha256 {str(source.get('sha256'))[:12]}), "
+            f"BatchNorm eps {description.get('bn_eps')}, input {describe_input(description.get('input', {}))}")
+
+
 def load_metadata(path: str | os.PathLike) -> tuple[ml_collections.ConfigDict, tuple[str, ...]]:
     """(config, class_names) of the checkpoint at `path` (see `resolve_checkpoint`); the config is unlocked.
     A backbone checkpoint has neither: CheckpointError saying what it is for."""

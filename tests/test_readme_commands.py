@@ -15,6 +15,7 @@ command must be given one. The README's Python API snippet runs in `test_python_
 import os
 import pathlib
 import re
+import shlex
 import subprocess
 import sys
 
@@ -24,6 +25,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 
 RUN, COVERED, ELSEWHERE = "run", "covered", "elsewhere"
+COCO_TRAIN_COMMAND = ("python scripts/train.py --config configs/mask_rcnn_r50_fpn_coco.py --workdir /data/runs/r50_coco "
+                      "--config.init.checkpoint=/data/resnet50_imagenet")
 # (leading words, kind, the test that covers it or why it cannot run here); first match wins.
 RULES = [
     ("python scripts/make_shapes_dataset.py", RUN, ""),
@@ -42,6 +45,9 @@ RULES = [
      "tests/test_bad_inputs.py::test_predicted_file_names_are_scored_against_a_coco_file_of_the_same_images"),
     ("python scripts/evaluate.py --annotations", COVERED,
      "tests/test_bad_inputs.py::test_predicted_file_names_are_scored_against_a_coco_file_of_the_same_images"),
+    ("python scripts/convert_backbone.py", COVERED,
+     "tests/test_readme_commands.py::test_coco_backbone_commands_run_with_a_small_random_resnet"),
+    (COCO_TRAIN_COMMAND, COVERED, "tests/test_readme_commands.py::test_coco_backbone_commands_run_with_a_small_random_resnet"),
     ("python scripts/convert_torchvision.py", ELSEWHERE,
      "needs torchvision's COCO weights (a download); the converter runs in tests/test_convert_torchvision.py"),
     ("python scripts/benchmark.py", ELSEWHERE,
@@ -66,7 +72,7 @@ def readme_commands() -> list[str]:
     """Each command of the README's bash blocks, continuation lines joined."""
     commands = []
     for block in readme_blocks("bash"):
-        for command in re.sub(r"\\\n\s*", " ", block).splitlines():
+        for command in re.sub(r"\s*\\\n\s*", " ", block).splitlines():
             if command.strip() and not command.lstrip().startswith("#"):
                 commands.append(command.strip())
     return commands
@@ -92,9 +98,14 @@ def test_covering_tests_exist():
             assert f"def {name}(" in (REPO / path).read_text(), detail
 
 
+def command_environment() -> dict[str, str]:
+    """The environment a README command runs in: this Python first on PATH, JAX on the CPU."""
+    return {**os.environ, "PATH": f"{pathlib.Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "JAX_PLATFORMS": "cpu"}
+
+
 def test_runnable_readme_commands_run_as_written(tmp_path):
-    environment = {**os.environ, "PATH": f"{pathlib.Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-                   "JAX_PLATFORMS": "cpu"}
+    environment = command_environment()
     ran = []
     for command in readme_commands():
         if rule_of(command)[1] != RUN:
@@ -116,3 +127,43 @@ def test_python_api_snippet_runs(tmp_path):
                              env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert process.returncode == 0, process.stderr[-3000:]
     assert "'masks': (2, 10, 28, 28)" in process.stdout and "'boxes': (2, 10, 4)" in process.stdout
+
+
+# Appended to the README's convert-then-train pair: a ResNet with one block per stage and an 8-channel
+# stem stands in for the downloaded ResNet-50, and the run stops after its start (0 steps, no evaluation,
+# two shapes images in COCO format for data).
+SMALL_BACKBONE = ["--config.model.backbone.stage_sizes=(1,1,1,1)", "--config.model.backbone.stem_width=8"]
+
+
+def test_coco_backbone_commands_run_with_a_small_random_resnet(tmp_path):
+    """The README's two COCO commands, as written but for the flags appended above: the converter reads
+    a small random classification ResNet saved as resnet50-0676ba61.pth, and the trainer starts from
+    what it wrote and says so."""
+    torch = pytest.importorskip("torch")
+    from maskrcnn_jax.command_line import load_config_file
+    from maskrcnn_jax.data.shapes import write_shapes_dataset
+    from maskrcnn_jax.models import build_model
+    from random_params import classification_resnet_state_dict
+
+    convert = next(command for command in readme_commands() if command.startswith("python scripts/convert_backbone.py "))
+    train = next(command for command in readme_commands() if command.startswith(COCO_TRAIN_COMMAND))
+    config = load_config_file(REPO / "configs" / "mask_rcnn_r50_fpn_coco.py")
+    config.model.backbone.stage_sizes, config.model.backbone.stem_width = (1, 1, 1, 1), 8
+    state_dict = classification_resnet_state_dict(build_model(config))
+    torch.save({key: torch.from_numpy(value) for key, value in state_dict.items()}, tmp_path / "resnet50-0676ba61.pth")
+    annotations = write_shapes_dataset(tmp_path / "shapes", 2, min_size=64, max_size=64, max_shapes=1)
+    train_flags = [*SMALL_BACKBONE, f"--config.data.train_annotations={annotations}",
+                   f"--config.data.train_images={annotations.parent / 'images'}", "--config.data.num_workers=0",
+                   "--config.train.num_steps=0", "--config.train.eval_every=0"]
+    printed = []
+    for command, flags in ((convert, SMALL_BACKBONE), (train, train_flags)):
+        command = command.replace("/data/", f"{tmp_path}/data/").replace("resnet50-0676ba61.pth",
+                                                                         str(tmp_path / "resnet50-0676ba61.pth"))
+        command += " " + " ".join(shlex.quote(flag) for flag in flags)
+        process = subprocess.run(["bash", "-c", command], cwd=REPO, env=command_environment(), capture_output=True,
+                                 text=True, timeout=300)
+        assert process.returncode == 0, f"{command}\n{process.stdout[-2000:]}\n{process.stderr[-2000:]}"
+        printed.append(process.stdout)
+    assert "wrote a backbone checkpoint of" in printed[0] and "(dropped the classifier: fc.bias, fc.weight)" in printed[0]
+    assert ("init: backbone ResNet-14 (resnet_v1.5, stem width 8) from resnet50-0676ba61.pth" in printed[1]
+            and f"from {tmp_path}/data/resnet50_imagenet into backbone/" in printed[1]), printed[1]

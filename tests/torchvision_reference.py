@@ -1,4 +1,5 @@
-"""A seeded, randomly initialised torchvision Mask R-CNN that makes confident detections.
+"""A seeded, randomly initialised torchvision Mask R-CNN that makes confident detections, and a
+classification ResNet with BatchNorm statistics of the size of its activations.
 
 A test helper (also used by scripts/benchmark.py): the reference for the parity tests and the
 convert-then-predict walkthrough. Needs torch and torchvision (the `test` extra); they are imported
@@ -35,7 +36,8 @@ def confident_random_torchvision_maskrcnn(seed: int = 0, min_size: int = 800, ma
         if architecture == "v1":
             random_batchnorm_near_identity(model, generator)
         else:
-            random_batchnorm_from_activations(model, statistics_images, generator)
+            random_batchnorm_from_activations(model, lambda: _run_every_maskrcnn_layer(model, statistics_images),
+                                              generator)
         model.roi_heads.box_predictor.cls_score.weight.mul_(class_logit_scale)
         model.rpn.head.bbox_pred.weight.mul_(box_regression_scale)
         model.roi_heads.box_predictor.bbox_pred.weight.mul_(box_regression_scale)
@@ -57,16 +59,19 @@ def random_batchnorm_near_identity(model, generator) -> None:
             module.running_var.copy_(0.9 + 0.2 * torch.rand(channels, generator=generator))
 
 
-def random_batchnorm_from_activations(model, images, generator) -> None:
+def random_batchnorm_from_activations(model, run, generator):
     """Random BatchNorm2d statistics of the size of the activations they normalise, for a model
-    with BatchNorm after (nearly) every conv, as torchvision's v2.
+    with BatchNorm after (nearly) every conv, as torchvision's v2 and its classification ResNets.
 
     Statistics drawn far from the activations (e.g. var in [0.5, 2] when a layer's outputs have
-    variance 100) compound layer after layer and saturate every score. So one pass over `images`
-    (backbone, RPN, then box and mask heads on the proposals) sets each layer, just before it runs,
-    from the channel mean m and variance v of its input: running_mean = m + U(-0.1, 0.1) sqrt(v),
-    running_var = v U(0.5, 2), weight U(0.5, 1.5), bias U(-0.1, 0.1). The statistics then span
-    orders of magnitude across layers, each off by up to 2x from what a layer sees.
+    variance 100) compound layer after layer and saturate every score. So one pass, `run()`, which
+    must run every BatchNorm2d of `model`, sets each layer just before it runs, from the channel mean
+    m and variance v of its input: running_mean = m + U(-0.1, 0.1) sqrt(v), running_var = v U(0.5, 2),
+    weight U(0.5, 1.5), bias U(-0.1, 0.1). The statistics then span orders of magnitude across
+    layers, each off by up to 2x from what a layer sees ("tempered").
+
+    Returns what `run()` returned: in eval mode each layer already normalises with its new statistics
+    in that pass, so its outputs are the model's with them.
     """
     import torch
 
@@ -82,13 +87,40 @@ def random_batchnorm_from_activations(model, images, generator) -> None:
 
     hooks = {module: module.register_forward_pre_hook(set_statistics)
              for module in model.modules() if isinstance(module, torch.nn.BatchNorm2d)}
+    outputs = run()
+    assert not hooks, f"{len(hooks)} BatchNorm2d layers did not run"
+    return outputs
+
+
+def _run_every_maskrcnn_layer(model, images) -> None:
+    """Backbone, RPN, then box and mask heads on the proposals of `images` (a list of [3, H, W] in [0, 1])."""
     image_list, _ = model.transform(images)
     features = model.backbone(image_list.tensors)
     proposals, _ = model.rpn(image_list, features)
     heads = model.roi_heads
     heads.box_head(heads.box_roi_pool(features, proposals, image_list.image_sizes))
     heads.mask_head(heads.mask_roi_pool(features, proposals, image_list.image_sizes))
-    assert not hooks, f"{len(hooks)} BatchNorm2d layers did not run"
+
+
+RESNET_LEVELS = {"layer1": "C2", "layer2": "C3", "layer3": "C4", "layer4": "C5"}  # IntermediateLayerGetter's names
+
+
+def random_resnet_from_activations(depth: int, images, seed: int = 0):
+    """(model, C2..C5): torchvision's classification `resnet{depth}` (weights=None, BatchNorm2d, eval
+    mode), seeded, with BatchNorm statistics set from the activations of `images` ([B, 3, H, W],
+    normalised as its ImageNet weights expect) by random_batchnorm_from_activations, a stand-in for
+    ImageNet weights; and the outputs of layer1..layer4 for `images` ([B, C, H/s, W/s], s = 4..32),
+    torchvision's IntermediateLayerGetter's, from the same pass."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(seed)
+    model = getattr(torchvision.models, f"resnet{depth}")(weights=None).eval()
+    getter = torchvision.models._utils.IntermediateLayerGetter(model, RESNET_LEVELS)
+    with torch.no_grad():
+        features = random_batchnorm_from_activations(model, lambda: getter(images),
+                                                     torch.Generator().manual_seed(seed + 1))
+    return model, list(features.values())
 
 
 def trainable_torchvision_maskrcnn(seed: int = 0, min_size: int = 800, max_size: int = 1333, architecture: str = "v1"):

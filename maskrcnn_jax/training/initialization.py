@@ -22,6 +22,7 @@ import numpy as np
 from absl import logging
 
 from maskrcnn_jax import checkpoint as converted_checkpoint
+from maskrcnn_jax.checkpoint import describe_backbone, describe_input
 from maskrcnn_jax.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from maskrcnn_jax.models.build import backbone_stage_sizes
 from maskrcnn_jax.models.resnet import ARCHITECTURE, bottleneck_resnet_depth
@@ -80,20 +81,6 @@ def merge_initial_params(random_params: dict, loaded: dict, mode: str) -> dict:
     if problems:
         raise ValueError("config.init.checkpoint does not fit the model:\n  " + "\n  ".join(problems))
     return unflatten_dict(merged)
-
-
-def describe_input(convention: dict) -> str:
-    """'RGB in [0.0, 1.0], mean [...], std [...]' from a backbone checkpoint's "input" record."""
-    return (f"{convention.get('channels')} in {convention.get('range')}, mean {convention.get('mean')}, "
-            f"std {convention.get('std')}")
-
-
-def describe_backbone(description: dict) -> str:
-    """One line on a backbone checkpoint: what the weights are and where they came from."""
-    source = description.get("source", {})
-    return (f"ResNet-{description.get('depth')} ({description.get('architecture')}, stem width "
-            f"{description.get('stem_width')}) from {source.get('file')} (sha256 {str(source.get('sha256'))[:12]}), "
-            f"BatchNorm eps {description.get('bn_eps')}, input {describe_input(description.get('input', {}))}")
 
 
 def _same_input(recorded: dict, fed: dict) -> bool:
