@@ -68,7 +68,8 @@ def _depth_hint(stage_sizes: tuple[int, ...]) -> str:
         supported = False
     if supported:
         return f"add --config.model.backbone.depth={depth} here and when training"
-    return f"config.model.backbone.stage_sizes={tuple(stage_sizes)} builds that backbone (not one of the standard depths)"
+    return (f"config.model.backbone.stage_sizes={tuple(stage_sizes)} builds that backbone (not one of the "
+            "standard depths)")
 
 
 def classification_resnet_stages(state_dict: Mapping[str, np.ndarray], expected: tuple[int, ...]) -> tuple[int, ...]:

@@ -195,7 +195,8 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], expected_params: di
     def names(path, expected):
         candidates, convert = torchvision_names(path, layout)
         if path[0] in ("box_mlp", "box_conv_fc") and path[1] in ("fc6", "fc") and path[-1] == "kernel":
-            convert = lambda weight: flattened_roi_dense_kernel(weight, tuple(expected.shape), layout.roi_channels)  # noqa: E731
+            shape, channels = tuple(expected.shape), layout.roi_channels
+            return candidates, lambda weight: flattened_roi_dense_kernel(weight, shape, channels)
         return candidates, convert
 
     return unflatten_dict(convert_leaves(state_dict, flat_expected, names))

@@ -45,7 +45,8 @@ def classification_resnet_state_dict(model, seed: int = 0, num_classes: int = 10
         if leaf == "kernel":
             state_dict[f"{name}.weight"] = np.ascontiguousarray(value.transpose(3, 2, 0, 1))
         else:
-            state_dict[f"{name}.{TORCH_NORM_NAMES[leaf]}"] = rng.uniform(*NORM_RANGES[leaf], value.shape).astype(np.float32)
+            drawn = rng.uniform(*NORM_RANGES[leaf], value.shape)
+            state_dict[f"{name}.{TORCH_NORM_NAMES[leaf]}"] = drawn.astype(np.float32)
     features = state_dict["layer4.0.conv3.weight"].shape[0]  # C5's channels
     state_dict["fc.weight"] = (0.01 * rng.normal(size=(num_classes, features))).astype(np.float32)
     state_dict["fc.bias"] = np.zeros(num_classes, np.float32)
