@@ -26,7 +26,7 @@ from maskrcnn_jax.models import build_model, frozen_parameter_mask
 from maskrcnn_jax.models.resnet import resnet_stage_sizes
 from maskrcnn_jax.training import initialization, train_and_evaluate
 from maskrcnn_jax.trees import flatten_dict
-from random_params import classification_resnet_state_dict
+from random_params import classification_resnet_state_dict, random_params
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
@@ -99,6 +99,19 @@ def test_torchvisions_resnet50_and_101_fit_configs_of_their_depth():
     assert classification_resnet_stages(state_dict_keys(torchvision.models.resnet50), R50) == R50
     r101 = resnet_stage_sizes(101)
     assert classification_resnet_stages(state_dict_keys(torchvision.models.resnet101), r101) == r101
+
+
+def test_init_loads_the_backbone_into_v2s_batchnorm_and_nothing_else(converted, capsys):
+    config = load_config_file(CONFIG)
+    config.model.architecture = "v2"  # BatchNorm in the backbone (trained), FPN and heads: the same leaves
+    model_params = random_params(build_model(config))
+    merged = flatten_dict(initialization.initial_params(jax.device_put(model_params), str(converted[2]), "backbone",
+                                                        config.model.backbone))
+    assert "init: backbone ResNet-14" in capsys.readouterr().out
+    expected = {**flatten_dict(model_params), **flatten_dict(load_params(converted[2]))}
+    assert merged.keys() == expected.keys()
+    for path, value in expected.items():
+        np.testing.assert_array_equal(merged[path], value, err_msg="/".join(path))
 
 
 def test_init_refuses_a_backbone_checkpoint_that_does_not_fit_and_names_the_convert_command(converted, tmp_path):
