@@ -145,8 +145,8 @@ def test_coco_backbone_commands_run_with_a_small_random_resnet(tmp_path):
     from maskrcnn_jax.models import build_model
     from random_params import classification_resnet_state_dict
 
-    convert, train = (next(command for command in readme_commands() if rule_of(command)[0] == rule)
-                      for rule in ("python scripts/convert_backbone.py", COCO_TRAIN_COMMAND))
+    by_rule = {rule_of(command)[0]: command for command in readme_commands() if rule_of(command)}
+    convert, train = by_rule["python scripts/convert_backbone.py"], by_rule[COCO_TRAIN_COMMAND]
     config = load_config_file(REPO / "configs" / "mask_rcnn_r50_fpn_coco.py")
     config.model.backbone.stage_sizes, config.model.backbone.stem_width = (1, 1, 1, 1), 8
     state_dict = classification_resnet_state_dict(build_model(config))
