@@ -9,7 +9,9 @@ then the checkpoint's own, still overridable with `--config.key=value`.
 How every script ends: a problem is one line on stderr, `error: <what is wrong and what to do>`,
 with exit code 2 for a usage problem (a flag or argument that is missing, malformed or out of range,
 a path that does not exist or is the wrong kind of thing) and 1 for a failure while working (a file
-that exists but cannot be used, an image that fails). `--verbose` adds the traceback.
+that exists but cannot be used, an image that fails). `--verbose` adds the traceback, and the
+error logs of Orbax's background threads (without it they are dropped: each failure there is
+raised again in the script, which reports it in one line).
 
 The user-facing scripts start with `sys.exit(main())`, where `main(argv=None)` calls `run_script`
 (absl flags) or `run_argparse`: both parse into fresh flags on every call, so tests call the
@@ -19,6 +21,7 @@ benchmark.py), with the same one-line errors.
 
 import argparse
 import importlib.util
+import logging as python_logging
 import os
 import pathlib
 import re
@@ -152,6 +155,32 @@ def report_error(error: BaseException, verbose: bool) -> int:
     return 130 if isinstance(error, KeyboardInterrupt) else FAILURE_EXIT_CODE
 
 
+def _drop_background_errors(record: python_logging.LogRecord) -> bool:
+    from_background = record.name == "asyncio" or f"{os.sep}orbax{os.sep}" in record.pathname
+    return not (record.levelno >= python_logging.ERROR and from_background)
+
+
+def _drop_closed_event_loop(unraisable) -> None:
+    if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
+        _drop_closed_event_loop.previous(unraisable)
+
+
+def _quiet_background_failures(verbose: bool) -> None:
+    """Orbax logs every failure of its background threads (a full disk, a damaged file) with a
+    traceback, then raises it in the calling thread, where the script reports it in one line: those
+    logs, and asyncio's about the futures of the event loop Orbax then closes, are shown only when
+    verbose. TensorStore's callbacks into that closed loop ("Event loop is closed", dozens of
+    tracebacks saying nothing about the failure) are never shown."""
+    for logger in (logging.get_absl_logger(), python_logging.getLogger("asyncio")):
+        if verbose:
+            logger.removeFilter(_drop_background_errors)
+        else:
+            logger.addFilter(_drop_background_errors)
+    if sys.unraisablehook is not _drop_closed_event_loop:
+        _drop_closed_event_loop.previous = sys.unraisablehook
+        sys.unraisablehook = _drop_closed_event_loop
+
+
 def _wants_verbose(argv: Sequence[str]) -> bool:
     return any(arg in ("--verbose", "--verbose=true", "--verbose=True", "--verbose=1") for arg in argv)
 
@@ -199,6 +228,7 @@ def run_script(
         # absl logging (Orbax, grain workers) expects parsed global flags; scripts use their own.
         flags.FLAGS.mark_as_parsed()
     logging.set_verbosity(logging.WARNING)  # Orbax reports every read and write at INFO
+    _quiet_background_failures(verbose)
     flag_values = flags.FlagValues()
     try:
         flags.DEFINE_bool("verbose", False, "print the traceback of an error", flag_values=flag_values)
@@ -267,17 +297,21 @@ def run_argparse(
 
 
 def run(main: Callable[[list[str]], int | None], config_from_checkpoint: bool = False) -> None:
-    """`app.run(main)` on absl's global flags (train.py, benchmark.py); config_from_checkpoint: the
-    `--config` default is `checkpoint_config_default`. Log verbosity stays WARNING unless
-    -v/--verbosity is given; problems end as one `error:` line (module docstring; -v 1 adds the
-    traceback), SystemExit passes through."""
+    """`app.run(main)` on absl's global flags (train.py, benchmark.py), with `--verbose` added;
+    config_from_checkpoint: the `--config` default is `checkpoint_config_default`. Log verbosity
+    stays WARNING unless -v/--verbosity is given; problems end as one `error:` line (module
+    docstring; --verbose or -v 1 adds the traceback), SystemExit passes through."""
+    if "verbose" not in flags.FLAGS:
+        flags.DEFINE_bool("verbose", False, "print the traceback of an error")
 
     def main_with_one_line_errors(argv: list[str]) -> int | None:
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)
+        verbose = flags.FLAGS.verbose or flags.FLAGS["verbosity"].value >= 1
+        _quiet_background_failures(verbose)
         try:
             return main(argv)
         except (Exception, KeyboardInterrupt) as error:
-            return report_error(error, verbose=flags.FLAGS["verbosity"].value >= 1)
+            return report_error(error, verbose=verbose)
 
     app.run(main_with_one_line_errors, flags_parser=lambda argv: _parse_global_flags(argv, config_from_checkpoint))

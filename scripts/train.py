@@ -6,7 +6,8 @@ Multi-host, one command per host (on Cloud TPU and SLURM leave the three flags o
   python scripts/train.py --config configs/mask_rcnn_r50_fpn_coco.py --workdir /shared/run \
       --coordinator_address HOST0:1234 --num_processes N --process_id I
 Compiled programs are kept in JAX's persistent cache ($MASKRCNN_JAX_CACHE_DIR, default
-~/.cache/maskrcnn_jax/jax; set it to "" to turn it off), so a resumed run does not compile again. See docs/training.md.
+~/.cache/maskrcnn_jax/jax; set it to "" to turn it off), so a resumed run does not compile again.
+One run per workdir: a second one refuses while WORKDIR/train.lock names a live run. See docs/training.md.
 """
 
 from absl import flags
@@ -18,6 +19,7 @@ from maskrcnn_jax.training import (
     initialize_distributed,
     train_and_evaluate,
 )
+from maskrcnn_jax.training.workdir_lock import DEFAULT_STALE_AFTER_SECONDS
 
 _CONFIG = define_config_flag("config file with get_config(), e.g. configs/shapes_tiny.py")
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints/, metrics.jsonl and tensorboard/",
@@ -25,6 +27,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints/, met
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "multi-host: process 0's host:port")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "multi-host: number of processes")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "multi-host: this process's index, 0 to num_processes - 1")
+_LOCK_STALE_SECONDS = flags.DEFINE_float(
+    "workdir_lock_stale_seconds", DEFAULT_STALE_AFTER_SECONDS,
+    "a WORKDIR/train.lock not refreshed for this long is taken over (its run refreshes it 4 times as often; "
+    "a lock whose process is gone on this host is taken over at once)", lower_bound=1)
 flags.mark_flags_as_required(["config"])
 
 
@@ -34,7 +40,7 @@ def main(argv) -> None:
     enable_compilation_cache()
     initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     try:
-        train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        train_and_evaluate(_CONFIG.value, _WORKDIR.value, workdir_lock_stale_seconds=_LOCK_STALE_SECONDS.value)
     except (IncompatibleCheckpointError, NonFiniteLossError) as error:
         raise SystemExit(f"error: {error}")
 

@@ -7,23 +7,32 @@ Each step directory holds four items:
   metadata        json {"config": the run's config as a dict, "class_names": [K + 1 names]},
                   so the checkpoint describes the model it holds
 Orbax writes a step into a temporary directory and renames it when every item (of every process)
-is complete, and only complete steps are listed: a half-written checkpoint is never restored.
+is complete, and only complete steps are listed: a half-written checkpoint is never restored (its
+temporary directory is removed when the next run starts). A complete step that cannot be restored
+(a damaged file) is moved to WORKDIR/damaged_checkpoints/ and the run resumes from the step before.
 """
 
+import contextlib
 import json
 import os
 import pathlib
+import time
 
 import grain
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
+from maskrcnn_jax.training.progress import say
 from maskrcnn_jax.training.state import TrainState
+from maskrcnn_jax.training.processes import wait_for_all_processes
+from maskrcnn_jax.training.write_failures import naming, reason
 from maskrcnn_jax.trees import flatten_dict
 
 CHECKPOINT_SUBDIR = "checkpoints"
+DAMAGED_SUBDIR = "damaged_checkpoints"
 # Fields of the config that fix the parameter tree and its meaning; a checkpoint of another value
 # cannot be resumed.
 COMPATIBILITY_FIELDS = ("model",)
@@ -31,6 +40,10 @@ COMPATIBILITY_FIELDS = ("model",)
 
 class IncompatibleCheckpointError(ValueError):
     """The workdir's checkpoint was written for another model (the message names the fields)."""
+
+
+class NoRestorableCheckpointError(RuntimeError):
+    """The workdir has checkpoints, and none of them can be restored (the message says why)."""
 
 
 def checkpoint_directory(workdir: str | os.PathLike) -> pathlib.Path:
@@ -42,9 +55,12 @@ def checkpoint_manager(workdir: str | os.PathLike, *, max_to_keep: int | None = 
     """Manager of WORKDIR/checkpoints keeping the last `max_to_keep` steps (None keeps all).
 
     asynchronous: `save` returns once the arrays are copied off the devices and the files are
-    written in the background (call `wait_until_finished` before exiting).
+    written in the background (call `wait_until_finished` before exiting). Temporary directories of
+    saves that never finished (a killed run, a full disk) are removed: they are never restored, and
+    they hold the space a resumed run needs.
     """
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=asynchronous)
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=asynchronous,
+                                           cleanup_tmp_directories=True)
     return ocp.CheckpointManager(checkpoint_directory(workdir), options=options)
 
 
@@ -73,6 +89,40 @@ def save_checkpoint(manager: ocp.CheckpointManager, step: int, state: TrainState
     ))
 
 
+class CheckpointSaver:
+    """Saves checkpoints with `manager`; a failed write raises WriteFailedError naming its step, also
+    when it failed in the background (reported at the next `save` or at `finish`)."""
+
+    def __init__(self, manager: ocp.CheckpointManager):
+        self.manager = manager
+        self.in_flight = None  # the step being written in the background
+
+    def _naming(self, step: int):
+        return naming(f"the checkpoint of step {step}", self.manager.directory / str(step), errors=(Exception,))
+
+    def save(self, step: int, state: TrainState, data_iterator, metadata: dict) -> None:
+        self.finish()
+        with self._naming(step):
+            save_checkpoint(self.manager, step, state, data_iterator, metadata)
+        self.in_flight = step
+
+    def finish(self) -> None:
+        """Waits until the checkpoint being written in the background is complete."""
+        if self.in_flight is not None:
+            step, self.in_flight = self.in_flight, None
+            with self._naming(step):
+                self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Waits for a save still in flight, then releases the manager. Called on the way out of a
+        run that may be failing already, so a failure here is not raised over it: the directory
+        listing (`latest_step`) shows what was saved."""
+        try:
+            self.manager.close()
+        except Exception:  # noqa: BLE001 (the failed step is not listed as complete)
+            pass
+
+
 def read_metadata(manager: ocp.CheckpointManager, step: int) -> dict:
     return manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore())).metadata
 
@@ -89,6 +139,69 @@ def restore_checkpoint(manager: ocp.CheckpointManager, step: int, abstract_state
     ))
     rest = restored.train_state
     return TrainState(step=rest["step"], params=restored.params, opt_state=rest["opt_state"], key=rest["key"])
+
+
+def _on_every_process(ok: bool) -> bool:
+    """True when `ok` on every process (a step restores on all of them, or it is not used)."""
+    if jax.process_count() == 1:
+        return ok
+    return bool(np.all(multihost_utils.process_allgather(np.asarray(ok))))
+
+
+def _move_aside(workdir: pathlib.Path, step: int) -> pathlib.Path:
+    """Moves WORKDIR/checkpoints/<step> into WORKDIR/damaged_checkpoints/ (process 0; data is never deleted)."""
+    destination = workdir / DAMAGED_SUBDIR / f"{step}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    if jax.process_index() == 0:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(checkpoint_directory(workdir) / str(step), destination)
+    return destination
+
+
+def check_workdir_compatible(manager: ocp.CheckpointManager, workdir: pathlib.Path,
+                             config: ml_collections.ConfigDict) -> None:
+    """Raises IncompatibleCheckpointError when the newest checkpoint whose metadata reads was
+    written for another model (checked before the data and model are built)."""
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            saved_config = read_metadata(manager, step)["config"]
+        except Exception:  # noqa: BLE001 (a damaged step: restore_newest_readable reports it)
+            continue
+        check_compatible(saved_config, config, str(checkpoint_directory(workdir) / str(step)))
+        return
+
+
+def restore_newest_readable(manager: ocp.CheckpointManager, workdir: pathlib.Path, abstract_state: TrainState,
+                            data_iterator) -> tuple[TrainState, int] | None:
+    """(state, step) of the newest checkpoint that restores, or None when there is none.
+
+    Newer steps that fail to restore (any item, the metadata too) are moved to
+    WORKDIR/damaged_checkpoints/, one line each, once an older step has restored. Raises
+    NoRestorableCheckpointError when no step restores (nothing is moved then).
+    """
+    failures = []  # (step, error)
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            read_metadata(manager, step)
+            state, error = restore_checkpoint(manager, step, abstract_state, data_iterator), None
+        except Exception as failure:  # noqa: BLE001 (any failure to read means the step cannot be used)
+            state, error = None, failure
+        if not _on_every_process(error is None):
+            failures.append((step, error or RuntimeError("it cannot be restored on another process")))
+            continue
+        for damaged, failure in failures:
+            moved_to = _move_aside(workdir, damaged)
+            say(f"checkpoint {checkpoint_directory(workdir) / str(damaged)} cannot be restored "
+                f"({reason(failure)}); moved to {moved_to}")
+        if failures:
+            wait_for_all_processes(f"damaged checkpoints moved aside before step {step}")
+            manager.reload()
+        return state, step
+    if failures:
+        raise NoRestorableCheckpointError(
+            f"no checkpoint in {checkpoint_directory(workdir)} can be restored ("
+            + "; ".join(f"step {step}: {reason(error)}" for step, error in failures)
+            + "); move that directory elsewhere to start again from step 0, or use another --workdir")
+    return None
 
 
 def incompatible_fields(saved_config: dict, config: ml_collections.ConfigDict) -> list[str]:
@@ -119,7 +232,8 @@ def latest_step(workdir: str | os.PathLike) -> int | None:
     """The last complete checkpoint step in WORKDIR/checkpoints, or None."""
     if not checkpoint_directory(workdir).is_dir():
         return None
-    return _reader(workdir).latest_step()
+    with contextlib.closing(_reader(workdir)) as reader:
+        return reader.latest_step()
 
 
 def latest_params(workdir: str | os.PathLike) -> tuple[dict, dict, list[str]]:

@@ -1,10 +1,12 @@
 """`train_and_evaluate(config, workdir)`: the whole training run, resumable and preemption-safe.
 
-Reads the config (once, here), builds the data, model, loss, optimizer and mesh, resumes from the
-latest complete checkpoint in WORKDIR/checkpoints (or starts from config.init), runs the jitted
-step to config.train.num_steps with logs, checkpoints and evaluations, and returns the final state.
+Reads the config (once, here), holds the workdir (one run at a time), builds the data, model, loss,
+optimizer and mesh, resumes from the newest checkpoint in WORKDIR/checkpoints that restores (or
+starts from config.init), runs the jitted step to config.train.num_steps with logs, checkpoints and
+evaluations, and returns the final state.
 """
 
+import contextlib
 import math
 import os
 import pathlib
@@ -16,7 +18,7 @@ import numpy as np
 
 from maskrcnn_jax.data import global_batch
 from maskrcnn_jax.models import build_model, frozen_parameter_mask, init_params
-from maskrcnn_jax.training import checkpoints, initialization
+from maskrcnn_jax.training import checkpoints, initialization, workdir_lock
 from maskrcnn_jax.training import data as data_lib
 from maskrcnn_jax.training import mesh as mesh_lib
 from maskrcnn_jax.training.evaluation import EvaluateFn, make_coco_evaluator
@@ -34,6 +36,7 @@ from maskrcnn_jax.training.state import (
     replace_params,
 )
 from maskrcnn_jax.training.step import LossFn, make_train_step
+from maskrcnn_jax.training.write_failures import WriteFailedError
 
 LossFnFactory = Callable[[ml_collections.ConfigDict], LossFn]
 EvaluateFnFactory = Callable[[ml_collections.ConfigDict, pathlib.Path], EvaluateFn | None]
@@ -119,12 +122,11 @@ def _optimizer_from_config(train: ml_collections.ConfigDict, frozen_mask):
 
 
 def _restore_or_initialize(config, workdir, manager, initialize, optimizer, abstract_state, data_iterator, mesh):
-    """(state, step resumed from or None): the latest complete checkpoint, else a fresh state from config.init."""
-    resume_step = manager.latest_step()
-    if resume_step is not None:
-        where = checkpoints.checkpoint_directory(workdir) / str(resume_step)
-        state = checkpoints.restore_checkpoint(manager, resume_step, abstract_state, data_iterator)
-        say(f"resuming from step {resume_step} ({where})")
+    """(state, step resumed from or None): the newest checkpoint that restores, else a fresh state from config.init."""
+    restored = checkpoints.restore_newest_readable(manager, workdir, abstract_state, data_iterator)
+    if restored is not None:
+        state, resume_step = restored
+        say(f"resuming from step {resume_step} ({checkpoints.checkpoint_directory(workdir) / str(resume_step)})")
         return state, resume_step
     state = create_train_state(initialize, config.train.seed, mesh)
     loaded = initialization.initial_params(state.params, config.init.checkpoint, config.init.mode,
@@ -135,17 +137,35 @@ def _restore_or_initialize(config, workdir, manager, initialize, optimizer, abst
     return state, None
 
 
+@contextlib.contextmanager
+def _naming_the_last_checkpoint(workdir: pathlib.Path):
+    """Adds the last complete checkpoint to a WriteFailedError. Entered before the checkpoint saver,
+    so a save still in flight has ended when the workdir is looked at."""
+    try:
+        yield
+    except WriteFailedError as error:
+        step = checkpoints.latest_step(workdir)
+        last = f"step {step}" if step is not None else "none yet (a rerun starts at step 0)"
+        raise WriteFailedError(f"{error}; the last complete checkpoint is {last}") from error
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                        loss_fn_factory: LossFnFactory = make_loss_fn,
                        evaluate_fn_factory: EvaluateFnFactory = make_coco_evaluator,
-                       mesh: jax.sharding.Mesh | None = None) -> TrainState:
+                       mesh: jax.sharding.Mesh | None = None,
+                       workdir_lock_stale_seconds: float = workdir_lock.DEFAULT_STALE_AFTER_SECONDS) -> TrainState:
     """Trains to config.train.num_steps in `workdir` and returns the final TrainState.
 
-    Resumes from the latest complete checkpoint of WORKDIR/checkpoints when there is one (parameters,
-    optimizer state, step, key and data position; a checkpoint of another model raises
-    IncompatibleCheckpointError), else starts from config.init. Saves every
-    config.train.checkpoint_every steps, at the end, and on SIGTERM / SIGINT (then returns early).
-    Evaluates every config.train.eval_every steps and at the end (0: never).
+    Holds the workdir while it runs (WORKDIR/train.lock: another run there raises
+    WorkdirInUseError; a lock whose run is gone, or untouched for workdir_lock_stale_seconds, is
+    taken over). Resumes from the newest checkpoint of WORKDIR/checkpoints that restores when there
+    is one (parameters, optimizer state, step, key and data position; newer ones that do not restore
+    are moved to WORKDIR/damaged_checkpoints; none restoring raises NoRestorableCheckpointError, a
+    checkpoint of another model IncompatibleCheckpointError), else starts from config.init. Saves
+    every config.train.checkpoint_every steps, at the end, and on SIGTERM / SIGINT (then returns
+    early). A checkpoint, metrics or events file that cannot be written (a full disk) raises
+    WriteFailedError naming it and the last complete checkpoint. Evaluates every
+    config.train.eval_every steps and at the end (0: never).
     loss_fn_factory(config) -> loss_fn(params, batch, key) -> (loss, metrics); evaluate_fn_factory
     (config, workdir) -> evaluate(params) -> {"bbox": {...}, "segm": {...}} or None. mesh: default
     every device of every process on the data axis.
@@ -156,12 +176,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     if train.global_batch_size % mesh.devices.size:
         raise ValueError(f"config.train.global_batch_size {train.global_batch_size} does not split over "
                          f"{mesh.devices.size} devices")
-    manager = checkpoints.checkpoint_manager(workdir, max_to_keep=train.keep_checkpoints,
-                                             asynchronous=train.async_checkpointing)
-    if manager.latest_step() is not None:
-        checkpoints.check_compatible(checkpoints.read_metadata(manager, manager.latest_step())["config"], config,
-                                     str(checkpoints.checkpoint_directory(workdir) / str(manager.latest_step())))
+    with _naming_the_last_checkpoint(workdir), workdir_lock.held(workdir, workdir_lock_stale_seconds), \
+            contextlib.closing(checkpoints.CheckpointSaver(checkpoints.checkpoint_manager(
+                workdir, max_to_keep=train.keep_checkpoints, asynchronous=train.async_checkpointing))) as saver:
+        return _train(config, workdir, saver, mesh, loss_fn_factory, evaluate_fn_factory)
 
+
+def _train(config, workdir, saver, mesh, loss_fn_factory, evaluate_fn_factory) -> TrainState:
+    """train_and_evaluate in a held workdir, saving with `saver`."""
+    train = config.train
+    manager = saver.manager
+    checkpoints.check_workdir_compatible(manager, workdir, config)
     source = data_lib.training_source(config, workdir)
     label_slots, class_names = data_lib.class_slots(config.model.num_classes, source)
     data_iterator = data_lib.training_iterator(config, source)
@@ -208,7 +233,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                 if save or evaluating or _is_multiple(step, train.log_every):
                     run.report()
                 if save:
-                    checkpoints.save_checkpoint(manager, step, state, data_iterator, metadata)
+                    saver.save(step, state, data_iterator, metadata)
                 if evaluating and jax.process_index() == 0:
                     scores = _flatten_evaluation(evaluate(state.params))
                     writer.write(step, scores)
@@ -220,8 +245,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                 if stopping:
                     progress.message(f"stopped by a signal at step {step}; checkpoint saved, rerun to resume")
                     break
+            saver.finish()
         finally:
-            manager.wait_until_finished()
             writer.close()
             progress.close()
     return state

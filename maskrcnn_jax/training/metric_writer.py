@@ -4,14 +4,22 @@ no TensorFlow needed).
 
 On resume from step s, lines and events after s (logged by the interrupted run after its last
 checkpoint) are dropped first, so each step appears once.
+
+Everything is written from the calling thread and flushed at once, so a failed write (a full disk)
+raises WriteFailedError there, naming the file; a record that could not be written whole is cut
+off again, and metrics.jsonl is replaced, never rewritten in place.
 """
 
+import contextlib
 import json
 import math
 import os
 import pathlib
+import time
 
 import jax
+
+from maskrcnn_jax.training.write_failures import naming
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_SUBDIR = "tensorboard"
@@ -31,34 +39,60 @@ class MetricWriter:
     def __init__(self, workdir: str | os.PathLike, *, resume_step: int | None = None):
         self.enabled = jax.process_index() == 0
         self.path = pathlib.Path(workdir) / METRICS_FILE
-        self.summary_writer = None
+        self.events_directory = pathlib.Path(workdir) / TENSORBOARD_SUBDIR
+        self.events = None
         if not self.enabled:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None:
             kept = [record for record in read_metrics(workdir) if record["step"] <= resume_step]
-            self.path.write_text("".join(json.dumps(record) + "\n" for record in kept))
-        from tensorboardX import SummaryWriter  # imports protobuf machinery: only on the writing process
+            replacement = self.path.with_name(self.path.name + ".tmp")
+            with naming("the metrics", self.path):
+                try:
+                    replacement.write_text("".join(json.dumps(record) + "\n" for record in kept))
+                    os.replace(replacement, self.path)
+                finally:
+                    replacement.unlink(missing_ok=True)  # left over only when the writing failed
+        # tensorboardX's SummaryWriter writes from a thread of its own, where a failure is a traceback
+        # nobody can act on; its EventsWriter writes from this thread. Imported here: protobuf
+        # machinery, needed only on the writing process.
+        from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.proto.event_pb2 import Event, SessionLog
 
-        self.summary_writer = SummaryWriter(str(pathlib.Path(workdir) / TENSORBOARD_SUBDIR),
-                                            purge_step=None if resume_step is None else resume_step + 1)
+        with naming("the TensorBoard events", self.events_directory):
+            self.events_directory.mkdir(parents=True, exist_ok=True)
+            self.events = EventsWriter(str(self.events_directory / "events"))
+            if resume_step is not None:
+                # TensorBoard hides the events of steps >= this one written by earlier runs.
+                self.events.write_event(Event(step=resume_step + 1, wall_time=time.time(),
+                                              session_log=SessionLog(status=SessionLog.START)))
+            self.events.flush()
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         """One record {"step": step, **scalars}; non-finite values are written as null in the json."""
         if not self.enabled:
             return
+        from tensorboardX.proto.event_pb2 import Event
+        from tensorboardX.summary import scalar
+
         values = {name: float(value) for name, value in scalars.items()}
         record = {"step": int(step), **{name: (v if math.isfinite(v) else None) for name, v in values.items()}}
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        for name, value in values.items():
-            self.summary_writer.add_scalar(name, value, global_step=int(step))
-
-    def flush(self) -> None:
-        if self.summary_writer is not None:
-            self.summary_writer.flush()
+        with naming("the metrics", self.path):
+            size = self.path.stat().st_size if self.path.exists() else 0
+            try:
+                with self.path.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+            except OSError:
+                with contextlib.suppress(OSError):  # a resumed run reads every line back: cut a partial one
+                    os.truncate(self.path, size)
+                raise
+        with naming("the TensorBoard events", self.events_directory):
+            for name, value in values.items():
+                self.events.write_event(Event(step=int(step), wall_time=time.time(), summary=scalar(name, value)))
+            self.events.flush()
 
     def close(self) -> None:
-        if self.summary_writer is not None:
-            self.summary_writer.close()
-            self.summary_writer = None
+        """Closes the events file; after a failed write it only lets go of it (the failure is reported)."""
+        if self.events is not None:
+            events, self.events = self.events, None
+            with contextlib.suppress(OSError):
+                events.close()
