@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import shared_data_path
-from detection_matching import matched_pairs, pasted_mask_overlap
+from detection_matching import allowed_differences, matched_pairs, pasted_mask_overlap
 from maskrcnn_jax.command_line import load_config_file
 from maskrcnn_jax.convert_torchvision import convert_state_dict
 from maskrcnn_jax.data.image_io import load_image
@@ -85,34 +85,44 @@ def test_fpn_features_within_1e4_relative(outputs):
         assert relative < 1e-4, (level, relative)
 
 
+# Proposals per image that may differ between the two implementations (as in
+# test_loss_parity_torchvision): float32 rounding moves objectness scores by ~1e-6 relative, so a box
+# tied within that at the per-level top-1000 cut, at NMS's IoU 0.7 or at the post-NMS top-1000 cut
+# can go either way, and which way depends on the CPU kind (issue 26). A real bug moves far more: a
+# wrong NMS threshold, top-n, clip or decode changes hundreds of boxes, or every box.
+PROPOSAL_NEAR_TIES = 3
+
+
 def test_rpn_proposals_are_the_same(outputs):
     intermediates = outputs["intermediates"]
     for b, theirs in enumerate(outputs["torch"]["proposals"]):
         mine = intermediates["proposals"][b][intermediates["proposal_valid"][b]]
-        assert len(mine) == len(theirs)
-
-        def close(a, b):
-            return np.abs(a - b).max(axis=-1) < 1e-2
-
-        # Same boxes in the same (score) order, except that two neighbours whose objectness differs
-        # by float32 rounding (about 1e-6) may come out swapped.
-        same_rank = close(mine, theirs)
-        swapped = np.zeros_like(same_rank)
-        swapped[1:] |= close(mine[1:], theirs[:-1])
-        swapped[:-1] |= close(mine[:-1], theirs[1:])
-        assert (same_rank | swapped).all()
-        assert same_rank.mean() >= 0.95, same_rank.mean()
+        # close[i, j]: our proposal i is torchvision's j (up to float32 rounding of the box decode, ~1e-4).
+        close = np.abs(mine[:, None, :] - theirs[None, :, :]).max(axis=-1) < 1e-2
+        ours_unmatched, theirs_unmatched = int((~close.any(axis=1)).sum()), int((~close.any(axis=0)).sum())
+        # Same (score) order: a matched box's rank moves only by the near-ties kept above it on one
+        # side and not the other, plus one for two neighbours whose scores tie within float32
+        # rounding and come out swapped. An unsorted or wrongly merged list moves boxes by hundreds.
+        rank_moves = np.abs(np.arange(len(mine))[:, None] - np.arange(len(theirs))[None, :])
+        displacement = np.where(close, rank_moves, len(mine) + len(theirs)).min(axis=1)[close.any(axis=1)]
+        print(f"image {b}: {len(mine)} proposals vs torchvision's {len(theirs)}, unmatched {ours_unmatched} / "
+              f"{theirs_unmatched}, largest rank move {displacement.max()}, same rank {np.mean(displacement == 0):.3f}")
+        assert len(theirs) > 500 and abs(len(mine) - len(theirs)) <= PROPOSAL_NEAR_TIES
+        assert ours_unmatched <= PROPOSAL_NEAR_TIES and theirs_unmatched <= PROPOSAL_NEAR_TIES
+        assert displacement.max() <= PROPOSAL_NEAR_TIES + 1
 
 
 def test_detections_match_boxes_classes_scores(outputs):
-    matched, total = 0, 0
     for theirs, mine, found, match in matched_pairs(outputs["torch"]["detections"], outputs["ours"]):
         assert len(theirs["boxes"]) >= 20, "the reference must make detections for this test to mean anything"
-        assert abs(len(mine["boxes"]) - len(theirs["boxes"])) <= 0.01 * len(theirs["boxes"])
-        matched += found.sum()
-        total += len(match)
+        # All found, but for a few near-ties (detection_matching.NEAR_TIES: either may keep a box
+        # that ties a threshold or a cut within float32 rounding).
+        allowed = allowed_differences(len(theirs["boxes"]))
+        print(f"{len(mine['boxes'])} detections vs torchvision's {len(theirs['boxes'])}, {(~found).sum()} of theirs "
+              f"unmatched (allowed {allowed}), max score difference {np.abs(mine['scores'][match[found]] - theirs['scores'][found]).max():.1e}")
+        assert abs(len(mine["boxes"]) - len(theirs["boxes"])) <= allowed
+        assert (~found).sum() <= allowed
         np.testing.assert_allclose(mine["scores"][match[found]], theirs["scores"][found], atol=1e-3)
-    assert matched / total >= 0.99, (matched, total)
 
 
 def test_mask_probabilities_and_pasted_masks_match(outputs):

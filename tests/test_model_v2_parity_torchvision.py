@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import shared_data_path
-from detection_matching import matched_pairs, pasted_mask_overlap
+from detection_matching import allowed_differences, matched_pairs, pasted_mask_overlap
 from maskrcnn_jax.command_line import load_config_file
 from maskrcnn_jax.convert_torchvision import batchnorm_eps, convert_state_dict, state_dict_architecture
 from maskrcnn_jax.data.image_io import load_image
@@ -89,16 +89,18 @@ def test_fpn_features_within_1e4_relative(outputs):
 
 
 def test_detections_match_boxes_classes_scores(outputs):
-    matched, total, score_errors = 0, 0, []
+    score_errors = []
     for theirs, mine, found, match in matched_pairs(outputs["torch_detections"], outputs["ours"]):
         assert len(theirs["boxes"]) >= 20, "the reference must make detections for this test to mean anything"
-        assert abs(len(mine["boxes"]) - len(theirs["boxes"])) <= 0.01 * len(theirs["boxes"])
-        matched += found.sum()
-        total += len(match)
+        # All found, but for a few near-ties (detection_matching.NEAR_TIES: either may keep a box
+        # that ties a threshold or a cut within float32 rounding).
+        allowed = allowed_differences(len(theirs["boxes"]))
         score_errors.append(np.abs(mine["scores"][match[found]] - theirs["scores"][found]).max())
-    print(f"detections matched at IoU >= 0.99 with the same class: {matched}/{total}; "
-          f"max score difference {max(score_errors):.1e}")
-    assert matched / total >= 0.99, (matched, total)
+        print(f"{len(mine['boxes'])} detections vs torchvision's {len(theirs['boxes'])}; {found.sum()} of theirs "
+              f"matched at IoU >= 0.99 with the same class (at most {allowed} may not be); "
+              f"max score difference {score_errors[-1]:.1e}")
+        assert abs(len(mine["boxes"]) - len(theirs["boxes"])) <= allowed
+        assert (~found).sum() <= allowed
     assert max(score_errors) <= 1e-3
 
 
