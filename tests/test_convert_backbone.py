@@ -170,7 +170,8 @@ def recording_backbone_loss(recorded: list):
 
 def test_training_starts_from_the_converted_backbone_and_keeps_its_frozen_layers(converted, tmp_path, capsys):
     """Three steps of the trainer on the shapes with torchvision's recipe (stem and layer1 frozen,
-    FrozenBatchNorm fixed), from the converted backbone."""
+    FrozenBatchNorm fixed), from the converted backbone. About 10 s: the trainer compiles its init
+    (5 s) and the step."""
     checkpoint = converted[2]
     config = load_config_file(CONFIG)
     config.init.mode, config.init.checkpoint = "backbone", str(checkpoint)

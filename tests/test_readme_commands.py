@@ -138,7 +138,8 @@ SMALL_BACKBONE = ["--config.model.backbone.stage_sizes=(1,1,1,1)", "--config.mod
 def test_coco_backbone_commands_run_with_a_small_random_resnet(tmp_path):
     """The README's two COCO commands, as written but for the flags appended above: the converter reads
     a small random classification ResNet saved as resnet50-0676ba61.pth, and the trainer starts from
-    what it wrote and says so."""
+    what it wrote and says so. About 20 s of CPU: two processes importing jax (and torch), and the
+    trainer compiling its init."""
     torch = pytest.importorskip("torch")
     from maskrcnn_jax.command_line import load_config_file
     from maskrcnn_jax.data.shapes import write_shapes_dataset
