@@ -147,6 +147,15 @@ def test_init_refuses_a_backbone_checkpoint_that_does_not_fit_and_names_the_conv
     assert IMAGENET_INPUT == initialization.PIPELINE_INPUT
 
 
+def test_a_fresh_run_without_its_backbone_stops_before_reading_data(tmp_path):
+    config = load_config_file("configs/mask_rcnn_r50_fpn_coco.py")  # expects /data/resnet50_imagenet
+    config.init.checkpoint = str(tmp_path / "resnet50_imagenet")
+    config.data.train_annotations = str(tmp_path / "no_coco.json")  # reading it would fail differently
+    with pytest.raises(ValueError, match=r"config.init.checkpoint .*resnet50_imagenet does not exist: .*"
+                                         r"scripts/convert_backbone.py"):
+        train_and_evaluate(config, tmp_path / "run")
+
+
 def recording_backbone_loss(recorded: list):
     """A loss_fn factory: the mean square of the backbone's C2..C5, which also appends the backbone
     parameters each step starts from to `recorded` (host numpy, jax.debug.callback).

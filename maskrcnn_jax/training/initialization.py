@@ -128,6 +128,13 @@ def missing_backbone_message(init_checkpoint: str) -> str:
             "scratch with --config.init.mode=none")
 
 
+def check_init_checkpoint(init_checkpoint: str, mode: str) -> None:
+    """ValueError (missing_backbone_message) when mode "backbone" names no checkpoint that exists: the
+    trainer asks before it reads any data, so that a fresh run without its ImageNet weights stops at once."""
+    if mode == "backbone" and not (init_checkpoint and pathlib.Path(init_checkpoint).exists()):
+        raise ValueError(missing_backbone_message(init_checkpoint))
+
+
 def initial_params(random_params, init_checkpoint: str, mode: str, backbone: ml_collections.ConfigDict):
     """The parameters to start from: `random_params` (device arrays) merged with the checkpoint at
     `init_checkpoint` per `mode`, as host numpy; None when mode is "none" (keep the random ones).
@@ -137,8 +144,7 @@ def initial_params(random_params, init_checkpoint: str, mode: str, backbone: ml_
     """
     if mode == "none":
         return None
-    if mode == "backbone" and not (init_checkpoint and pathlib.Path(init_checkpoint).exists()):
-        raise ValueError(missing_backbone_message(init_checkpoint))
+    check_init_checkpoint(init_checkpoint, mode)
     if not init_checkpoint:
         raise ValueError(f"config.init.mode is {mode!r} but config.init.checkpoint is empty")
     path = pathlib.Path(init_checkpoint)

@@ -187,6 +187,8 @@ def _train(config, workdir, saver, mesh, loss_fn_factory, evaluate_fn_factory) -
     train = config.train
     manager = saver.manager
     checkpoints.check_workdir_compatible(manager, workdir, config)
+    if manager.latest_step() is None:  # a fresh run: a missing config.init.checkpoint stops it before the data loads
+        initialization.check_init_checkpoint(config.init.checkpoint, config.init.mode)
     source = data_lib.training_source(config, workdir)
     label_slots, class_names = data_lib.class_slots(config.model.num_classes, source)
     data_iterator = data_lib.training_iterator(config, source)
