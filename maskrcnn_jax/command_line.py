@@ -9,9 +9,9 @@ then the checkpoint's own, still overridable with `--config.key=value`.
 How every script ends: a problem is one line on stderr, `error: <what is wrong and what to do>`,
 with exit code 2 for a usage problem (a flag or argument that is missing, malformed or out of range,
 a path that does not exist or is the wrong kind of thing) and 1 for a failure while working (a file
-that exists but cannot be used, an image that fails). `--verbose` adds the traceback, and the
-error logs of Orbax's background threads (without it they are dropped: each failure there is
-raised again in the script, which reports it in one line).
+that exists but cannot be used, an image that fails). `--verbose` adds the traceback, and what
+Orbax's background threads and coroutines print about a failure it also raises in the script
+(without it that is dropped: `_quiet_background_failures`).
 
 The user-facing scripts start with `sys.exit(main())`, where `main(argv=None)` calls `run_script`
 (absl flags) or `run_argparse`: both parse into fresh flags on every call, so tests call the
@@ -155,30 +155,45 @@ def report_error(error: BaseException, verbose: bool) -> int:
     return 130 if isinstance(error, KeyboardInterrupt) else FAILURE_EXIT_CODE
 
 
+def _from_orbax(filenames) -> bool:
+    return any(f"{os.sep}orbax{os.sep}" in filename for filename in filenames)
+
+
 def _drop_background_errors(record: python_logging.LogRecord) -> bool:
-    from_background = record.name == "asyncio" or f"{os.sep}orbax{os.sep}" in record.pathname
+    from_background = record.name == "asyncio" or _from_orbax([record.pathname])
     return not (record.levelno >= python_logging.ERROR and from_background)
 
 
-def _drop_closed_event_loop(unraisable) -> None:
-    if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
-        _drop_closed_event_loop.previous(unraisable)
+class _QuietUnraisables:
+    """A sys.unraisablehook that drops, unless verbose, what Orbax's failed reads and writes leave
+    behind: the exceptions of its abandoned coroutines, and TensorStore's callbacks into the event
+    loop it closed ("Event loop is closed"). Anything else goes to the previous hook."""
+
+    def __init__(self, previous):
+        self.previous = previous
+        self.verbose = False
+
+    def __call__(self, unraisable) -> None:
+        closed_loop = isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"
+        frames = traceback.extract_tb(unraisable.exc_traceback)
+        if self.verbose or not (closed_loop or _from_orbax(frame.filename for frame in frames)):
+            self.previous(unraisable)
 
 
 def _quiet_background_failures(verbose: bool) -> None:
-    """Orbax logs every failure of its background threads (a full disk, a damaged file) with a
-    traceback, then raises it in the calling thread, where the script reports it in one line: those
-    logs, and asyncio's about the futures of the event loop Orbax then closes, are shown only when
-    verbose. TensorStore's callbacks into that closed loop ("Event loop is closed", dozens of
-    tracebacks saying nothing about the failure) are never shown."""
+    """Orbax reports a failure (a full disk, a damaged file) by raising it in the calling thread,
+    where the script reports it in one line; it also logs it from its background threads, asyncio
+    logs the futures of the event loop it then closes, and its abandoned coroutines and TensorStore's
+    callbacks raise where nothing can catch them: thousands of traceback lines saying nothing more.
+    Those are shown only when verbose."""
     for logger in (logging.get_absl_logger(), python_logging.getLogger("asyncio")):
         if verbose:
             logger.removeFilter(_drop_background_errors)
         else:
             logger.addFilter(_drop_background_errors)
-    if sys.unraisablehook is not _drop_closed_event_loop:
-        _drop_closed_event_loop.previous = sys.unraisablehook
-        sys.unraisablehook = _drop_closed_event_loop
+    if not isinstance(sys.unraisablehook, _QuietUnraisables):
+        sys.unraisablehook = _QuietUnraisables(sys.unraisablehook)
+    sys.unraisablehook.verbose = verbose
 
 
 def _wants_verbose(argv: Sequence[str]) -> bool:

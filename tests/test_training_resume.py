@@ -262,3 +262,11 @@ def test_a_metrics_file_that_cannot_be_written_is_named(tmp_path):
                                                "No space left on device$"):
         writer.write(2, {"loss": 2.0})
     writer.close()
+
+
+def test_a_run_from_step_0_drops_the_records_of_a_run_killed_before_its_first_checkpoint(tmp_path):
+    killed = MetricWriter(tmp_path)
+    killed.write(1, {"loss": 1.0})
+    killed.close()
+    MetricWriter(tmp_path, first_step=0).close()
+    assert read_metrics(tmp_path) == []

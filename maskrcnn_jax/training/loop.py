@@ -209,7 +209,7 @@ def _train(config, workdir, saver, mesh, loss_fn_factory, evaluate_fn_factory) -
                                      abstract_state, mesh)
         evaluate = evaluate_fn_factory(config, workdir) if train.eval_every > 0 else None
         step = int(resume_step or 0)
-        writer = MetricWriter(workdir, resume_step=resume_step)
+        writer = MetricWriter(workdir, first_step=step)
         progress = Progress(first_step=step, num_steps=train.num_steps, global_batch_size=train.global_batch_size)
         run = _Run(writer=writer, progress=progress, max_consecutive_bad_steps=train.max_consecutive_bad_steps)
         if step >= train.num_steps:

@@ -2,8 +2,9 @@
 {"step": s, name: value, ...}) and TensorBoard event files in WORKDIR/tensorboard (tensorboardX,
 no TensorFlow needed).
 
-On resume from step s, lines and events after s (logged by the interrupted run after its last
-checkpoint) are dropped first, so each step appears once.
+A run starting at step s (0, or the checkpoint it resumes from) first drops the lines and hides the
+events after s (logged by an interrupted run after its last checkpoint, or before its first), so
+each step appears once.
 
 Everything is written from the calling thread and flushed at once, so a failed write (a full disk)
 raises WriteFailedError there, naming the file; a record that could not be written whole is cut
@@ -36,15 +37,15 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict]:
 class MetricWriter:
     """Appends scalars to metrics.jsonl and TensorBoard; does nothing on processes other than 0."""
 
-    def __init__(self, workdir: str | os.PathLike, *, resume_step: int | None = None):
+    def __init__(self, workdir: str | os.PathLike, *, first_step: int = 0):
         self.enabled = jax.process_index() == 0
         self.path = pathlib.Path(workdir) / METRICS_FILE
         self.events_directory = pathlib.Path(workdir) / TENSORBOARD_SUBDIR
         self.events = None
         if not self.enabled:
             return
-        if resume_step is not None:
-            kept = [record for record in read_metrics(workdir) if record["step"] <= resume_step]
+        if self.path.exists():
+            kept = [record for record in read_metrics(workdir) if record["step"] <= first_step]
             replacement = self.path.with_name(self.path.name + ".tmp")
             with naming("the metrics", self.path):
                 try:
@@ -61,10 +62,9 @@ class MetricWriter:
         with naming("the TensorBoard events", self.events_directory):
             self.events_directory.mkdir(parents=True, exist_ok=True)
             self.events = EventsWriter(str(self.events_directory / "events"))
-            if resume_step is not None:
-                # TensorBoard hides the events of steps >= this one written by earlier runs.
-                self.events.write_event(Event(step=resume_step + 1, wall_time=time.time(),
-                                              session_log=SessionLog(status=SessionLog.START)))
+            # TensorBoard hides the events of steps >= this one written by earlier runs.
+            self.events.write_event(Event(step=first_step + 1, wall_time=time.time(),
+                                          session_log=SessionLog(status=SessionLog.START)))
             self.events.flush()
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
