@@ -19,6 +19,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from conftest import shared_data_path
+from detection_matching import allowed_differences
 from maskrcnn_jax import Detector
 from maskrcnn_jax.checkpoint import load_config, save_checkpoint
 from maskrcnn_jax.coco_classes import COCO_CLASS_NAMES
@@ -79,11 +80,14 @@ def mask_iou(ours: np.ndarray, theirs: np.ndarray) -> float:
 
 
 def assert_same_detections(expected: dict, boxes, classes, scores, masks) -> None:
-    """torchvision's detections of one image against ours: >= 99% found (same class, box IoU >= 0.99;
-    matched by geometry, not rank: near-equal scores may come out in either order), scores within
-    1e-3, mean mask IoU >= 0.98."""
+    """torchvision's detections of one image against ours: all found (same class, box IoU >= 0.99;
+    matched by geometry, not rank: near-equal scores may come out in either order) but for a few
+    near-ties (detection_matching.allowed_differences: a score that ties the 0.5 threshold within
+    float32 rounding, or an IoU that ties NMS's, may go either way on another CPU kind), scores
+    within 1e-3, mean mask IoU >= 0.98."""
     assert len(expected["boxes"]) >= 20, "the reference must make confident detections for this test to mean anything"
-    assert abs(len(boxes) - len(expected["boxes"])) <= 0.01 * len(expected["boxes"])
+    allowed = allowed_differences(len(expected["boxes"]))
+    assert abs(len(boxes) - len(expected["boxes"])) <= allowed
     top_left = np.maximum(boxes[None, :, :2], expected["boxes"][:, None, :2])
     bottom_right = np.minimum(boxes[None, :, 2:], expected["boxes"][:, None, 2:])
     intersection = np.prod(np.clip(bottom_right - top_left, 0, None), axis=-1)
@@ -93,7 +97,9 @@ def assert_same_detections(expected: dict, boxes, classes, scores, masks) -> Non
     iou[expected["labels"][:, None] != np.asarray(classes)[None, :]] = 0
     best = iou.argmax(axis=1)
     found = iou[np.arange(len(best)), best] >= 0.99
-    assert found.mean() >= 0.99, found.mean()
+    print(f"{len(boxes)} detections vs torchvision's {len(expected['boxes'])}, {(~found).sum()} of theirs unmatched "
+          f"(allowed {allowed})")
+    assert (~found).sum() <= allowed, found.mean()
     np.testing.assert_allclose(np.asarray(scores)[best[found]], expected["scores"][found], atol=1e-3)
     ious = [mask_iou(masks[j], expected["masks"][i, 0] > 0.5) for i, j in zip(np.flatnonzero(found), best[found])]
     assert np.mean(ious) >= 0.98, np.mean(ious)
