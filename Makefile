@@ -27,8 +27,12 @@ $(RUNTIME_STAMP): $(PY) pyproject.toml
 
 install: $(STAMP)
 
+# Two pytest-xdist workers (much of a test's time is single-threaded compiling); each module runs
+# whole on one worker, so its module fixtures (the parity references) are computed once.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=20 tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=20 tests
 
 demo: $(RUNTIME_STAMP)
 	$(PY) scripts/demo.py --output $(DEMO_OUTPUT)

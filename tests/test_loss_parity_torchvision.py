@@ -147,6 +147,12 @@ def parity_frozen_mask(model: MaskRCNN, params) -> dict:
 
 @pytest.fixture(scope="module", params=["v1", "v2"])
 def parity(request):
+    """Everything the parity tests compare, computed once per architecture (the slowest setup of the
+    suite: about 55 s for v1 and 125 s for v2 on the idle 2-core machine). Why it takes that long:
+    one compile of our R50-FPN loss and gradient (30-40 s), torchvision's training step in float32,
+    and for v2 twice more, in float64 (the gradient reference) and channels-last float32 (the second
+    noise measurement), on 3 real photos at 320x512, where every image still fills its 2000
+    training proposals, so the top-2000 cut and NMS are exercised as on COCO photos."""
     architecture = request.param
     examples = real_examples()
     torch_model = trainable_torchvision_maskrcnn(seed=0, min_size=MIN_SIZE, max_size=MAX_SIZE, architecture=architecture)
