@@ -51,6 +51,8 @@ def environment(tmp_path_factory):
 
 
 def test_two_distributed_processes_train_checkpoint_and_resume(tmp_path, environment):
+    """Slow (about 10 s alone, 60-70 s beside the other xdist worker): two rounds of two train.py
+    processes, each starting jax.distributed and compiling its own step; that is the multi-host path."""
     workdir = tmp_path / "workdir"
     first = train_both(workdir, 3, environment)
     for outcome in first:
