@@ -17,28 +17,19 @@ import ml_collections
 import numpy as np
 
 from maskrcnn_jax.data import global_batch
-from maskrcnn_jax.models import build_model, frozen_parameter_mask, init_params
 from maskrcnn_jax.training import checkpoints, initialization, workdir_lock
 from maskrcnn_jax.training import data as data_lib
 from maskrcnn_jax.training import mesh as mesh_lib
 from maskrcnn_jax.training.evaluation import EvaluateFn, make_coco_evaluator
 from maskrcnn_jax.training.loss import make_loss_fn
 from maskrcnn_jax.training.metric_writer import MetricWriter
-from maskrcnn_jax.training.optimizer import learning_rate_schedule, update_direction
 from maskrcnn_jax.training.preemption import StopRequest
 from maskrcnn_jax.training.processes import wait_for_all_processes
 from maskrcnn_jax.training.progress import Progress, say
-from maskrcnn_jax.training.state import (
-    TrainState,
-    abstract_train_state,
-    create_train_state,
-    make_state_initializer,
-    replace_params,
-)
-from maskrcnn_jax.training.step import LossFn, make_train_step
+from maskrcnn_jax.training.setup import LossFnFactory, training_program
+from maskrcnn_jax.training.state import TrainState, create_train_state, replace_params
 from maskrcnn_jax.training.write_failures import WriteFailedError
 
-LossFnFactory = Callable[[ml_collections.ConfigDict], LossFn]
 EvaluateFnFactory = Callable[[ml_collections.ConfigDict, pathlib.Path], EvaluateFn | None]
 # Metrics that are not averaged over the steps between two log lines.
 LAST_VALUE_METRICS = ("learning_rate",)
@@ -110,29 +101,18 @@ def _is_multiple(step: int, every: int) -> bool:
     return every > 0 and step % every == 0
 
 
-def _optimizer_from_config(train: ml_collections.ConfigDict, frozen_mask):
-    """(update direction, learning-rate function) from config.train."""
-    optimizer = update_direction(frozen_mask, momentum=train.momentum, weight_decay=train.weight_decay,
-                                 clip_norm=train.clip_norm)
-    learning_rate_fn = learning_rate_schedule(
-        base_learning_rate=train.base_learning_rate, num_steps=train.num_steps, warmup_steps=train.warmup_steps,
-        warmup_factor=train.warmup_factor, schedule=train.schedule, decay_steps=tuple(train.decay_steps),
-        decay_factor=train.decay_factor)
-    return optimizer, learning_rate_fn
-
-
-def _restore_or_initialize(config, workdir, manager, initialize, optimizer, abstract_state, data_iterator, mesh):
+def _restore_or_initialize(config, workdir, manager, program, data_iterator, mesh):
     """(state, step resumed from or None): the newest checkpoint that restores, else a fresh state from config.init."""
-    restored = checkpoints.restore_newest_readable(manager, workdir, abstract_state, data_iterator)
+    restored = checkpoints.restore_newest_readable(manager, workdir, program.abstract_state, data_iterator)
     if restored is not None:
         state, resume_step = restored
         say(f"resuming from step {resume_step} ({checkpoints.checkpoint_directory(workdir) / str(resume_step)})")
         return state, resume_step
-    state = create_train_state(initialize, config.train.seed, mesh)
+    state = create_train_state(program.initialize, config.train.seed, mesh)
     loaded = initialization.initial_params(state.params, config.init.checkpoint, config.init.mode,
                                             config.model.backbone)
     if loaded is not None:
-        state = replace_params(state, loaded, optimizer, mesh)
+        state = replace_params(state, loaded, program.optimizer, mesh)
     say(f"starting at step 0 in {workdir} (config.init.mode {config.init.mode})")
     return state, None
 
@@ -192,21 +172,13 @@ def _train(config, workdir, saver, mesh, loss_fn_factory, evaluate_fn_factory) -
     source = data_lib.training_source(config, workdir)
     label_slots, class_names = data_lib.class_slots(config.model.num_classes, source)
     data_iterator = data_lib.training_iterator(config, source)
-    model = build_model(config)
-    init_model_params = lambda key: init_params(model, key)  # noqa: E731
-    frozen_mask = frozen_parameter_mask(jax.eval_shape(init_model_params, jax.random.key(0)),
-                                        train.trainable_backbone_layers, norm=model.norm)
-    optimizer, learning_rate_fn = _optimizer_from_config(train, frozen_mask)
-    initialize = make_state_initializer(init_model_params, optimizer)
-    abstract_state = abstract_train_state(initialize, mesh)
+    program = training_program(config, mesh, loss_fn_factory)
     metadata = checkpoints.checkpoint_metadata(config, class_names)
 
     # Signals are caught from here on: one arriving during the set-up stops the run after its first step.
     with StopRequest() as stop:
-        state, resume_step = _restore_or_initialize(config, workdir, manager, initialize, optimizer, abstract_state,
-                                                    data_iterator, mesh)
-        train_step = make_train_step(loss_fn_factory(config), optimizer, learning_rate_fn, frozen_mask,
-                                     abstract_state, mesh)
+        state, resume_step = _restore_or_initialize(config, workdir, manager, program, data_iterator, mesh)
+        train_step = program.train_step
         evaluate = evaluate_fn_factory(config, workdir) if train.eval_every > 0 else None
         step = int(resume_step or 0)
         writer = MetricWriter(workdir, first_step=step)
