@@ -43,9 +43,16 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.roi_sampling_ratio = 2
     config.model.rpn_box_weights = (1.0, 1.0, 1.0, 1.0)
     config.model.roi_box_weights = (10.0, 10.0, 5.0, 5.0)
-    # Compute dtype of convolutions and dense layers: "bfloat16" for GPUs / TPUs (parameters, head
-    # outputs and losses stay float32; tests/test_model_dtype.py measures the difference).
-    config.model.dtype = "float32"
+    # Compute dtype of convolutions and dense layers: "auto" is bfloat16 on TPUs, float32 on GPUs
+    # and CPUs (models.build.AUTO_DTYPES says why); parameters, head outputs and losses stay float32
+    # (tests/test_model_dtype.py measures the difference).
+    config.model.dtype = "auto"
+    # RoIAlign's boxes gathered at once; 0: the platform's choice (detector.spec: 2 on a CPU, every
+    # box on an accelerator). A speed and memory knob only.
+    config.model.roi_boxes_per_step = 0
+    # What the backward pass recomputes instead of keeping: "none", "backbone" (each ResNet bottleneck)
+    # or "all" (also the FPN and the heads); less memory per chip for more compute (docs/benchmarks.md).
+    config.model.remat = "none"
 
     config.input = ml_collections.ConfigDict()
     config.input.min_size = 800

@@ -57,6 +57,7 @@ from maskrcnn_jax.convert_torchvision import convert_state_dict
 from maskrcnn_jax.data.image_io import load_image
 from maskrcnn_jax.detector import make_binary_mask_paster, make_predict_fn, spec_from_config
 from maskrcnn_jax.models import build_model
+from maskrcnn_jax.models.build import compute_dtype
 from maskrcnn_jax.preprocess import preprocess_batch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -350,7 +351,7 @@ def benchmark_ours(config, task: str, size: str, batch_size: int, runs: int, thr
     """The accelerator mode (--against=none): our model alone on the default device."""
     canvas = tuple(int(side) for side in size.split("x"))
     result = {"task": task, "against": "none", "size": list(canvas), "device": jax.devices()[0].device_kind,
-              "platform": jax.default_backend(), "dtype": config.model.get("dtype", "float32")}
+              "platform": jax.default_backend(), "dtype": compute_dtype(config.model).name}
     if task == "train":
         result.update(benchmarking.train_speed(config, canvas, batch_size, runs, profile=profile))
     else:

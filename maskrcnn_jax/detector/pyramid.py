@@ -53,6 +53,7 @@ def pool_rois(spec: DetectorSpec, features: Sequence[jax.Array], boxes: jax.Arra
     scales = tuple(1.0 / stride for stride in POOLED_STRIDES)
 
     def pool_image(levels, image_boxes):
-        return multilevel_roi_align(levels, image_boxes, output_size, scales, spec.roi_sampling_ratio)
+        return multilevel_roi_align(levels, image_boxes, output_size, scales, spec.roi_sampling_ratio,
+                                    boxes_per_step=spec.roi_boxes_per_step)
 
     return jax.vmap(pool_image)(pooled, boxes)

@@ -7,7 +7,16 @@ one place that reads `config.model`, `config.test` and `config.targets` for it.
 
 import dataclasses
 
+import jax
 import ml_collections
+
+# RoIAlign's boxes gathered per loop step (`ops.roi_align`'s boxes_per_step), by the platform the
+# program runs on, when config.model.roi_boxes_per_step is 0: on a CPU a few boxes keep the gathered
+# corners in cache (2-5x faster than all at once); on an accelerator every loop step re-reads and
+# re-writes the whole feature table's gradient in the backward pass, so the boxes go at once
+# (scripts/compile_report.py, docs/benchmarks.md "TPU compile report").
+PLATFORM_ROI_BOXES_PER_STEP = {"cpu": 2}
+ACCELERATOR_ROI_BOXES_PER_STEP = 512
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +56,7 @@ class DetectorSpec:
     box_roi_size: int = 7
     mask_roi_size: int = 14
     roi_sampling_ratio: int = 2
+    roi_boxes_per_step: int = 2  # RoIAlign boxes gathered at once: a speed and memory knob only
     test_proposals: ProposalSpec = ProposalSpec(1000, 1000)
     train_proposals: ProposalSpec = ProposalSpec(2000, 2000)
     # Test-time post-processing (torchvision RoIHeads.postprocess_detections).
@@ -95,11 +105,21 @@ def _mask_head_chunk_size(model: ml_collections.ConfigDict, train: ml_collection
     return min(train.get("mask_head_chunk_size", 0), train.mask_rois_per_image)
 
 
+def roi_boxes_per_step(model: ml_collections.ConfigDict, platform: str | None = None) -> int:
+    """config.model.roi_boxes_per_step, or when it is 0 (or absent) the default of `platform`
+    ("cpu", "gpu", "tpu"; None: JAX's default backend)."""
+    chosen = model.get("roi_boxes_per_step", 0)
+    if chosen:
+        return chosen
+    return PLATFORM_ROI_BOXES_PER_STEP.get(platform or jax.default_backend(), ACCELERATOR_ROI_BOXES_PER_STEP)
+
+
 def spec_from_config(config: ml_collections.ConfigDict) -> DetectorSpec:
     """The one function that reads the detector's numbers from a config.
 
-    Reads config.model (classes, anchors, box weights, RoI sizes), config.test (test proposals and
-    post-processing) and, when present, config.targets (training proposals, matchers, samplers).
+    Reads config.model (classes, anchors, box weights, RoI sizes, RoIAlign's boxes per step),
+    config.test (test proposals and post-processing) and, when present, config.targets (training
+    proposals, matchers, samplers).
     """
     model, test = config.model, config.test
     training = {}
@@ -123,6 +143,7 @@ def spec_from_config(config: ml_collections.ConfigDict) -> DetectorSpec:
         box_roi_size=model.box_roi_size,
         mask_roi_size=model.mask_roi_size,
         roi_sampling_ratio=model.roi_sampling_ratio,
+        roi_boxes_per_step=roi_boxes_per_step(model),
         test_proposals=_proposal_spec(test),
         score_threshold=test.score_threshold,
         min_box_size=test.min_box_size,

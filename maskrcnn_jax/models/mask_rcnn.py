@@ -23,6 +23,15 @@ from maskrcnn_jax.models.rpn_head import RPNHead
 
 
 ARCHITECTURES = ("v1", "v2")
+# What is rematerialised in the backward pass (jax.checkpoint: a module's activations are recomputed
+# instead of kept): "backbone" each ResNet bottleneck, "all" also the FPN, the RPN head and the box
+# and mask heads' layers. Values and gradients are unchanged; memory falls, compute grows.
+REMAT_CHOICES = ("none", "backbone", "all")
+
+
+def _rematerialised(module_class, enabled: bool, static_argnums: tuple[int, ...] = ()):
+    """module_class, or when enabled its nn.remat (static_argnums count `self` as 0: the `train` flag)."""
+    return nn.remat(module_class, static_argnums=static_argnums) if enabled else module_class
 
 
 class MaskRCNN(nn.Module):
@@ -41,7 +50,8 @@ class MaskRCNN(nn.Module):
     BatchNorm math and the heads' outputs (objectness, box deltas, class logits, mask logits)
     stay float32, so the losses reduce in float32. The features are in `dtype`.
     fast_convs: the convolutions of models.conv that are faster on XLA:CPU (values and gradients
-    equal); False runs lax.conv_general_dilated everywhere. Neither changes the parameter tree.
+    equal); False runs lax.conv_general_dilated everywhere. remat: REMAT_CHOICES. None of these
+    changes the parameter tree.
     train / valid (v2's BatchNorm, for the training side): train=True normalises with batch
     statistics; valid (bool over the RoI batch shape, True for real RoIs) leaves padding RoIs out of them.
     With v1 they change nothing.
@@ -61,6 +71,7 @@ class MaskRCNN(nn.Module):
     dtype: Any = jnp.float32
     fast_convs: bool = True
     architecture: str = "v1"
+    remat: str = "none"
 
     @property
     def norm(self) -> str:
@@ -70,18 +81,23 @@ class MaskRCNN(nn.Module):
     def setup(self):
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {self.architecture!r}; expected one of {ARCHITECTURES}")
+        if self.remat not in REMAT_CHOICES:
+            raise ValueError(f"unknown remat {self.remat!r}; expected one of {REMAT_CHOICES}")
         v2 = self.architecture == "v2"
         convs = dict(dtype=self.dtype, fast_convs=self.fast_convs)
-        self.backbone = ResNet(self.stage_sizes, self.stem_width, self.bn_eps, norm=self.norm, **convs)
-        self.fpn = FPN(self.fpn_channels, norm=v2, bn_eps=self.bn_eps, **convs)
-        self.rpn_head = RPNHead(self.num_anchors, num_convs=2 if v2 else 1, **convs)
+        heads = self.remat == "all"
+        self.backbone = ResNet(self.stage_sizes, self.stem_width, self.bn_eps, norm=self.norm,
+                               remat=self.remat != "none", **convs)
+        self.fpn = _rematerialised(FPN, heads, (2,))(self.fpn_channels, norm=v2, bn_eps=self.bn_eps, **convs)
+        self.rpn_head = _rematerialised(RPNHead, heads)(self.num_anchors, num_convs=2 if v2 else 1, **convs)
         if v2:
-            self.box_conv_fc = ConvFCHead(self.box_head_channels, representation_size=self.representation_size,
-                                          bn_eps=self.bn_eps, **convs)
+            self.box_conv_fc = _rematerialised(ConvFCHead, heads, (3,))(
+                self.box_head_channels, representation_size=self.representation_size, bn_eps=self.bn_eps, **convs)
         else:
-            self.box_mlp = TwoMLPHead(self.representation_size, dtype=self.dtype)
+            self.box_mlp = _rematerialised(TwoMLPHead, heads)(self.representation_size, dtype=self.dtype)
         self.box_predictor = BoxPredictor(self.num_classes, dtype=self.dtype)
-        self.mask_convs = MaskHead(self.mask_head_channels, norm=v2, bn_eps=self.bn_eps, **convs)
+        self.mask_convs = _rematerialised(MaskHead, heads, (3,))(self.mask_head_channels, norm=v2,
+                                                                 bn_eps=self.bn_eps, **convs)
         self.mask_predictor = MaskPredictor(self.num_classes, **convs)
 
     def features(self, images: jax.Array, train: bool = False) -> list[jax.Array]:

@@ -110,12 +110,15 @@ class ResNetStage(nn.Module):
     dtype: Any = jnp.float32
     fast_convs: bool = True
     norm: str = "frozen"
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        # remat: each block's activations are recomputed in the backward pass, only its output is kept.
+        block = nn.remat(Bottleneck, static_argnums=(2,)) if self.remat else Bottleneck
         for index in range(self.num_blocks):
             stride = self.stride if index == 0 else 1
-            x = Bottleneck(self.width, stride, self.bn_eps, self.dtype, self.fast_convs, self.norm, name=str(index))(x, train)
+            x = block(self.width, stride, self.bn_eps, self.dtype, self.fast_convs, self.norm, name=str(index))(x, train)
         return x
 
 
@@ -137,6 +140,7 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
     fast_convs: bool = True
     norm: str = "frozen"
+    remat: bool = False
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> list[jax.Array]:
@@ -153,6 +157,7 @@ class ResNet(nn.Module):
                 dtype=self.dtype,
                 fast_convs=self.fast_convs,
                 norm=self.norm,
+                remat=self.remat,
                 name=f"layer{index + 1}",
             )(x, train)
             outputs.append(x)

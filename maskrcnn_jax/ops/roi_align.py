@@ -168,6 +168,7 @@ def _gather_roi_align(
     # A few boxes per step keep the gathered corners ([boxes_per_step, Y, 2, X, 2, C]) in cache;
     # gathering all boxes at once writes and re-reads hundreds of MB and is 2-5x slower on CPU.
     pooled = jax.lax.map(
-        pool_one_box, (rows, cols, row_weights, col_weights, widths, offsets), batch_size=boxes_per_step
+        pool_one_box, (rows, cols, row_weights, col_weights, widths, offsets),
+        batch_size=max(1, min(boxes_per_step, boxes.shape[0])),
     )
     return pooled / (sampling_ratio * sampling_ratio)

@@ -13,7 +13,7 @@ import optax
 from jax.sharding import Mesh
 
 from maskrcnn_jax.data.pipeline import padding_example
-from maskrcnn_jax.models import build_model, frozen_parameter_mask, init_params
+from maskrcnn_jax.models import build_model, frozen_parameter_mask, init_params, platform_config
 from maskrcnn_jax.training import mesh as mesh_lib
 from maskrcnn_jax.training.optimizer import LearningRateFn, learning_rate_schedule, update_direction
 from maskrcnn_jax.training.state import TrainState, abstract_train_state, make_state_initializer
@@ -51,7 +51,9 @@ def optimizer_from_config(train: ml_collections.ConfigDict, frozen_mask) -> tupl
 
 def training_program(config: ml_collections.ConfigDict, mesh: Mesh, loss_fn_factory: LossFnFactory) -> TrainingProgram:
     """The model, optimizer, state layout and jitted step that `config` trains over `mesh`; nothing is
-    computed (the state's shapes come from `jax.eval_shape`)."""
+    computed (the state's shapes come from `jax.eval_shape`). Platform-dependent choices ("auto"
+    dtype, RoIAlign's boxes per step) are made for the mesh's devices (`models.platform_config`)."""
+    config = platform_config(config, mesh.devices.flat[0].platform)
     model = build_model(config)
     init_model_params = lambda key: init_params(model, key)  # noqa: E731
     frozen_mask = frozen_parameter_mask(jax.eval_shape(init_model_params, jax.random.key(0)),
