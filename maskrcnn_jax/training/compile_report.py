@@ -128,13 +128,24 @@ def collective_ops(hlo_text: str) -> dict[str, dict[str, int]]:
 
 
 def while_loops(hlo_text: str) -> list[int | None]:
-    """The trip count of every while loop in a compiled module's HLO text (None: not known at compile
-    time, e.g. NMS's), each loop once."""
+    """The trip count of every while loop in a compiled module's HLO text, each loop once: XLA's
+    `known_trip_count` where it records one (CPU, GPU), else read from a condition of the form
+    `counter < constant` (a scan's, counting from 0, as TPU programs leave it); None when neither
+    says (a data-dependent loop such as NMS's)."""
+    conditions = {}
+    for match in re.finditer(r"^%(\S+) \(.*?\{\n(.*?)^\}", hlo_text, re.MULTILINE | re.DOTALL):
+        body = match.group(2)
+        root = re.search(r"ROOT .*? compare\(.*?\), direction=LT", body)
+        constants = re.findall(r"s32\[\]\S* constant\((\d+)\)", body)
+        plain_counter = root is not None and len(constants) == 1 and len(body.strip().splitlines()) == 4
+        conditions[match.group(1)] = int(constants[0]) if plain_counter else None
     counts = []
     for line in hlo_text.splitlines():
-        if re.search(r"\swhile\(", line):
-            known = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
-            counts.append(int(known.group(1)) if known else None)
+        if not re.search(r"\swhile\(", line):
+            continue
+        known = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
+        condition = re.search(r"condition=%([\w.\-]+)", line)
+        counts.append(int(known.group(1)) if known else conditions.get(condition.group(1)) if condition else None)
     return counts
 
 
