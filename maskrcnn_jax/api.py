@@ -139,6 +139,15 @@ class Detector:
         config.update_from_flattened_dict(overrides)
         return cls(config, params, class_names, score_threshold)
 
+    @classmethod
+    def from_exported(cls, path: str, *, score_threshold: float = DEFAULT_SCORE_THRESHOLD) -> "Detector":
+        """The detector of an artifact written by scripts/export.py: the same `detect`, `draw`, class
+        names and score threshold, run by the artifact's serialized programs and weights (no model
+        code, no config: `maskrcnn_jax.export.detector.ExportedDetector`)."""
+        from maskrcnn_jax.export.detector import ExportedDetector  # a subclass: imported here, not at the top
+
+        return ExportedDetector(path, score_threshold)
+
     def preprocess(self, image) -> dict[str, np.ndarray]:
         """One image (any accepted form) as a batch of one on torchvision's padded canvas:
         {"image", "image_size", "original_size"}."""
@@ -166,8 +175,7 @@ class Detector:
         model: the image, its preprocessed copy and the largest box's window, however large the photo."""
         image = as_rgb_image(image)
         height, width = image.shape[:2]
-        outputs = jax.device_get(self._predict(self.params, self._batch_of_one(image)))
-        outputs = {key: value[0] for key, value in outputs.items()}
+        outputs = self._outputs_of_one(image)
         keep = np.flatnonzero(outputs["valid"] & (outputs["scores"] >= self.score_threshold))
         return {
             "boxes": outputs["boxes"][keep],
@@ -177,6 +185,12 @@ class Detector:
             "mask_windows": paste_mask_windows(outputs["masks"][keep], outputs["boxes"][keep], height, width),
             "image_size": (height, width),
         }
+
+    def _outputs_of_one(self, rgb: np.ndarray) -> dict[str, np.ndarray]:
+        """The model's fixed-size outputs for one `as_rgb_image` photo, on the host: {"boxes" [D, 4]
+        original pixels, "scores" [D], "classes" [D], "masks" [D, S, S] probabilities, "valid" [D]}."""
+        outputs = jax.device_get(self._predict(self.params, self._batch_of_one(rgb)))
+        return {key: value[0] for key, value in outputs.items()}
 
     def draw(self, image, detections: dict) -> Image.Image:
         """The image with each detection's mask tinted, box outlined and "class score" written

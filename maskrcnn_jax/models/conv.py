@@ -122,7 +122,9 @@ def conv_fast(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax
         (width + 2 * padding - kernel_size) // stride + 1)
     if kernel_size == 1 and padding == 0:
         cpu = functools.partial(conv_1x1_matmul, stride=stride)
-    elif uses_tap_weight_grad(kernel_size, in_channels, out_channels, output_pixels):
+    # A symbolic batch (jax.export) has no row count to decide by; the choice only changes the
+    # weight gradient, which an exported predict path never takes: the forward is conv_plain's either way.
+    elif isinstance(output_pixels, int) and uses_tap_weight_grad(kernel_size, in_channels, out_channels, output_pixels):
         cpu = functools.partial(conv_tap_weight_grad, stride=stride, padding=padding)
     else:
         return conv_plain(x, kernel, stride, padding)

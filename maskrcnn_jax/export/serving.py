@@ -1,0 +1,108 @@
+"""The exported program: the whole predict path from uint8 canvases, exported with a symbolic batch.
+
+    serve(weights, image, image_size, original_size) -> {"boxes", "classes", "masks", "scores", "valid"}
+
+Parameters are an argument (`weights`: the parameter tree's leaves, in `jax.tree.leaves` order), not
+constants baked into the program: an artifact holds them once for all its canvases, a server puts
+them on the device once, and XLA compiles a program without 170 MB of constants to fold (for R50).
+
+Legend: b batch (symbolic: one artifact serves any batch size), Hc Wc canvas, D detections, S mask
+head output side (2 x the mask RoI size).
+"""
+
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from maskrcnn_jax.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from maskrcnn_jax.detector import predict, spec_from_config
+from maskrcnn_jax.detector.paste import MASK_THRESHOLD
+from maskrcnn_jax.export.artifact import describe
+from maskrcnn_jax.models import build_model
+
+DEFAULT_PLATFORMS = ("cpu", "cuda")
+
+
+def normalize_on_device(image: jax.Array, image_size: jax.Array) -> jax.Array:
+    """uint8 [b, Hc, Wc, 3] RGB -> float32 (x / 255 - mean) / std, zero outside each image's
+    (h, w) = image_size int32 [b, 2]: torchvision pads after normalising, so the padding is 0 there,
+    not the normalised black that zero bytes would give. Same float32 operations, in the same order,
+    as the host's `maskrcnn_jax.data.transforms.normalize_image`."""
+    normalized = image.astype(jnp.float32) / jnp.float32(255.0)
+    normalized = (normalized - jnp.asarray(IMAGENET_MEAN, jnp.float32)) / jnp.asarray(IMAGENET_STD, jnp.float32)
+    rows = jnp.arange(image.shape[1])[None, :, None] < image_size[:, 0, None, None]
+    columns = jnp.arange(image.shape[2])[None, None, :] < image_size[:, 1, None, None]
+    return jnp.where((rows & columns)[..., None], normalized, 0.0)
+
+
+def serving_function(model, spec, params_treedef):
+    """serve(weights: list of the parameter leaves, image uint8 [b, Hc, Wc, 3] resized and zero-padded,
+    image_size int32 [b, 2] resized (h, w), original_size int32 [b, 2] (H, W)) -> `predict`'s outputs:
+    {"boxes" float32 [b, D, 4] xyxy original pixels, "classes" int32 [b, D], "masks" float32
+    [b, D, S, S] probabilities, "scores" float32 [b, D], "valid" bool [b, D]}."""
+
+    def serve(weights, image, image_size, original_size):
+        params = jax.tree.unflatten(params_treedef, weights)
+        batch = {"image": normalize_on_device(image, image_size), "image_size": image_size,
+                 "original_size": original_size}
+        return predict(model, spec, params, batch)
+
+    return serve
+
+
+def default_canvases(config: ml_collections.ConfigDict) -> list[tuple[int, int]]:
+    """One canvas per orientation that holds every resized image: (min_size, max_size) rounded up to
+    config.input.size_divisible, landscape then portrait (800x1344 and 1344x800 for the COCO recipe)."""
+    divisible = config.input.size_divisible
+    short, long = (int(math.ceil(side / divisible) * divisible) for side in (config.input.min_size, config.input.max_size))
+    return [(short, long)] if short == long else [(short, long), (long, short)]
+
+
+def export_detector(
+    config: ml_collections.ConfigDict,
+    params: dict,
+    class_names: Sequence[str],
+    canvases: Sequence[tuple[int, int]],
+    platforms: Sequence[str] = DEFAULT_PLATFORMS,
+) -> tuple[dict, dict[tuple[int, int], bytes], list[np.ndarray]]:
+    """The predict path of config's model with `params`, exported once per canvas (Hc, Wc) for
+    `platforms` ("cpu", "cuda", "rocm", "tpu"), with a symbolic batch.
+
+    Returns (the artifact's description, `artifact.describe`; {canvas: serialized jax.export.Exported};
+    the parameter leaves float32 numpy, the program's first argument) for `write_artifact`.
+    """
+    model = build_model(config)
+    spec = spec_from_config(config)
+    weights, treedef = jax.tree.flatten(params)
+    weights = [np.asarray(leaf) for leaf in weights]
+    serve = jax.jit(serving_function(model, spec, treedef))
+    (batch,) = jax.export.symbolic_shape("b")
+    weight_shapes = [jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for leaf in weights]
+    programs = {}
+    for height, width in canvases:
+        exported = jax.export.export(serve, platforms=tuple(platforms))(
+            weight_shapes,
+            jax.ShapeDtypeStruct((batch, height, width, 3), jnp.uint8),
+            jax.ShapeDtypeStruct((batch, 2), jnp.int32),
+            jax.ShapeDtypeStruct((batch, 2), jnp.int32),
+        )
+        programs[(height, width)] = exported.serialize()
+    description = describe(
+        class_names=class_names,
+        canvases=list(programs),
+        platforms=list(platforms),
+        num_weights=len(weights),
+        min_size=config.input.min_size,
+        max_size=config.input.max_size,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        detections_per_image=spec.detections_per_image,
+        mask_size=int(jax.tree.unflatten(exported.out_tree, exported.out_avals)["masks"].shape[-1]),
+        model_score_threshold=config.test.score_threshold,
+        mask_threshold=MASK_THRESHOLD,
+    )
+    return description, programs, weights
