@@ -22,7 +22,8 @@ from maskrcnn_jax.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from maskrcnn_jax.detector import predict, spec_from_config
 from maskrcnn_jax.detector.paste import MASK_THRESHOLD
 from maskrcnn_jax.export.artifact import describe
-from maskrcnn_jax.models import build_model
+from maskrcnn_jax.checkpoint import check_params_fit
+from maskrcnn_jax.models import build_model, init_params
 
 DEFAULT_PLATFORMS = ("cpu", "cuda")
 
@@ -74,9 +75,11 @@ def export_detector(
 
     Returns (the artifact's description, `artifact.describe`; {canvas: serialized jax.export.Exported};
     the parameter leaves float32 numpy, the program's first argument) for `write_artifact`.
+    Raises CheckpointError for parameters that do not fit config's model.
     """
     model = build_model(config)
     spec = spec_from_config(config)
+    check_params_fit(params, jax.eval_shape(lambda: init_params(model, jax.random.key(0))))
     weights, treedef = jax.tree.flatten(params)
     weights = [np.asarray(leaf) for leaf in weights]
     serve = jax.jit(serving_function(model, spec, treedef))
