@@ -12,8 +12,8 @@ whole step's figures are XLA's, and the report lists the loops left in the compi
 their trip counts (`loops`) so that a loop is never mistaken for a saving. The per-stage breakdown
 compiles each stage alone, loop-free: RoIAlign gathers every box at once and the mask head runs on
 every slot (an upper bound for the chunked head, which skips chunks without a positive), so every
-FLOP and byte a stage moves is counted. A stage's backward is its forward + backward minus its
-forward. NMS's loops (data-dependent trip counts, [T, T] tiles of boxes) stay and count once.
+FLOP and byte a stage moves is counted. A stage with a backward is also compiled as forward +
+backward together. NMS's loops (data-dependent trip counts, [T, T] tiles of boxes) stay and count once.
 
 Legend: B global batch, b per-chip batch, Hc Wc canvas.
 """
@@ -192,13 +192,15 @@ class _StageCompiler:
     def forward(self, name: str, fn: Callable, params, *data):
         """Counts fn(params, *data) and returns its abstract outputs, the next stage's inputs."""
         flops, accessed = self._costs(lambda p, d: fn(p, *d), params, data)
-        self.rows.append({"stage": name, "flops": flops, "bytes": accessed})
+        self.rows.append({"stage": name, "flops": flops, "bytes": accessed, "with_backward": None})
         return jax.eval_shape(fn, params, *data)
 
     def backward(self, name: str, fn: Callable, params, num_differentiated: int, *data) -> None:
-        """Counts the backward of the stage `name` recorded: the vjp (a cotangent of ones) of
-        fn(params, *data) with respect to the trainable params (frozen ones get no gradient, as in
-        the train step) and the first `num_differentiated` data arguments, minus its forward."""
+        """Adds to the stage `name` the counts of its forward + backward compiled together: the vjp
+        (a cotangent of ones) of fn(params, *data) with respect to the trainable params (frozen ones
+        get no gradient, as in the train step) and the first `num_differentiated` data arguments.
+        Kept as a whole, not as a difference: compiled together, XLA fuses the forward into the
+        backward differently (e.g. RoIAlign's gathered corners are never written out)."""
 
         def forward_backward(params, data):
             inputs, constants = data[:num_differentiated], data[num_differentiated:]
@@ -209,9 +211,8 @@ class _StageCompiler:
             return (trainable_gradients(gradients[0], _subtree_like(self.frozen_mask, params)), *gradients[1:])
 
         flops, accessed = self._costs(forward_backward, params, data)
-        forward = next(row for row in self.rows if row["stage"] == name)
-        self.rows.append({"stage": f"backward: {name}", "flops": flops - forward["flops"],
-                          "bytes": accessed - forward["bytes"]})
+        row = next(row for row in self.rows if row["stage"] == name)
+        row["with_backward"] = {"flops": flops, "bytes": accessed}
 
 
 def _subtree_like(tree: dict, like: dict) -> dict:
@@ -235,9 +236,14 @@ def _train_stages(config: ml_collections.ConfigDict, program, batch: dict, mesh,
     anchors, level_sizes = pyramid_anchors(spec, batch["image"].shape[1:3], [f.shape[1:3] for f in features])
     rpn_fn = lambda p, f: flatten_rpn_outputs(*model.apply({"params": p}, f, method="rpn"))  # noqa: E731
 
-    def rpn_and_proposals(p, f, image_sizes):
+    def rpn_and_proposals(p, f, image_sizes):  # as detector_losses: proposals from the detached outputs
         objectness, deltas = rpn_fn(p, f)
-        return (objectness, deltas), training_proposals(spec, anchors, level_sizes, objectness, deltas, image_sizes)
+        detached = jax.lax.stop_gradient((objectness, deltas))
+        return (objectness, deltas), training_proposals(spec, anchors, level_sizes, *detached, image_sizes)
+
+    def rpn_and_proposal_boxes(p, f, image_sizes):  # the differentiable (floating) outputs
+        (objectness, deltas), (proposals, _) = rpn_and_proposals(p, f, image_sizes)
+        return objectness, deltas, proposals
 
     (objectness, deltas), (proposals, proposal_valid) = stages.forward(
         "rpn head + proposals", rpn_and_proposals, params, features, batch["image_size"])
@@ -268,7 +274,7 @@ def _train_stages(config: ml_collections.ConfigDict, program, batch: dict, mesh,
     stages.backward("mask head", mask_fn, params, 1, mask_features, slots["valid"])
     stages.backward("box head", box_fn, params, 1, box_features, rois["valid"])
     stages.backward("roialign", roi_align, None, 1, pooled, rois["boxes"], slots["boxes"])
-    stages.backward("rpn head + proposals", rpn_fn, params, 1, features)
+    stages.backward("rpn head + proposals", rpn_and_proposal_boxes, params, 1, features, batch["image_size"])
     stages.backward("backbone + fpn", features_fn, params, 0, batch["image"])
 
     state = unplaced(program.abstract_state)
@@ -288,7 +294,8 @@ def compile_report(config: ml_collections.ConfigDict, topology: str, per_chip_ba
     "compile_s", "hbm" {arguments, outputs, temporaries, aliased, total: bytes per chip}, "hbm_capacity"
     (bytes per chip, None on CPU), "fits" (None on CPU), "flops_per_image", "bytes_per_image",
     "roofline" {compute_s, memory_s, step_s, images_per_s_per_chip, bound} (None on CPU), "collectives"
-    {kind: {count, bytes}}, "loops" [trip count or None], "stages" [{stage, flops, bytes} per image]}.
+    {kind: {count, bytes}}, "loops" [trip count or None], "stages" [{stage, flops_per_image,
+    bytes_per_image, with_backward: the same for forward + backward compiled together, or None}]}.
     """
     if task not in TASKS:
         raise ValueError(f"task {task!r}: expected one of {TASKS}")
@@ -328,8 +335,10 @@ def compile_report(config: ml_collections.ConfigDict, topology: str, per_chip_ba
     }
     if stages and task == "train":
         rows = _train_stages(config, program, batch, mesh, global_batch_size)
-        report["stages"] = [{"stage": row["stage"], "flops_per_image": row["flops"] / per_chip_batch,
-                             "bytes_per_image": row["bytes"] / per_chip_batch} for row in rows]
+        per_image = lambda counts: {"flops_per_image": counts["flops"] / per_chip_batch,  # noqa: E731
+                                    "bytes_per_image": counts["bytes"] / per_chip_batch}
+        report["stages"] = [{"stage": row["stage"], **per_image(row), "with_backward":
+                             per_image(row["with_backward"]) if row["with_backward"] else None} for row in rows]
     return report
 
 
@@ -371,11 +380,19 @@ def format_report(report: dict) -> str:
     lines.append(f"while loops (XLA counts each body once): {len(loops)}, trip counts "
                  f"{sorted(loops, key=lambda n: -1 if n is None else n) if loops else '-'} (None: data-dependent)")
     if report["stages"]:
-        lines.append(f"{'stage (loop-free, per image)':<34}{'GFLOP':>10}{'GB':>10}{'FLOP/byte':>11}")
+        lines.append(f"{'per image, each stage alone, loop-free':<40}{'forward':>20}{'forward + backward':>22}")
+        lines.append(f"{'':<40}{'GFLOP':>10}{'GB':>10}{'GFLOP':>11}{'GB':>11}")
+        total = {"forward": [0.0, 0.0], "with_backward": [0.0, 0.0]}
         for row in report["stages"]:
-            lines.append(f"{row['stage']:<34}{row['flops_per_image'] / 1e9:>10.2f}{row['bytes_per_image'] / 1e9:>10.3f}"
-                         f"{row['flops_per_image'] / max(row['bytes_per_image'], 1):>11.0f}")
-        flops = sum(row["flops_per_image"] for row in report["stages"])
-        accessed = sum(row["bytes_per_image"] for row in report["stages"])
-        lines.append(f"{'sum of stages':<34}{flops / 1e9:>10.2f}{accessed / 1e9:>10.3f}{flops / max(accessed, 1):>11.0f}")
+            both = row["with_backward"] or row
+            for key, counts in (("forward", row), ("with_backward", both)):
+                total[key][0] += counts["flops_per_image"]
+                total[key][1] += counts["bytes_per_image"]
+            backward = (f"{both['flops_per_image'] / 1e9:>11.2f}{both['bytes_per_image'] / 1e9:>11.3f}"
+                        if row["with_backward"] else f"{'-':>11}{'-':>11}")
+            lines.append(f"{row['stage']:<40}{row['flops_per_image'] / 1e9:>10.2f}{row['bytes_per_image'] / 1e9:>10.3f}"
+                         + backward)
+        lines.append(f"{'sum (forward + backward: - counts forward)':<40}{total['forward'][0] / 1e9:>10.2f}"
+                     f"{total['forward'][1] / 1e9:>10.3f}{total['with_backward'][0] / 1e9:>11.2f}"
+                     f"{total['with_backward'][1] / 1e9:>11.3f}")
     return "\n".join(lines)
