@@ -22,6 +22,7 @@ import json
 import math
 import os
 import pathlib
+import time
 import zipfile
 
 import jax
@@ -64,26 +65,27 @@ def source_coordinates(in_size, out_size):
     return low, np.minimum(low + 1, in_size - 1), (source - low).astype(np.float32)
 
 
-def resize_uint8(image, out_height, out_width):
-    """uint8 [H, W, 3] -> uint8 [h, w, 3]: bilinear in float32 (columns, then rows), rounded half to even."""
+def resize(image, out_height, out_width, dtype):
+    """uint8 [H, W, 3] -> [h, w, 3]: bilinear in float32 (columns, then rows), for dtype "uint8"
+    rounded half to even."""
     x_low, x_high, x_weight = source_coordinates(image.shape[1], out_width)
     y_low, y_high, y_weight = source_coordinates(image.shape[0], out_height)
     left, right = image[:, x_low].astype(np.float32), image[:, x_high].astype(np.float32)
     columns = left + (right - left) * x_weight[None, :, None]
     top, bottom = columns[y_low], columns[y_high]
     resized = top + (bottom - top) * y_weight[:, None, None]
-    return np.clip(np.round(resized), 0, 255).astype(np.uint8)
+    return np.clip(np.round(resized), 0, 255).astype(np.uint8) if dtype == "uint8" else resized
 
 
-def model_inputs(images, canvases, min_size, max_size):
-    """(image uint8 [B, Hc, Wc, 3], image_size int32 [B, 2], original_size int32 [B, 2]) on the
+def model_inputs(images, canvases, min_size, max_size, dtype):
+    """(image [B, Hc, Wc, 3] of dtype, image_size int32 [B, 2], original_size int32 [B, 2]) on the
     smallest canvas that holds every resized photo."""
-    resized = [resize_uint8(image, *resized_shape(*image.shape[:2], min_size, max_size)) for image in images]
+    resized = [resize(image, *resized_shape(*image.shape[:2], min_size, max_size), dtype) for image in images]
     fitting = [c for c in canvases if all(r.shape[0] <= c[0] and r.shape[1] <= c[1] for r in resized)]
     if not fitting:
         raise ValueError(f"resized {[r.shape[:2] for r in resized]} fit none of the canvases {canvases}")
     height, width = min(fitting, key=lambda canvas: canvas[0] * canvas[1])
-    batch = np.zeros((len(images), height, width, 3), np.uint8)
+    batch = np.zeros((len(images), height, width, 3), dtype)
     for slot, photo in zip(batch, resized):
         slot[:photo.shape[0], :photo.shape[1]] = photo
     return (batch, np.asarray([r.shape[:2] for r in resized], np.int32),
@@ -153,11 +155,14 @@ def main():
     parser.add_argument("images", nargs="+")
     arguments = parser.parse_args()
 
+    start = time.perf_counter()
     description, programs, weights = read_artifact(arguments.model)
     class_names = description["class_names"]
     resize = description["preprocessing"]["resize"]
     mask_threshold = description["postprocessing"]["mask_threshold"]
+    input_dtype = {entry["name"]: entry for entry in description["inputs"]}["image"]["dtype"]
     weights = [jax.device_put(weight) for weight in weights]  # once, for every call
+    print(f"loaded {arguments.model} in {time.perf_counter() - start:.2f} s", flush=True)
     calls = {canvas: jax.jit(exported.call) for canvas, exported in programs.items()}  # compiled once per batch size
     common = os.path.commonpath([os.path.dirname(os.path.abspath(path)) for path in arguments.images])
     names = [pathlib.Path(os.path.relpath(os.path.abspath(path), common)).as_posix() for path in arguments.images]
@@ -165,8 +170,11 @@ def main():
     entries = []
     for start in range(0, len(arguments.images), arguments.batch_size):
         images = [load_rgb(path) for path in arguments.images[start:start + arguments.batch_size]]
-        image, image_size, original_size = model_inputs(images, list(programs), resize["min_size"], resize["max_size"])
+        image, image_size, original_size = model_inputs(images, list(programs), resize["min_size"], resize["max_size"],
+                                                         input_dtype)
+        called = time.perf_counter()
         outputs = jax.device_get(calls[image.shape[1:3]](weights, image, image_size, original_size))
+        seconds = time.perf_counter() - called  # the first call of a canvas and batch size includes its compile
         for slot, photo in enumerate(images):
             image_id = start + slot + 1
             keep = np.flatnonzero(outputs["valid"][slot] & (outputs["scores"][slot] >= arguments.score_threshold))
@@ -177,7 +185,8 @@ def main():
                 entries.append({"image_id": image_id, "file_name": names[image_id - 1], "category_id": label,
                                 "class_name": class_names[label], "bbox": [x1, y1, x2 - x1, y2 - y1],
                                 "score": float(outputs["scores"][slot, d]), "segmentation": encode_rle(mask)})
-            print(f"{names[image_id - 1]}: {len(keep)} detections", flush=True)
+            print(f"{names[image_id - 1]}: {len(keep)} detections (batch of {len(images)} on {image.shape[1]}x"
+                  f"{image.shape[2]}: {seconds:.2f} s)", flush=True)
     pathlib.Path(arguments.output).write_text(json.dumps(entries))
     print(f"wrote {len(entries)} detections for {len(arguments.images)} images to {arguments.output}")
 

@@ -1,9 +1,9 @@
 """Export a checkpoint's detector to one portable file: serve it without this repository (or Flax).
 
     python scripts/export.py --checkpoint DIR --output model.jaxexport [--canvas HxW ...]
-        [--platforms cpu,cuda,tpu] [--config FILE] [--config.key=value ...] [--overwrite] [--verbose]
+        [--platforms cpu,cuda,tpu] [--input_dtype uint8|float32] [--config FILE] [--config.key=value ...] [--overwrite] [--verbose]
 
-The whole predict path (uint8 photos normalised on the device, backbone, RPN, proposals, heads,
+The whole predict path (resized uint8 photos normalised on the device, backbone, RPN, proposals, heads,
 post-processing; fixed-size outputs with `valid`) is exported with `jax.export` once per canvas, with
 a symbolic batch: one artifact serves any batch size. The parameters are the programs' first
 argument, stored once in the artifact (not constants in each program). model.jaxexport is a zip
@@ -36,6 +36,9 @@ def define_flags(flag_values: flags.FlagValues) -> None:
                               "orientation holding every resized photo", flag_values=flag_values)
     flags.DEFINE_list("platforms", ["cpu", "cuda"], f"platforms the artifact runs on, of {', '.join(PLATFORMS)}",
                       flag_values=flag_values)
+    flags.DEFINE_enum("input_dtype", "uint8", ["uint8", "float32"], "the program's image input: the resized photo "
+                      "rounded to bytes (a quarter of the transfer), or unrounded (exactly the checkpoint Detector's "
+                      "input)", flag_values=flag_values)
     flags.DEFINE_bool("overwrite", False, "replace an existing --output", flag_values=flag_values)
 
 
@@ -72,10 +75,11 @@ def export(flag_values: flags.FlagValues, positional: list[str]) -> int:
     canvases = canvases or default_canvases(flag_values.config)
     start = time.perf_counter()
     description, programs, weights = export_detector(flag_values.config, params, class_names, canvases,
-                                                     flag_values.platforms)
+                                                     flag_values.platforms, flag_values.input_dtype)
     exported = time.perf_counter() - start
     beside = write_artifact(output, description, programs, weights)
-    print(f"exported {len(class_names)} classes, canvases {', '.join(f'{h}x{w}' for h, w in canvases)}, for "
+    print(f"exported {len(class_names)} classes, {flag_values.input_dtype} canvases "
+          f"{', '.join(f'{h}x{w}' for h, w in canvases)}, for "
           f"{', '.join(flag_values.platforms)} in {exported:.1f} s: {output} ({output.stat().st_size / 2**20:.1f} MiB), "
           f"{beside}")
     return 0

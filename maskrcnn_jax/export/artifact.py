@@ -40,10 +40,12 @@ def description_path(artifact: str | os.PathLike) -> pathlib.Path:
 
 
 def describe(*, class_names: Sequence[str], canvases: list[tuple[int, int]], platforms: list[str], num_weights: int,
+             input_dtype: str,
              min_size: int, max_size: int, mean: Sequence[float], std: Sequence[float], detections_per_image: int,
              mask_size: int, model_score_threshold: float, mask_threshold: float) -> dict:
     """The artifact's description: everything a loader needs besides the programs and the weights."""
     detections = detections_per_image
+    rounding = ", then rounded half to even to uint8" if input_dtype == "uint8" else " (float32 values in [0, 255])"
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -57,7 +59,7 @@ def describe(*, class_names: Sequence[str], canvases: list[tuple[int, int]], pla
         "inputs": [
             {"name": "weights", "shape": f"list of {num_weights} arrays", "dtype": "float32",
              "meaning": f"the parameters: {WEIGHTS_ENTRY}'s {weight_name(0)}..{weight_name(num_weights - 1)}, in order"},
-            {"name": "image", "shape": ["b", "Hc", "Wc", 3], "dtype": "uint8",
+            {"name": "image", "shape": ["b", "Hc", "Wc", 3], "dtype": input_dtype,
              "meaning": "RGB photos resized and zero-padded bottom/right to the canvas (preprocessing)"},
             {"name": "image_size", "shape": ["b", 2], "dtype": "int32", "meaning": "each resized photo's (h, w)"},
             {"name": "original_size", "shape": ["b", 2], "dtype": "int32", "meaning": "each photo's (H, W) before resizing"},
@@ -79,8 +81,8 @@ def describe(*, class_names: Sequence[str], canvases: list[tuple[int, int]], pla
                 "max_size": max_size,
                 "rule": "scale = min(min_size / min(H, W), max_size / max(H, W)); h, w = floor(H * scale), "
                         "floor(W * scale), each at least 1 (torchvision's GeneralizedRCNNTransform)",
-                "interpolation": "bilinear, align_corners=False (torch F.interpolate), on the uint8 photo in float32, "
-                                 "then rounded half to even to uint8",
+                "interpolation": "bilinear, align_corners=False (torch F.interpolate), on the uint8 photo in float32"
+                                 + rounding,
             },
             "canvas": "the smallest canvas (by area) that holds (h, w); the photo at the top-left, zeros elsewhere",
             "normalization": {"mean": list(mean), "std": list(std),

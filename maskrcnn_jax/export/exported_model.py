@@ -13,11 +13,13 @@ from maskrcnn_jax.data.transforms import resize_image, resized_shape
 from maskrcnn_jax.export.artifact import read_artifact
 
 
-def resized_uint8(image: np.ndarray, min_size: int, max_size: int) -> np.ndarray:
+def resized_photo(image: np.ndarray, min_size: int, max_size: int, dtype: str = "uint8") -> np.ndarray:
     """The photo (uint8, or float in [0, 255], [H, W, 3]) resized as the description records:
-    torch's bilinear resize in float32, rounded half to even -> uint8 [h, w, 3]."""
+    torch's bilinear resize in float32 -> float32 [h, w, 3], or for dtype "uint8" rounded half to
+    even -> uint8 [h, w, 3]."""
     height, width = resized_shape(image.shape[0], image.shape[1], min_size, max_size)
-    return np.clip(np.round(resize_image(image, height, width)), 0, 255).astype(np.uint8)
+    resized = resize_image(image, height, width)
+    return np.clip(np.round(resized), 0, 255).astype(np.uint8) if dtype == "uint8" else resized
 
 
 class ExportedModel:
@@ -29,6 +31,7 @@ class ExportedModel:
         self.class_names = tuple(description["class_names"])
         resize = description["preprocessing"]["resize"]
         self.min_size, self.max_size = resize["min_size"], resize["max_size"]
+        self.input_dtype = {entry["name"]: entry for entry in description["inputs"]}["image"]["dtype"]
         # Smallest first, so that `canvas_for` picks the least padding.
         self.canvases = sorted(programs, key=lambda canvas: (canvas[0] * canvas[1], canvas))
         self.exported = {canvas: jax.export.deserialize(bytearray(programs[canvas])) for canvas in self.canvases}
@@ -49,12 +52,12 @@ class ExportedModel:
 
     def inputs(self, images: list[np.ndarray]) -> dict[str, np.ndarray]:
         """The program's inputs for B photos (uint8, or float in [0, 255], [H, W, 3]), on the smallest
-        canvas that holds them all: {"image": uint8 [B, Hc, Wc, 3], "image_size": int32 [B, 2],
+        canvas that holds them all: {"image": uint8 (the artifact's input dtype) [B, Hc, Wc, 3], "image_size": int32 [B, 2],
         "original_size": int32 [B, 2]}."""
-        resized = [resized_uint8(image, self.min_size, self.max_size) for image in images]
+        resized = [resized_photo(image, self.min_size, self.max_size, self.input_dtype) for image in images]
         sizes = [photo.shape[:2] for photo in resized]
         height, width = self.canvas_for(sizes)
-        canvas = np.zeros((len(images), height, width, 3), np.uint8)
+        canvas = np.zeros((len(images), height, width, 3), self.input_dtype)
         for slot, photo in zip(canvas, resized):
             slot[:photo.shape[0], :photo.shape[1]] = photo
         return {"image": canvas, "image_size": np.asarray(sizes, np.int32),

@@ -1,4 +1,5 @@
-"""The exported program: the whole predict path from uint8 canvases, exported with a symbolic batch.
+"""The exported program: the whole predict path from resized photos on a canvas (uint8, or float32
+for bit-faithful input), exported with a symbolic batch.
 
     serve(weights, image, image_size, original_size) -> {"boxes", "classes", "masks", "scores", "valid"}
 
@@ -26,10 +27,13 @@ from maskrcnn_jax.checkpoint import check_params_fit
 from maskrcnn_jax.models import build_model, init_params
 
 DEFAULT_PLATFORMS = ("cpu", "cuda")
+# "uint8": the resized photo rounded to bytes, a quarter of float32's transfer (what a server wants);
+# "float32": the resized photo unrounded, so the program sees exactly what the checkpoint's Detector sees.
+INPUT_DTYPES = ("uint8", "float32")
 
 
 def normalize_on_device(image: jax.Array, image_size: jax.Array) -> jax.Array:
-    """uint8 [b, Hc, Wc, 3] RGB -> float32 (x / 255 - mean) / std, zero outside each image's
+    """uint8 (or float32 in [0, 255]) [b, Hc, Wc, 3] RGB -> float32 (x / 255 - mean) / std, zero outside each image's
     (h, w) = image_size int32 [b, 2]: torchvision pads after normalising, so the padding is 0 there,
     not the normalised black that zero bytes would give. Same float32 operations, in the same order,
     as the host's `maskrcnn_jax.data.transforms.normalize_image`."""
@@ -41,7 +45,7 @@ def normalize_on_device(image: jax.Array, image_size: jax.Array) -> jax.Array:
 
 
 def serving_function(model, spec, params_treedef):
-    """serve(weights: list of the parameter leaves, image uint8 [b, Hc, Wc, 3] resized and zero-padded,
+    """serve(weights: list of the parameter leaves, image uint8 or float32 [b, Hc, Wc, 3] resized and zero-padded,
     image_size int32 [b, 2] resized (h, w), original_size int32 [b, 2] (H, W)) -> `predict`'s outputs:
     {"boxes" float32 [b, D, 4] xyxy original pixels, "classes" int32 [b, D], "masks" float32
     [b, D, S, S] probabilities, "scores" float32 [b, D], "valid" bool [b, D]}."""
@@ -69,14 +73,18 @@ def export_detector(
     class_names: Sequence[str],
     canvases: Sequence[tuple[int, int]],
     platforms: Sequence[str] = DEFAULT_PLATFORMS,
+    input_dtype: str = "uint8",
 ) -> tuple[dict, dict[tuple[int, int], bytes], list[np.ndarray]]:
     """The predict path of config's model with `params`, exported once per canvas (Hc, Wc) for
-    `platforms` ("cpu", "cuda", "rocm", "tpu"), with a symbolic batch.
+    `platforms` ("cpu", "cuda", "rocm", "tpu"), with a symbolic batch, taking images of `input_dtype`
+    (INPUT_DTYPES).
 
     Returns (the artifact's description, `artifact.describe`; {canvas: serialized jax.export.Exported};
     the parameter leaves float32 numpy, the program's first argument) for `write_artifact`.
     Raises CheckpointError for parameters that do not fit config's model.
     """
+    if input_dtype not in INPUT_DTYPES:
+        raise ValueError(f"input_dtype {input_dtype!r}: choose from {INPUT_DTYPES}")
     model = build_model(config)
     spec = spec_from_config(config)
     check_params_fit(params, jax.eval_shape(lambda: init_params(model, jax.random.key(0))))
@@ -89,7 +97,7 @@ def export_detector(
     for height, width in canvases:
         exported = jax.export.export(serve, platforms=tuple(platforms))(
             weight_shapes,
-            jax.ShapeDtypeStruct((batch, height, width, 3), jnp.uint8),
+            jax.ShapeDtypeStruct((batch, height, width, 3), input_dtype),
             jax.ShapeDtypeStruct((batch, 2), jnp.int32),
             jax.ShapeDtypeStruct((batch, 2), jnp.int32),
         )
@@ -99,6 +107,7 @@ def export_detector(
         canvases=list(programs),
         platforms=list(platforms),
         num_weights=len(weights),
+        input_dtype=input_dtype,
         min_size=config.input.min_size,
         max_size=config.input.max_size,
         mean=IMAGENET_MEAN,
