@@ -295,7 +295,9 @@ def compile_report(config: ml_collections.ConfigDict, topology: str, per_chip_ba
     (bytes per chip, None on CPU), "fits" (None on CPU), "flops_per_image", "bytes_per_image",
     "roofline" {compute_s, memory_s, step_s, images_per_s_per_chip, bound} (None on CPU), "collectives"
     {kind: {count, bytes}}, "loops" [trip count or None], "stages" [{stage, flops_per_image,
-    bytes_per_image, with_backward: the same for forward + backward compiled together, or None}]}.
+    bytes_per_image, with_backward: the same for forward + backward compiled together, or None}],
+    "error": None, or XLA's message when the program does not fit the chip (then only the header
+    fields are set and "fits" is False)}.
     """
     if task not in TASKS:
         raise ValueError(f"task {task!r}: expected one of {TASKS}")
@@ -311,7 +313,7 @@ def compile_report(config: ml_collections.ConfigDict, topology: str, per_chip_ba
     start = time.perf_counter()
     if task == "train":
         program = training_program(config, mesh, make_loss_fn)
-        compiled = program.train_step.lower(program.abstract_state, batch).compile()
+        lowered = program.train_step.lower(program.abstract_state, batch)
     else:
         model = build_model(config)
         program = None
@@ -319,20 +321,29 @@ def compile_report(config: ml_collections.ConfigDict, topology: str, per_chip_ba
         params = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
                                                                 sharding=mesh_lib.replicated(mesh)), params)
         inputs = {key: batch[key] for key in ("image", "image_size", "original_size")}
-        compiled = make_predict_fn(model, spec_from_config(config)).lower(params, inputs).compile()
-    compile_s = time.perf_counter() - start
-    flops, accessed = _costs(compiled)
-    hbm = _memory(compiled)
-    hlo = compiled.as_text()
+        lowered = make_predict_fn(model, spec_from_config(config)).lower(params, inputs)
     report = {
         "topology": topology, "chip": devices[0].device_kind, "chips": len(devices), "global_batch": global_batch_size,
         "per_chip_batch": per_chip_batch, "canvas": list(canvas), "dtype": str(config.model.dtype), "task": task,
-        "compile_s": compile_s, "hbm": hbm, "hbm_capacity": chip.hbm_bytes if chip else None,
-        "fits": (hbm["total"] <= chip.hbm_bytes) if chip else None,
-        "flops_per_image": flops / per_chip_batch, "bytes_per_image": accessed / per_chip_batch,
-        "roofline": _roofline(flops, accessed, per_chip_batch, chip), "collectives": collective_ops(hlo),
-        "loops": while_loops(hlo), "stages": [],
+        "hbm_capacity": chip.hbm_bytes if chip else None, "hbm": None, "fits": None, "flops_per_image": None,
+        "bytes_per_image": None, "roofline": None, "collectives": None, "loops": None, "stages": [], "error": None,
     }
+    try:
+        compiled = lowered.compile()
+    except Exception as error:  # noqa: BLE001 - only XLA's out-of-memory is a result; anything else is raised
+        message = " ".join(str(error).split())
+        if "RESOURCE_EXHAUSTED" not in message:
+            raise
+        # The TPU compiler refuses a program larger than the chip's HBM, as the chip itself would.
+        return {**report, "compile_s": time.perf_counter() - start, "fits": False, "error": message[:600]}
+    report["compile_s"] = time.perf_counter() - start
+    flops, accessed = _costs(compiled)
+    hbm = _memory(compiled)
+    hlo = compiled.as_text()
+    report.update(hbm=hbm, fits=(hbm["total"] <= chip.hbm_bytes) if chip else None,
+                  flops_per_image=flops / per_chip_batch, bytes_per_image=accessed / per_chip_batch,
+                  roofline=_roofline(flops, accessed, per_chip_batch, chip), collectives=collective_ops(hlo),
+                  loops=while_loops(hlo))
     if stages and task == "train":
         rows = _train_stages(config, program, batch, mesh, global_batch_size)
         per_image = lambda counts: {"flops_per_image": counts["flops"] / per_chip_batch,  # noqa: E731
@@ -359,8 +370,10 @@ def format_report(report: dict) -> str:
     hbm = report["hbm"]
     lines = [f"{report['task']} step, {report['topology']} ({report['chips']} x {report['chip']}), global batch "
              f"{report['global_batch']} ({report['per_chip_batch']} per chip), canvas "
-             f"{report['canvas'][0]}x{report['canvas'][1]}, {report['dtype']}, compiled in {report['compile_s']:.1f} s",
-             f"HBM per chip: arguments {gib(hbm['arguments'])}, outputs {gib(hbm['outputs'])}, temporaries "
+             f"{report['canvas'][0]}x{report['canvas'][1]}, {report['dtype']}, compiled in {report['compile_s']:.1f} s"]
+    if report["error"]:
+        return "\n".join(lines + [f"does NOT fit: {report['error']}"])
+    lines += [f"HBM per chip: arguments {gib(hbm['arguments'])}, outputs {gib(hbm['outputs'])}, temporaries "
              f"{gib(hbm['temporaries'])}, aliased {gib(hbm['aliased'])}: total {gib(hbm['total'])}"]
     if report["hbm_capacity"]:
         margin = report["hbm_capacity"] - hbm["total"]
