@@ -181,7 +181,8 @@ def main():
             for d in keep:
                 x1, y1, x2, y2 = (float(v) for v in outputs["boxes"][slot, d])
                 label = int(outputs["classes"][slot, d])
-                mask = paste_mask(outputs["masks"][slot, d], outputs["boxes"][slot, d], *photo.shape[:2], mask_threshold)
+                mask = paste_mask(outputs["masks"][slot, d], outputs["boxes"][slot, d], *photo.shape[:2],
+                                  mask_threshold)
                 entries.append({"image_id": image_id, "file_name": names[image_id - 1], "category_id": label,
                                 "class_name": class_names[label], "bbox": [x1, y1, x2 - x1, y2 - y1],
                                 "score": float(outputs["scores"][slot, d]), "segmentation": encode_rle(mask)})

@@ -1,7 +1,8 @@
 """Export a checkpoint's detector to one portable file: serve it without this repository (or Flax).
 
     python scripts/export.py --checkpoint DIR --output model.jaxexport [--canvas HxW ...]
-        [--platforms cpu,cuda,tpu] [--input_dtype uint8|float32] [--config FILE] [--config.key=value ...] [--overwrite] [--verbose]
+        [--platforms cpu,cuda,tpu] [--input_dtype uint8|float32] [--config FILE] [--config.key=value ...]
+        [--overwrite] [--verbose]
 
 The whole predict path (resized uint8 photos normalised on the device, backbone, RPN, proposals, heads,
 post-processing; fixed-size outputs with `valid`) is exported with `jax.export` once per canvas, with
@@ -80,14 +81,15 @@ def export(flag_values: flags.FlagValues, positional: list[str]) -> int:
     beside = write_artifact(output, description, programs, weights)
     print(f"exported {len(class_names)} classes, {flag_values.input_dtype} canvases "
           f"{', '.join(f'{h}x{w}' for h, w in canvases)}, for "
-          f"{', '.join(flag_values.platforms)} in {exported:.1f} s: {output} ({output.stat().st_size / 2**20:.1f} MiB), "
+          f"{', '.join(flag_values.platforms)} in {exported:.1f} s: {output} "
+          f"({output.stat().st_size / 2**20:.1f} MiB), "
           f"{beside}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_script(export, define_flags, argv, doc=__doc__, config_help="model config file (default: the checkpoint's)",
-                      config_from_checkpoint=True)
+    return run_script(export, define_flags, argv, doc=__doc__,
+                      config_help="model config file (default: the checkpoint's)", config_from_checkpoint=True)
 
 
 if __name__ == "__main__":

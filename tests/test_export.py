@@ -72,7 +72,8 @@ def exported(tmp_path_factory):
         params[head]["bbox_pred"]["kernel"] *= 0.01
     params["box_predictor"]["cls_score"]["kernel"] *= 0.01
     save_checkpoint(work / "checkpoint", params, config, CLASS_NAMES)
-    printed = run("scripts/export.py", "--checkpoint", str(work / "checkpoint"), "--output", str(work / "model.jaxexport"),
+    printed = run("scripts/export.py", "--checkpoint", str(work / "checkpoint"),
+                  "--output", str(work / "model.jaxexport"),
                   f"--canvas={CANVAS[0]}x{CANVAS[1]}", "--platforms=cpu,cuda")
     paths = [shared_data_path("coco_val2014_43", "images", name) for name in PHOTOS]
     return {"artifact": work / "model.jaxexport", "checkpoint": work / "checkpoint", "printed": printed,
@@ -159,7 +160,8 @@ def test_loader_without_maskrcnn_jax_flax_or_torch_writes_predict_scripts_detect
                              capture_output=True, text=True, timeout=60)
     assert blocked.returncode != 0 and "flax is blocked" in blocked.stderr  # the blocker works
     output = exported["work"] / "served.json"
-    printed = run("-c", BLOCKER.format(blocked=BLOCKED), "examples/serve_exported.py", "--model", str(exported["artifact"]),
+    printed = run("-c", BLOCKER.format(blocked=BLOCKED), "examples/serve_exported.py",
+                  "--model", str(exported["artifact"]),
                   "--output", str(output), "--score_threshold=0.3", "--batch_size=3", *map(str, exported["paths"]))
     assert f"to {output}" in printed
     served = json.loads(output.read_text())

@@ -55,14 +55,17 @@ def describe(*, class_names: Sequence[str], canvases: list[tuple[int, int]], pla
                      "is not guaranteed to"),
         "platforms": platforms,
         "class_names": list(class_names),
-        "canvases": [{"canvas": [height, width], "program": program_entry((height, width))} for height, width in canvases],
+        "canvases": [{"canvas": [height, width], "program": program_entry((height, width))}
+                     for height, width in canvases],
         "inputs": [
             {"name": "weights", "shape": f"list of {num_weights} arrays", "dtype": "float32",
-             "meaning": f"the parameters: {WEIGHTS_ENTRY}'s {weight_name(0)}..{weight_name(num_weights - 1)}, in order"},
+             "meaning": f"the parameters: {WEIGHTS_ENTRY}'s {weight_name(0)}..{weight_name(num_weights - 1)}, "
+                        "in order"},
             {"name": "image", "shape": ["b", "Hc", "Wc", 3], "dtype": input_dtype,
              "meaning": "RGB photos resized and zero-padded bottom/right to the canvas (preprocessing)"},
             {"name": "image_size", "shape": ["b", 2], "dtype": "int32", "meaning": "each resized photo's (h, w)"},
-            {"name": "original_size", "shape": ["b", 2], "dtype": "int32", "meaning": "each photo's (H, W) before resizing"},
+            {"name": "original_size", "shape": ["b", 2], "dtype": "int32",
+             "meaning": "each photo's (H, W) before resizing"},
         ],
         "outputs": [
             {"name": "boxes", "shape": ["b", detections, 4], "dtype": "float32",
@@ -91,7 +94,8 @@ def describe(*, class_names: Sequence[str], canvases: list[tuple[int, int]], pla
         "postprocessing": {
             "model_score_threshold": model_score_threshold,
             "mask_paste": "torchvision's paste_masks_in_image: each mask padded by one zero, its box scaled by "
-                          f"(S + 2) / S, resized bilinearly (align_corners=False) to the box, thresholded at {mask_threshold}",
+                          "(S + 2) / S, resized bilinearly (align_corners=False) to the box, thresholded at "
+                          f"{mask_threshold}",
             "mask_threshold": mask_threshold,
         },
     }

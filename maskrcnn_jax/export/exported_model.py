@@ -52,8 +52,8 @@ class ExportedModel:
 
     def inputs(self, images: list[np.ndarray]) -> dict[str, np.ndarray]:
         """The program's inputs for B photos (uint8, or float in [0, 255], [H, W, 3]), on the smallest
-        canvas that holds them all: {"image": uint8 (the artifact's input dtype) [B, Hc, Wc, 3], "image_size": int32 [B, 2],
-        "original_size": int32 [B, 2]}."""
+        canvas that holds them all: {"image": the artifact's input dtype (uint8 or float32) [B, Hc, Wc, 3],
+        "image_size": int32 [B, 2], "original_size": int32 [B, 2]}."""
         resized = [resized_photo(image, self.min_size, self.max_size, self.input_dtype) for image in images]
         sizes = [photo.shape[:2] for photo in resized]
         height, width = self.canvas_for(sizes)

@@ -63,7 +63,8 @@ def default_canvases(config: ml_collections.ConfigDict) -> list[tuple[int, int]]
     """One canvas per orientation that holds every resized image: (min_size, max_size) rounded up to
     config.input.size_divisible, landscape then portrait (800x1344 and 1344x800 for the COCO recipe)."""
     divisible = config.input.size_divisible
-    short, long = (int(math.ceil(side / divisible) * divisible) for side in (config.input.min_size, config.input.max_size))
+    sides = (config.input.min_size, config.input.max_size)
+    short, long = (int(math.ceil(side / divisible) * divisible) for side in sides)
     return [(short, long)] if short == long else [(short, long), (long, short)]
 
 
