@@ -149,6 +149,41 @@ def while_loops(hlo_text: str) -> list[int | None]:
     return counts
 
 
+# Instructions that move no bytes of their own (views, bookkeeping), or whose work lies in another
+# computation (loop and branch bodies, counted there); the second half of an async pair (`-done`) neither.
+_NO_TRAFFIC = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "after-all", "partition-id",
+               "replica-id", "while", "conditional", "call"}
+
+
+def heaviest_ops(hlo_text: str, count: int = 12) -> list[dict]:
+    """The `count` instructions of a compiled module's entry computation that move the most bytes,
+    each {"bytes", "opcode", "shape", "op_name"} (op_name: the JAX operation XLA's metadata names).
+
+    An estimate from the HLO's shapes: an instruction reads its operands and writes its result (an
+    async `-start` moves its operand once each way). Loop and branch bodies are left out (see
+    `while_loops`); an in-place update is counted as its whole buffer. It names where the traffic
+    goes, which XLA's one total does not.
+    """
+    entry = re.search(r"^ENTRY [^\n]*\{\n(.*?)^\}", hlo_text, re.MULTILINE | re.DOTALL)
+    if entry is None:
+        return []
+    sizes, rows = {}, []
+    for line in entry.group(1).splitlines():
+        match = re.match(r"\s*(?:ROOT )?%(\S+) = (\(.*?\)|\S+) ([\w\-]+)\(([^)]*)\)", line)
+        if match is None:
+            continue
+        name, shape, opcode, operands = match.groups()
+        sizes[name] = _shape_bytes(shape)
+        if opcode in _NO_TRAFFIC or opcode.endswith("-done"):
+            continue
+        read = sum(sizes.get(operand, 0) for operand in re.findall(r"%([\w.\-]+)", operands))
+        moved = 2 * read if opcode.endswith("-start") else read + sizes[name]
+        op_name = re.search(r'op_name="([^"]*)"', line)
+        rows.append({"bytes": moved, "opcode": opcode, "shape": re.sub(r"\{[^}]*\}", "", shape)[:80],
+                     "op_name": op_name.group(1).replace("jit(train_step)/", "")[:160] if op_name else ""})
+    return sorted(rows, key=lambda row: -row["bytes"])[:count]
+
+
 def _costs(compiled) -> tuple[float, float]:
     """(FLOP, bytes accessed) per device of a compiled program, XLA's count."""
     cost = compiled.cost_analysis()
@@ -294,7 +329,7 @@ def compile_report(config: ml_collections.ConfigDict, topology: str, per_chip_ba
     "compile_s", "hbm" {arguments, outputs, temporaries, aliased, total: bytes per chip}, "hbm_capacity"
     (bytes per chip, None on CPU), "fits" (None on CPU), "flops_per_image", "bytes_per_image",
     "roofline" {compute_s, memory_s, step_s, images_per_s_per_chip, bound} (None on CPU), "collectives"
-    {kind: {count, bytes}}, "loops" [trip count or None], "stages" [{stage, flops_per_image,
+    {kind: {count, bytes}}, "loops" [trip count or None], "heaviest_ops" (`heaviest_ops`), "stages" [{stage, flops_per_image,
     bytes_per_image, with_backward: the same for forward + backward compiled together, or None}],
     "error": None, or XLA's message when the program does not fit the chip (then only the header
     fields are set and "fits" is False)}.
@@ -326,7 +361,8 @@ def compile_report(config: ml_collections.ConfigDict, topology: str, per_chip_ba
         "topology": topology, "chip": devices[0].device_kind, "chips": len(devices), "global_batch": global_batch_size,
         "per_chip_batch": per_chip_batch, "canvas": list(canvas), "dtype": str(config.model.dtype), "task": task,
         "hbm_capacity": chip.hbm_bytes if chip else None, "hbm": None, "fits": None, "flops_per_image": None,
-        "bytes_per_image": None, "roofline": None, "collectives": None, "loops": None, "stages": [], "error": None,
+        "bytes_per_image": None, "roofline": None, "collectives": None, "loops": None, "heaviest_ops": None,
+        "stages": [], "error": None,
     }
     try:
         compiled = lowered.compile()
@@ -343,7 +379,7 @@ def compile_report(config: ml_collections.ConfigDict, topology: str, per_chip_ba
     report.update(hbm=hbm, fits=(hbm["total"] <= chip.hbm_bytes) if chip else None,
                   flops_per_image=flops / per_chip_batch, bytes_per_image=accessed / per_chip_batch,
                   roofline=_roofline(flops, accessed, per_chip_batch, chip), collectives=collective_ops(hlo),
-                  loops=while_loops(hlo))
+                  loops=while_loops(hlo), heaviest_ops=heaviest_ops(hlo))
     if stages and task == "train":
         rows = _train_stages(config, program, batch, mesh, global_batch_size)
         per_image = lambda counts: {"flops_per_image": counts["flops"] / per_chip_batch,  # noqa: E731
@@ -392,6 +428,9 @@ def format_report(report: dict) -> str:
     loops = report["loops"]
     lines.append(f"while loops (XLA counts each body once): {len(loops)}, trip counts "
                  f"{sorted(loops, key=lambda n: -1 if n is None else n) if loops else '-'} (None: data-dependent)")
+    lines.append("heaviest instructions (bytes per chip-step, estimated from shapes; loop bodies left out):")
+    for row in report["heaviest_ops"]:
+        lines.append(f"  {row['bytes'] / 1e9:8.2f} GB  {row['opcode']:<18} {row['shape']:<40} {row['op_name'][:90]}")
     if report["stages"]:
         lines.append(f"{'per image, each stage alone, loop-free':<40}{'forward':>20}{'forward + backward':>22}")
         lines.append(f"{'':<40}{'GFLOP':>10}{'GB':>10}{'GFLOP':>11}{'GB':>11}")
