@@ -161,9 +161,11 @@ def _gather_roi_align(
         rows, cols, row_weights, col_weights, width, offset = box
         flat_index = offset + rows[:, :, None, None] * width + cols[None, None, :, :]  # [Y, 2, X, 2]
         weights = row_weights[:, :, None, None] * col_weights[None, None, :, :]
-        corners = table[flat_index] * weights[..., None]  # [Y, 2, X, 2, C]
+        # In the table's dtype, summed in float32: a bfloat16 table's corners are never written out
+        # in float32 (2.5 GB per TPU chip-step at 4 images, box and mask pooling each).
+        corners = table[flat_index] * weights.astype(table.dtype)[..., None]  # [Y, 2, X, 2, C]
         corners = corners.reshape(bins_h, sampling_ratio * 2, bins_w, sampling_ratio * 2, channels)
-        return corners.sum(axis=(1, 3))
+        return corners.sum(axis=(1, 3), dtype=jnp.float32)
 
     # A few boxes per step keep the gathered corners ([boxes_per_step, Y, 2, X, 2, C]) in cache;
     # gathering all boxes at once writes and re-reads hundreds of MB and is 2-5x slower on CPU.
