@@ -24,7 +24,7 @@ from maskrcnn_jax.detector import predict, spec_from_config
 from maskrcnn_jax.detector.paste import MASK_THRESHOLD
 from maskrcnn_jax.export.artifact import describe
 from maskrcnn_jax.checkpoint import check_params_fit
-from maskrcnn_jax.models import build_model, init_params
+from maskrcnn_jax.models import build_model, init_params, platform_config
 
 DEFAULT_PLATFORMS = ("cpu", "cuda")
 # "uint8": the resized photo rounded to bytes, a quarter of float32's transfer (what a server wants);
@@ -78,7 +78,9 @@ def export_detector(
 ) -> tuple[dict, dict[tuple[int, int], bytes], list[np.ndarray]]:
     """The predict path of config's model with `params`, exported once per canvas (Hc, Wc) for
     `platforms` ("cpu", "cuda", "rocm", "tpu"), with a symbolic batch, taking images of `input_dtype`
-    (INPUT_DTYPES).
+    (INPUT_DTYPES). One program serves every platform, so the platform-dependent choices of the
+    config ("auto" dtype, RoIAlign's boxes per step: `models.platform_config`) are made for the
+    first of `platforms`.
 
     Returns (the artifact's description, `artifact.describe`; {canvas: serialized jax.export.Exported};
     the parameter leaves float32 numpy, the program's first argument) for `write_artifact`.
@@ -86,6 +88,7 @@ def export_detector(
     """
     if input_dtype not in INPUT_DTYPES:
         raise ValueError(f"input_dtype {input_dtype!r}: choose from {INPUT_DTYPES}")
+    config = platform_config(config, "gpu" if platforms[0] in ("cuda", "rocm") else platforms[0])
     model = build_model(config)
     spec = spec_from_config(config)
     check_params_fit(params, jax.eval_shape(lambda: init_params(model, jax.random.key(0))))
