@@ -191,11 +191,12 @@ def profile_train_step(model, spec: DetectorSpec, state, batch: dict, optimizer,
                 method="box_head")
             mask_features = pool_rois(spec, f, slots["boxes"], spec.mask_roi_size)
             if spec.mask_head_chunk_size:
-                mask_logits = map_valid_chunks(lambda x: model.apply({"params": q}, x, method="mask_head"),
-                                               mask_features, slots["valid"], spec.mask_head_chunk_size)
+                mask_logits = map_valid_chunks(
+                    lambda chunk: model.apply({"params": q}, chunk[0], classes=chunk[1], method="mask_head"),
+                    (mask_features, slots["classes"]), slots["valid"], spec.mask_head_chunk_size)
             else:
                 mask_logits = _apply_training(model, q, mask_features, valid=slots["valid"], train=True,
-                                              method="mask_head")
+                                              classes=slots["classes"], method="mask_head")
             return class_logits, box_deltas, mask_logits
 
         return _forward_backward(heads, p, pooled_features, _subtree(frozen_mask, head_names), True)

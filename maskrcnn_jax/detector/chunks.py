@@ -21,10 +21,9 @@ import jax.numpy as jnp
 from jax import lax
 
 
-def map_valid_chunks(fn: Callable[[jax.Array], jax.Array], inputs: jax.Array, valid: jax.Array,
-                     chunk_size: int) -> jax.Array:
-    """fn on inputs [B, N, ...] chunk by chunk ([B, C, ...] -> [B, C, ...]), zeros for the chunks
-    whose rows are invalid in every image.
+def map_valid_chunks(fn: Callable, inputs, valid: jax.Array, chunk_size: int) -> jax.Array:
+    """fn on inputs (an array or a tuple of arrays, each [B, N, ...]) chunk by chunk (each [B, C, ...]
+    -> [B, C, ...]), zeros for the chunks whose rows are invalid in every image.
 
     valid: bool [B, N]. fn must compute each row from that row alone (a per-RoI head without batch
     statistics): then every valid row's output equals fn(inputs)'s. Returns [B, N, ...].
@@ -33,9 +32,10 @@ def map_valid_chunks(fn: Callable[[jax.Array], jax.Array], inputs: jax.Array, va
     if num_rows % chunk_size:
         raise ValueError(f"{num_rows} rows do not split into chunks of {chunk_size}")
     num_chunks = num_rows // chunk_size
-    chunks = jnp.swapaxes(inputs.reshape(batch, num_chunks, chunk_size, *inputs.shape[2:]), 0, 1)
+    chunks = jax.tree.map(
+        lambda x: jnp.swapaxes(x.reshape(batch, num_chunks, chunk_size, *x.shape[2:]), 0, 1), inputs)
     chunk_has_work = jnp.any(valid.reshape(batch, num_chunks, chunk_size), axis=(0, 2))
-    output = jax.eval_shape(fn, chunks[0])
+    output = jax.eval_shape(fn, jax.tree.map(lambda x: x[0], chunks))
 
     def skip(_):
         return jnp.zeros(output.shape, output.dtype)

@@ -100,9 +100,9 @@ def head_losses(objectness: jax.Array, rpn_deltas: jax.Array, class_logits: jax.
     """The five losses from the heads' outputs on the samples of `training_targets`.
 
     objectness [B, A], rpn_deltas [B, A, 4] (all anchors), class_logits [B, R, K], box_deltas [B, R, K, 4]
-    (the sampled RoIs), mask_logits [B, Rm, T, T, K] (the mask slots).
+    (the sampled RoIs), mask_logits [B, Rm, T, T] (the mask slots, each its GT class's channel).
     Returns (losses {LOSS_NAMES: scalar}, {"class_box_deltas" [B, R, 4] of the target class,
-    "mask_logits" [B, Rm, T, T] of the GT class}).
+    "mask_logits" [B, Rm, T, T]}).
     """
     rpn, rois, slots = targets["rpn"], targets["rois"], targets["mask_slots"]
     sampled_logits = jnp.take_along_axis(objectness, rpn["index"], axis=1)
@@ -123,12 +123,11 @@ def head_losses(objectness: jax.Array, rpn_deltas: jax.Array, class_logits: jax.
     losses["loss_classifier"] = _masked_sum(cross_entropy, rois["valid"]) / num_rois
     losses["loss_box_reg"] = _masked_sum(smooth_l1(class_deltas - rois["box_targets"]), rois["positive"][..., None]) / num_rois
 
-    class_mask_logits = jnp.take_along_axis(mask_logits, slots["classes"][:, :, None, None, None], axis=-1)[..., 0]
     mask_targets = targets["mask_targets"]
     num_mask_pixels = jnp.maximum(jnp.sum(slots["valid"]), 1) * mask_targets.shape[-1] ** 2
-    losses["loss_mask"] = _masked_sum(binary_cross_entropy_with_logits(class_mask_logits, mask_targets),
+    losses["loss_mask"] = _masked_sum(binary_cross_entropy_with_logits(mask_logits, mask_targets),
                                       slots["valid"][..., None, None]) / num_mask_pixels
-    return losses, {"class_box_deltas": class_deltas, "mask_logits": class_mask_logits}
+    return losses, {"class_box_deltas": class_deltas, "mask_logits": mask_logits}
 
 
 def detector_losses(model, spec: DetectorSpec, params, batch: dict, key: jax.Array,
@@ -169,14 +168,16 @@ def detector_losses(model, spec: DetectorSpec, params, batch: dict, key: jax.Arr
     class_logits, box_deltas = apply_in_training_mode(
         pool_rois(spec, features, targets["rois"]["boxes"], spec.box_roi_size), valid=targets["rois"]["valid"],
         method="box_head")
-    # Mask head on the positive RoIs (fixed slots); the loss takes the GT class channel only.
+    # Mask head on the positive RoIs (fixed slots), computing the GT class's channel only.
     mask_features = pool_rois(spec, features, targets["mask_slots"]["boxes"], spec.mask_roi_size)
-    mask_valid = targets["mask_slots"]["valid"]
+    mask_valid, mask_classes = targets["mask_slots"]["valid"], targets["mask_slots"]["classes"]
     if spec.mask_head_chunk_size:
-        mask_logits = map_valid_chunks(lambda x: model.apply(variables, x, method="mask_head"), mask_features,
-                                       mask_valid, spec.mask_head_chunk_size)
+        mask_logits = map_valid_chunks(
+            lambda chunk: model.apply(variables, chunk[0], classes=chunk[1], method="mask_head"),
+            (mask_features, mask_classes), mask_valid, spec.mask_head_chunk_size)
     else:
-        mask_logits = apply_in_training_mode(mask_features, valid=mask_valid, method="mask_head")
+        mask_logits = apply_in_training_mode(mask_features, valid=mask_valid, classes=mask_classes,
+                                             method="mask_head")
     losses, selected = head_losses(objectness, rpn_deltas, class_logits, box_deltas, mask_logits, targets)
     aux = {"rpn": targets["rpn"], "proposals": proposals, "proposal_valid": proposal_valid, "rois": targets["rois"],
            "mask_slots": targets["mask_slots"], "class_logits": class_logits, **selected,

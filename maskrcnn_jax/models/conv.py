@@ -150,14 +150,22 @@ class Conv(nn.Module):
     fast: bool = True
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, outputs: jax.Array | None = None) -> jax.Array:
+        """outputs (a 1x1 convolution only): int [B], the one output channel each row b needs ->
+        [B, H, W], equal to the full output's [b, :, :, outputs[b]] (the same products and sum),
+        the other channels never computed."""
         kernel_shape = (self.kernel_size, self.kernel_size, x.shape[-1], self.features)
         kernel = self.param("kernel", self.kernel_init, kernel_shape, jnp.float32)
+        bias = self.param("bias", self.bias_init, (self.features,), jnp.float32) if self.use_bias else None
+        if outputs is not None:
+            if self.kernel_size != 1 or self.stride != 1:
+                raise ValueError("outputs is for a 1x1 convolution of stride 1")
+            weights = kernel[0, 0].T[outputs].astype(self.dtype)  # [B, Ci]
+            y = jnp.einsum("bhwc,bc->bhw", x.astype(self.dtype), weights)
+            return y if bias is None else y + bias.astype(self.dtype)[outputs][:, None, None]
         convolve = conv_fast if self.fast else conv_plain
         y = convolve(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.kernel_size // 2)
-        if self.use_bias:
-            y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32).astype(self.dtype)
-        return y
+        return y if bias is None else y + bias.astype(self.dtype)
 
 
 def conv_transpose_plain(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -209,4 +217,18 @@ class ConvTranspose(nn.Module):
             y = conv_transpose_plain(x, kernel)
         if self.use_bias:
             y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32).astype(self.dtype)
+        return y
+
+    def selected_outputs(self, x: jax.Array, outputs: jax.Array) -> jax.Array:
+        """A 1x1 convolution's output channel `outputs[r]` alone for each row r: x [R, H, W, Ci],
+        outputs int [R] -> [R, H, W], equal to __call__(x)[r, :, :, outputs[r]] (the same products
+        and sum), without computing the other channels."""
+        if self.kernel_size != 1 or self.stride != 1:
+            raise ValueError("selected_outputs is for a 1x1 convolution of stride 1")
+        kernel = self.param("kernel", self.kernel_init, (1, 1, x.shape[-1], self.features), jnp.float32)
+        weights = kernel[0, 0].T[outputs]  # [R, Ci]
+        y = jnp.einsum("rhwc,rc->rhw", x.astype(self.dtype), weights.astype(self.dtype))
+        if self.use_bias:
+            bias = self.param("bias", self.bias_init, (self.features,), jnp.float32).astype(self.dtype)
+            y = y + bias[outputs][:, None, None]
         return y

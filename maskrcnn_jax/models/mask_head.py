@@ -49,7 +49,8 @@ class MaskPredictor(nn.Module):
     """2x2 stride-2 transposed conv + ReLU ("conv5_mask"), then 1x1 conv to per-class logits.
 
     x: [R, S, S, C] -> mask_logits [R, 2S, 2S, K], float32 whatever the compute `dtype` (the loss
-    reduces them in float32).
+    reduces them in float32); with classes int [R], the logits of each row's class only, [R, 2S, 2S]
+    (the training loss needs no other: K times less output, which was the step's largest buffer).
     """
 
     num_classes: int
@@ -57,7 +58,7 @@ class MaskPredictor(nn.Module):
     fast_convs: bool = True
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, classes: jax.Array | None = None) -> jax.Array:
         options = dict(kernel_init=mask_init, dtype=self.dtype, fast=self.fast_convs)
         x = nn.relu(ConvTranspose(x.shape[-1], 2, **options, name="conv5_mask")(x))
-        return Conv(self.num_classes, 1, **options, name="mask_fcn_logits")(x).astype(jnp.float32)
+        return Conv(self.num_classes, 1, **options, name="mask_fcn_logits")(x, classes).astype(jnp.float32)

@@ -117,12 +117,15 @@ class MaskRCNN(nn.Module):
             representation = self.box_mlp(roi_features)
         return self.box_predictor(representation)
 
-    def mask_head(self, roi_features: jax.Array, valid: jax.Array | None = None, train: bool = False) -> jax.Array:
-        """roi_features [..., S, S, C], valid bool [...] -> mask logits [..., 2S, 2S, K]."""
+    def mask_head(self, roi_features: jax.Array, valid: jax.Array | None = None, train: bool = False,
+                  classes: jax.Array | None = None) -> jax.Array:
+        """roi_features [..., S, S, C], valid bool [...] -> mask logits [..., 2S, 2S, K]; with classes
+        int [...], each RoI's class channel only: [..., 2S, 2S]."""
         batch_shape = roi_features.shape[:-3]
         flat = roi_features.reshape((-1,) + roi_features.shape[-3:])
         flat_valid = None if valid is None else valid.reshape(-1)
-        logits = self.mask_predictor(self.mask_convs(flat, flat_valid, train))
+        flat_classes = None if classes is None else classes.reshape(-1)
+        logits = self.mask_predictor(self.mask_convs(flat, flat_valid, train), flat_classes)
         return logits.reshape(batch_shape + logits.shape[1:])
 
     def __call__(self, images: jax.Array) -> dict[str, jax.Array]:

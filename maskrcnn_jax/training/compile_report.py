@@ -32,7 +32,6 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from maskrcnn_jax.detector import make_predict_fn, pool_rois, pyramid_anchors, spec_from_config
-from maskrcnn_jax.detector.chunks import map_valid_chunks
 from maskrcnn_jax.detector.losses import LOSS_NAMES, head_losses, training_proposals, training_targets
 from maskrcnn_jax.detector.pyramid import POOLED_STRIDES, flatten_rpn_outputs
 from maskrcnn_jax.models import build_model, platform_config
@@ -296,8 +295,9 @@ def _train_stages(config: ml_collections.ConfigDict, program, batch: dict, mesh,
     box_features, mask_features = stages.forward("roialign", roi_align, None, pooled, rois["boxes"], slots["boxes"])
     box_fn = lambda p, x, valid: apply(p, x, valid=valid, train=True, method="box_head")  # noqa: E731
     class_logits, box_deltas = stages.forward("box head", box_fn, params, box_features, rois["valid"])
-    mask_fn = lambda p, x, valid: apply(p, x, valid=valid, train=True, method="mask_head")  # noqa: E731
-    mask_logits = stages.forward("mask head", mask_fn, params, mask_features, slots["valid"])
+    mask_fn = lambda p, x, valid, classes: apply(p, x, valid=valid, train=True, classes=classes,  # noqa: E731
+                                                 method="mask_head")
+    mask_logits = stages.forward("mask head", mask_fn, params, mask_features, slots["valid"], slots["classes"])
     outputs = (objectness, deltas, class_logits, box_deltas, mask_logits)
 
     def total_loss(_, *outputs_and_targets):
@@ -306,7 +306,7 @@ def _train_stages(config: ml_collections.ConfigDict, program, batch: dict, mesh,
     stages.forward("losses", total_loss, None, *outputs, targets)
 
     stages.backward("losses", total_loss, None, len(outputs), *outputs, targets)
-    stages.backward("mask head", mask_fn, params, 1, mask_features, slots["valid"])
+    stages.backward("mask head", mask_fn, params, 1, mask_features, slots["valid"], slots["classes"])
     stages.backward("box head", box_fn, params, 1, box_features, rois["valid"])
     stages.backward("roialign", roi_align, None, 1, pooled, rois["boxes"], slots["boxes"])
     stages.backward("rpn head + proposals", rpn_and_proposal_boxes, params, 1, features, batch["image_size"])
