@@ -116,7 +116,7 @@ class Detector:
         self.config = config
         self.class_names = tuple(class_names)
         self.score_threshold = score_threshold
-        self.spec = spec_from_config(config)
+        self.spec = spec_from_config(config, self.class_names)  # slots without a name never detected
         self.model = build_model(config)
         check_params_fit(params, jax.eval_shape(lambda: init_params(self.model, jax.random.key(0))))
         self.params = jax.device_put(params)

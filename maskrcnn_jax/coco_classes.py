@@ -3,6 +3,8 @@
 Slot i is COCO category id i; "N/A" marks the ids COCO 2017 never uses, slot 0 is background.
 """
 
+NO_CLASS_NAME = "N/A"  # the name of a class slot that stands for no class (never a detection)
+
 COCO_CLASS_NAMES = (
     "__background__", "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck",
     "boat", "traffic light", "fire hydrant", "N/A", "stop sign", "parking meter", "bench", "bird",

@@ -73,7 +73,7 @@ def _predict_model(flag_values: flags.FlagValues, coco_gt) -> tuple:
     import jax
 
     from maskrcnn_jax.api import check_prediction_config
-    from maskrcnn_jax.checkpoint import check_params_fit, load_params
+    from maskrcnn_jax.checkpoint import check_params_fit, load_checkpoint
     from maskrcnn_jax.data.coco import CocoSource
     from maskrcnn_jax.detector import make_predict_fn, spec_from_config
     from maskrcnn_jax.evaluation import evaluation_batches, model_label_to_category_id, predict_coco_results, warm_up
@@ -85,10 +85,10 @@ def _predict_model(flag_values: flags.FlagValues, coco_gt) -> tuple:
     except ValueError as error:
         raise UsageError(str(error)) from None
     model = build_model(config)
-    params = load_params(flag_values.checkpoint)
+    params, _, class_names = load_checkpoint(flag_values.checkpoint)  # the config: flag_values.config
     check_params_fit(params, jax.eval_shape(lambda: init_params(model, jax.random.key(0))))
     params = jax.device_put(params)
-    predict = make_predict_fn(model, spec_from_config(config))
+    predict = make_predict_fn(model, spec_from_config(config, class_names))
     source = CocoSource(flag_values.annotations, flag_values.images)
     label_to_category_id = model_label_to_category_id(config.model.num_classes, source.label_to_category_id)
     batches, num_images = evaluation_batches(

@@ -5,6 +5,7 @@ Legend: P proposals, K classes including background, D detections. Boxes are xyx
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from maskrcnn_jax.detector.spec import DetectorSpec
 from maskrcnn_jax.ops.boxes import clip_boxes, decode_boxes, small_boxes_valid
@@ -19,7 +20,8 @@ def postprocess_detections(
     image_size: jax.Array,
     spec: DetectorSpec,
 ) -> dict[str, jax.Array]:
-    """Softmax, per-class decode and clip, drop background / low scores / tiny boxes, per-class NMS, top D.
+    """Softmax, per-class decode and clip, drop background / low scores / tiny boxes / the spec's
+    absent classes (slots without a class name), per-class NMS, top D.
 
     class_logits [P, K], box_deltas [P, K, 4], proposals [P, 4], proposal_valid bool [P],
     image_size int [2] (h, w). Thresholds, box weights and D = detections_per_image come from the
@@ -33,7 +35,10 @@ def postprocess_detections(
     boxes = decode_boxes(box_deltas, proposals[:, None, :], spec.roi_box_weights)[:, 1:]
     boxes = clip_boxes(boxes, image_size[0], image_size[1])
     classes = jnp.broadcast_to(jnp.arange(1, num_classes, dtype=jnp.int32), scores.shape)
-    valid = (scores > spec.score_threshold) & small_boxes_valid(boxes, spec.min_box_size) & proposal_valid[:, None]
+    class_present = np.ones(num_classes - 1, bool)  # a constant [K - 1], for labels 1..K-1
+    class_present[np.asarray(spec.absent_classes, np.int64) - 1] = False
+    valid = ((scores > spec.score_threshold) & small_boxes_valid(boxes, spec.min_box_size) & proposal_valid[:, None]
+             & class_present)
 
     flat_scores = jnp.where(valid, scores, -1.0).reshape(-1)
     candidate_scores, candidates = jax.lax.top_k(flat_scores, min(spec.max_candidates, flat_scores.shape[0]))

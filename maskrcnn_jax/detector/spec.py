@@ -10,6 +10,8 @@ import dataclasses
 import jax
 import ml_collections
 
+from maskrcnn_jax.coco_classes import NO_CLASS_NAME
+
 # RoIAlign's boxes gathered per loop step (`ops.roi_align`'s boxes_per_step), by the platform the
 # program runs on, when config.model.roi_boxes_per_step is 0: on a CPU a few boxes keep the gathered
 # corners in cache (2-5x faster than all at once); on an accelerator every loop step re-reads and
@@ -65,6 +67,10 @@ class DetectorSpec:
     nms_threshold: float = 0.5
     detections_per_image: int = 100
     max_candidates: int = 2000
+    # Labels that never become detections: class slots without a class name, e.g. the 10 "N/A"
+    # slots of torchvision's 91-slot COCO head (ids COCO never uses, which a converted model can still
+    # score); dropped before per-class NMS and the top D. Set from the class names, `spec_from_config`.
+    absent_classes: tuple[int, ...] = ()
     # Training: anchor and RoI matching / sampling, mask targets.
     rpn_sampler: SamplerSpec = SamplerSpec(0.7, 0.3, True, 256, 0.5)
     roi_sampler: SamplerSpec = SamplerSpec(0.5, 0.5, False, 512, 0.25)
@@ -114,12 +120,19 @@ def roi_boxes_per_step(model: ml_collections.ConfigDict, platform: str | None = 
     return PLATFORM_ROI_BOXES_PER_STEP.get(platform or jax.default_backend(), ACCELERATOR_ROI_BOXES_PER_STEP)
 
 
-def spec_from_config(config: ml_collections.ConfigDict) -> DetectorSpec:
+def labels_without_class(class_names) -> tuple[int, ...]:
+    """The labels 1..K-1 whose slot has no class name ("N/A" or empty): [K] names -> labels."""
+    return tuple(label for label, name in enumerate(class_names)
+                 if label > 0 and name.strip() in ("", NO_CLASS_NAME))
+
+
+def spec_from_config(config: ml_collections.ConfigDict, class_names=None) -> DetectorSpec:
     """The one function that reads the detector's numbers from a config.
 
     Reads config.model (classes, anchors, box weights, RoI sizes, RoIAlign's boxes per step),
     config.test (test proposals and post-processing) and, when present, config.targets (training
-    proposals, matchers, samplers).
+    proposals, matchers, samplers). class_names: [K] names of the model's class slots (a checkpoint's
+    metadata); when given, the slots without a name never become detections (`absent_classes`).
     """
     model, test = config.model, config.test
     training = {}
@@ -151,5 +164,6 @@ def spec_from_config(config: ml_collections.ConfigDict) -> DetectorSpec:
         detections_per_image=test.detections_per_image,
         max_candidates=test.max_candidates,
         mask_target_size=2 * model.mask_roi_size,
+        absent_classes=labels_without_class(class_names) if class_names is not None else (),
         **training,
     )

@@ -16,7 +16,7 @@ from maskrcnn_jax.data import evaluation_dataset
 from maskrcnn_jax.detector import make_predict_fn, spec_from_config
 from maskrcnn_jax.evaluation import evaluate_model, load_coco_ground_truth, model_label_to_category_id
 from maskrcnn_jax.models import build_model
-from maskrcnn_jax.training.data import evaluation_data
+from maskrcnn_jax.training.data import class_slots, evaluation_data
 
 EvaluateFn = Callable[[dict], dict]
 
@@ -37,7 +37,8 @@ def make_coco_evaluator(config: ml_collections.ConfigDict, workdir: str | os.Pat
         source = grain.MapDataset.source(source)[: config.eval.max_images]
     coco_gt = load_coco_ground_truth(data.annotation_file)
     label_to_category_id = model_label_to_category_id(config.model.num_classes, data.source.label_to_category_id)
-    predict = make_predict_fn(build_model(config), spec_from_config(config))
+    _, class_names = class_slots(config.model.num_classes, data.source)
+    predict = make_predict_fn(build_model(config), spec_from_config(config, class_names))
     options = dict(global_batch_size=config.eval.batch_size, canvas_size=tuple(config.input.canvas_size),
                    min_size=config.input.min_size, max_size=config.input.max_size,
                    max_instances=config.data.max_instances, mask_size=config.data.mask_size,
