@@ -4,8 +4,14 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
+from maskrcnn_jax.detector.paste import MaskWindow, masks_from_windows
 from maskrcnn_jax.evaluation.coco_metrics import evaluate_results, load_coco_ground_truth
-from maskrcnn_jax.evaluation.coco_results import encode_binary_masks, image_detections_to_coco, xyxy_to_xywh
+from maskrcnn_jax.evaluation.coco_results import (
+    encode_binary_masks,
+    encode_mask_windows,
+    image_detections_to_coco,
+    xyxy_to_xywh,
+)
 from conftest import shared_data_path
 
 
@@ -26,6 +32,24 @@ def test_encoded_masks_decode_to_the_same_pixels_area_and_box():
     np.testing.assert_array_equal(mask_utils.area(rles), masks.sum(axis=(1, 2)))
     np.testing.assert_array_equal(mask_utils.toBbox(rles)[0], [7, 5, 2, 15])  # x, y, w, h of the block
     assert encode_binary_masks(np.zeros((0, 37, 53), bool)) == []
+
+
+def test_windows_encode_as_pycocotools_encodes_their_full_masks():
+    """The RLE computed from the windows alone equals pycocotools' encoding of the full masks, string
+    for string: windows at every edge (a run crossing from one column's bottom into the next
+    column's top, a run reaching the last pixel), empty windows, empty and full masks, one-pixel images."""
+    rng = np.random.default_rng(0)
+    for height, width in ((7, 5), (1, 1), (3, 9), (6, 1)):
+        for _ in range(200):
+            windows = []
+            for _ in range(rng.integers(1, 5)):
+                top, left = rng.integers(0, height + 1), rng.integers(0, width + 1)
+                rows, columns = rng.integers(0, height - top + 1), rng.integers(0, width - left + 1)
+                density = rng.choice([0.0, 0.1, 0.5, 0.95, 1.0])
+                windows.append(MaskWindow(int(top), int(left), rng.random((rows, columns)) < density))
+            expected = encode_binary_masks(masks_from_windows(windows, height, width))
+            assert encode_mask_windows(windows, height, width) == expected, windows
+    assert encode_mask_windows([], 4, 4) == []
 
 
 def test_ground_truth_as_detections_scores_ap_one():
