@@ -3,10 +3,13 @@ r"""COCO box and mask AP, of a model or of an existing COCO results file.
 Score a model (writes coco_results.json, metrics.json, per_category_ap.json into --output and
 prints the throughput with its breakdown per stage):
   python scripts/evaluate.py --checkpoint DIR --annotations A.json --images IMAGE_DIR --output OUT \
-      [--batch_size=2] [--max_images=N] [--per_category] [--config FILE] [--config.key=value ...]
+      [--batch_size=2] [--max_images=N] [--host_workers=N] [--per_category] [--config FILE] [--config.key=value ...]
 The checkpoint brings its config (`--config` replaces it, `--config.key=value` changes a field);
 detections scoring above config.test.score_threshold (0.05) are scored, on config.input.canvas_size.
-Compiled programs are kept in JAX's persistent cache (--compilation_cache_dir).
+Compiled programs are kept in JAX's persistent cache (--compilation_cache_dir). Masks are pasted and
+RLE-encoded in --host_workers worker processes while the model runs (default: one per core but one;
+none when JAX runs on the CPU, where the model already uses every core). It prints the processes and
+devices used and the evaluation split: data, model, paste, RLE, waiting for the workers, COCOeval.
 Score results files from any system (several are concatenated, e.g. a bbox and a segm file):
   python scripts/evaluate.py --annotations A.json --results R.json[,R2.json] --output OUT
 predict.py's detections.json is such a file: its entries' file names are matched to A.json's images.
@@ -36,6 +39,9 @@ def define_flags(flag_values: flags.FlagValues) -> None:
     define("bool", "per_category", False, "also print AP of every category")
     define("integer", "batch_size", 2, "images per predict call (model mode)", lower_bound=1)
     define("integer", "max_images", None, "evaluate only the first N images (model mode)", lower_bound=1)
+    define("integer", "host_workers", None, "worker processes that paste and RLE-encode masks while the model runs "
+           "(model mode; 0: this process; default: one per core but one, none when JAX runs on the CPU)",
+           lower_bound=0)
 
 
 def _check_arguments(flag_values: flags.FlagValues, positional: list[str]) -> None:
@@ -69,14 +75,23 @@ def _report(scores, output_dir: pathlib.Path, per_category: bool) -> None:
 
 
 def _predict_model(flag_values: flags.FlagValues, coco_gt) -> tuple:
-    """(COCO results, evaluated image ids, timings) of the model; prints the throughput breakdown."""
+    """(COCO results, evaluated image ids, timings, seconds, worker count) of the model, its seconds
+    after the compile; prints what it runs on."""
     import jax
 
     from maskrcnn_jax.api import check_prediction_config
     from maskrcnn_jax.checkpoint import check_params_fit, load_checkpoint
     from maskrcnn_jax.data.coco import CocoSource
     from maskrcnn_jax.detector import make_predict_fn, spec_from_config
-    from maskrcnn_jax.evaluation import evaluation_batches, model_label_to_category_id, predict_coco_results, warm_up
+    from maskrcnn_jax.evaluation import (
+        default_host_workers,
+        evaluation_batches,
+        make_worker_pool,
+        model_label_to_category_id,
+        predict_coco_results,
+        warm_up,
+    )
+    from maskrcnn_jax.evaluation.evaluator import describe_run
     from maskrcnn_jax.models import build_model, init_params
 
     config = flag_values.config
@@ -95,28 +110,27 @@ def _predict_model(flag_values: flags.FlagValues, coco_gt) -> tuple:
         source, coco_gt, batch_size=flag_values.batch_size, canvas_size=config.input.canvas_size,
         min_size=config.input.min_size, max_size=config.input.max_size, max_images=flag_values.max_images,
     )
+    workers = default_host_workers() if flag_values.host_workers is None else flag_values.host_workers
+    pool = make_worker_pool(workers)  # its workers start while the model compiles
     start = time.perf_counter()
     warm_up(predict, params, batches)
     compile_seconds = time.perf_counter() - start
 
+    print(describe_run(1, workers))
     timings = {}
-    results, image_ids = predict_coco_results(predict, params, batches, label_to_category_id, True, timings)
+    start = time.perf_counter()
+    try:
+        results, image_ids = predict_coco_results(predict, params, batches, label_to_category_id, True, timings, pool)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    seconds = time.perf_counter() - start
     print(f"{num_images} images, batch {flag_values.batch_size}, canvas {tuple(config.input.canvas_size)}, "
           f"backend {jax.default_backend()}; compile + first batch {compile_seconds:.1f} s")
     if len(image_ids) < num_images:
         print(f"warning: {num_images - len(image_ids)} of {num_images} images could not be read (logged above) "
               f"and are left out of the scores", file=sys.stderr)
-    return results, image_ids, timings
-
-
-def _print_throughput(num_images: int, timings: dict) -> None:
-    from maskrcnn_jax.evaluation.evaluator import TIMING_STAGES
-
-    total = sum(timings.values())
-    print(f"throughput: {num_images / total:.2f} images/s ({total:.2f} s for {num_images} images)")
-    for stage in TIMING_STAGES:
-        seconds = timings.get(stage, 0.0)
-        print(f"  {stage:>8s}: {seconds:8.2f} s  {1000 * seconds / num_images:8.1f} ms/image  {100 * seconds / total:5.1f} %")
+    return results, image_ids, timings, seconds, workers
 
 
 def evaluate(flag_values: flags.FlagValues, positional: list[str]) -> int:
@@ -127,9 +141,10 @@ def evaluate(flag_values: flags.FlagValues, positional: list[str]) -> int:
     coco_gt = load_coco_ground_truth(flag_values.annotations, warnings)
     output_dir = pathlib.Path(flag_values.output)
     if flag_values.results:
-        results, image_ids, timings = assign_image_ids(coco_gt, read_results_files(flag_values.results)), None, {}
+        print("evaluation: process 0 of 1 scores the results files (no model, no device)")
+        results, image_ids = assign_image_ids(coco_gt, read_results_files(flag_values.results)), None
     else:
-        results, image_ids, timings = _predict_model(flag_values, coco_gt)
+        results, image_ids, timings, seconds, workers = _predict_model(flag_values, coco_gt)
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "coco_results.json").write_text(json.dumps(results))
     if not results:
@@ -137,12 +152,15 @@ def evaluate(flag_values: flags.FlagValues, positional: list[str]) -> int:
     start = time.perf_counter()
     scores = evaluate_results(coco_gt, results, iou_types=None if flag_values.results else ("bbox", "segm"),
                               image_ids=image_ids)
-    timings["cocoeval"] = time.perf_counter() - start
+    cocoeval_seconds = time.perf_counter() - start
     for warning in warnings + scores.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     _report(scores, output_dir, flag_values.per_category)
     if image_ids:
-        _print_throughput(len(image_ids), timings)
+        from maskrcnn_jax.evaluation.evaluator import describe_timings
+
+        timings["cocoeval"] = cocoeval_seconds
+        print(describe_timings(len(image_ids), timings, seconds + cocoeval_seconds, workers))
     return 0
 
 

@@ -20,6 +20,7 @@ from maskrcnn_jax.evaluation import (
     evaluate_model,
     evaluate_results,
     load_coco_ground_truth,
+    make_worker_pool,
     model_label_to_category_id,
 )
 from maskrcnn_jax.models import build_model
@@ -123,11 +124,19 @@ def test_evaluate_model_equals_torchvision_paste_and_pycocotools():
     assert 0.5 < metrics["segm"]["AP"] < 1.0
     assert set(timings) == {"data", "model", "paste", "rle", "cocoeval"}
 
-    # A trainer calls this every N steps: the second call gives the same metrics.
+    # A trainer calls this every N steps: the second call gives the same metrics, here with the
+    # masks pasted and encoded in a worker process.
     oracle.detections.clear()
     oracle.rng = np.random.default_rng(0)  # the same mask noise as the first call
-    again = evaluate_model(oracle.predict, None, oracle.watch(batches), coco_gt, source.label_to_category_id)
+    pool = make_worker_pool(1)
+    timings = {}
+    try:
+        again = evaluate_model(oracle.predict, None, oracle.watch(batches), coco_gt, source.label_to_category_id,
+                               timings=timings, pool=pool)
+    finally:
+        pool.shutdown()
     assert again == metrics
+    assert timings["paste"] > 0 and timings["rle"] > 0 and "wait" in timings
 
 
 def test_label_mapping_for_torchvision_coco_head():
@@ -158,6 +167,10 @@ def test_script_model_mode_agrees_with_results_mode(tmp_path):
     printed = run_evaluate_script("--checkpoint", str(tmp_path / "checkpoint"), "--images", str(folder / "images"),
                                   "--output", str(tmp_path / "model"), "--batch_size=2", *annotations)
     assert "images/s" in printed and "cocoeval" in printed and "canvas (192, 192)" in printed
+    # What it ran on (JAX on the CPU: no worker processes by default) and the split per stage.
+    assert "evaluation: process 0 of 1, model on 1 of 1 cpu devices" in printed
+    assert "mask paste and RLE in this process" in printed
+    assert all(f"{stage}:" in printed for stage in ("data", "model", "paste", "rle", "wait", "cocoeval"))
 
     results = json.loads((tmp_path / "model" / "coco_results.json").read_text())
     images = {image["id"]: image for image in json.loads((folder / "annotations.json").read_text())["images"]}

@@ -14,6 +14,7 @@ from maskrcnn_jax.evaluation.coco_results import (
     encode_binary_masks,
     encode_mask_windows,
     image_detections_to_coco,
+    image_results,
     xyxy_to_xywh,
 )
 from maskrcnn_jax.evaluation.evaluator import (
@@ -23,18 +24,22 @@ from maskrcnn_jax.evaluation.evaluator import (
     predict_coco_results,
     warm_up,
 )
+from maskrcnn_jax.evaluation.host_workers import default_host_workers, make_worker_pool
 
 __all__ = [
     "CocoScores",
     "STAT_NAMES",
     "assign_image_ids",
+    "default_host_workers",
     "encode_binary_masks",
     "encode_mask_windows",
     "evaluate_model",
     "evaluate_results",
     "evaluation_batches",
     "image_detections_to_coco",
+    "image_results",
     "load_coco_ground_truth",
+    "make_worker_pool",
     "model_label_to_category_id",
     "predict_coco_results",
     "read_results_files",

@@ -13,12 +13,12 @@ import numpy as np
 
 from maskrcnn_jax.data.pipeline import evaluation_dataset
 from maskrcnn_jax.detector import prediction_inputs
-from maskrcnn_jax.detector.paste import paste_mask_windows
 from maskrcnn_jax.evaluation.coco_metrics import evaluate_results
-from maskrcnn_jax.evaluation.coco_results import encode_mask_windows, image_detections_to_coco
+from maskrcnn_jax.evaluation.host_workers import ResultsEncoder
 
-# Seconds spent in each stage, the keys of the `timings` dicts below.
-TIMING_STAGES = ("data", "model", "paste", "rle", "cocoeval")
+# Seconds spent in each stage, the keys of the `timings` dicts below: "paste" and "rle" may run in
+# worker processes, concurrent with the others ("wait": this process waiting for them).
+TIMING_STAGES = ("data", "model", "paste", "rle", "wait", "cocoeval")
 
 
 def model_label_to_category_id(num_model_classes: int, dataset_label_to_category_id: dict) -> dict:
@@ -75,6 +75,28 @@ def _add_time(timings: dict, stage: str, start: float) -> float:
     return now
 
 
+def describe_run(devices_used: int, workers: int) -> str:
+    """One line: this process among how many, the devices the model runs on, and where the host
+    post-processing runs."""
+    where = f"{workers} worker processes" if workers else "this process"
+    return (f"evaluation: process {jax.process_index()} of {jax.process_count()}, model on {devices_used} of "
+            f"{jax.device_count()} {jax.default_backend()} devices ({jax.local_device_count()} on this process), "
+            f"mask paste and RLE in {where}")
+
+
+def describe_timings(num_images: int, timings: dict, wall_seconds: float, workers: int) -> str:
+    """The evaluation split of this process, one line per stage (TIMING_STAGES): seconds, ms per
+    image, share of the wall time. With workers, paste and RLE are their seconds, concurrent with the model."""
+    lines = [f"throughput: {num_images / wall_seconds:.2f} images/s ({wall_seconds:.2f} s for {num_images} images "
+             f"on process {jax.process_index()})"]
+    for stage in TIMING_STAGES:
+        seconds = timings.get(stage, 0.0)
+        note = f"  (in {workers} workers, concurrent)" if workers and stage in ("paste", "rle") else ""
+        lines.append(f"  {stage:>8s}: {seconds:8.2f} s  {1000 * seconds / max(num_images, 1):8.1f} ms/image  "
+                     f"{100 * seconds / wall_seconds:5.1f} %{note}")
+    return "\n".join(lines)
+
+
 def warm_up(predict_fn, params, batches) -> None:
     """Compiles predict on the first batch, so that later timings are steady-state. Raises ValueError
     when there is no batch (no images, or none could be read)."""
@@ -91,6 +113,7 @@ def predict_coco_results(
     label_to_category_id: dict,
     with_masks: bool = True,
     timings: dict | None = None,
+    pool=None,
 ) -> tuple:
     """Runs the model over `batches` and returns (COCO results list, list of evaluated image ids).
 
@@ -101,15 +124,18 @@ def predict_coco_results(
     batches: iterable of dicts with "image" [B,Hc,Wc,3], "image_size" [B,2], "original_size" [B,2],
       "image_id" [B], "valid" [B] (False for the padding examples of the last batch).
     with_masks: also paste the masks (thresholded at 0.5, at the original size) for `segm`.
-    timings: if given, seconds are added under "data" (waiting for the next batch), "model",
-      "paste" (copy to the host, pasting each kept detection within its box) and "rle" (encoding
-      and result dicts). Memory beyond the model: one image-sized buffer plus the largest box's window.
+    timings: if given, seconds are added per stage: "data" (waiting for the next batch), "model"
+      (predict and the copy of its outputs to the host), "paste" and "rle" (pasting each kept
+      detection within its box; encoding and result dicts: summed over the worker processes when
+      there are some, concurrent with the model), "wait" (waiting for the workers).
+    pool: `host_workers.make_worker_pool(n)` to paste and encode in n worker processes while the
+      model runs; None: in this process. Results come in the order of `batches` either way.
     Detections whose label has no category in `label_to_category_id` are dropped (COCOeval would
     ignore them anyway: it scores only the ground truth's categories).
     """
     timings = {} if timings is None else timings
     known_labels = np.array(sorted(label_to_category_id))
-    results, image_ids = [], []
+    encoder = ResultsEncoder(pool, label_to_category_id, with_masks, timings)
     batch_iterator = iter(batches)
     while True:
         start = time.perf_counter()
@@ -117,24 +143,15 @@ def predict_coco_results(
         start = _add_time(timings, "data", start)
         if batch is None:
             break
-        predictions = jax.block_until_ready(predict_fn(params, prediction_inputs(batch)))
-        start = _add_time(timings, "model", start)
+        predictions = predict_fn(params, prediction_inputs(batch))
         host = jax.device_get({k: predictions[k] for k in ("boxes", "scores", "classes", "valid", "masks")})
-        start = _add_time(timings, "paste", start)
+        _add_time(timings, "model", start)
         for b in np.flatnonzero(np.asarray(batch["valid"])):
             height, width = (int(v) for v in batch["original_size"][b])
             keep = np.asarray(host["valid"][b], dtype=bool) & np.isin(host["classes"][b], known_labels)
-            boxes = host["boxes"][b][keep]
-            windows = paste_mask_windows(host["masks"][b][keep], boxes, height, width) if with_masks else None
-            start = _add_time(timings, "paste", start)
-            image_id = int(batch["image_id"][b])
-            image_ids.append(image_id)
-            segmentations = encode_mask_windows(windows, height, width) if with_masks else None
-            results.extend(image_detections_to_coco(
-                image_id, boxes, host["scores"][b][keep], host["classes"][b][keep], label_to_category_id, segmentations
-            ))
-            start = _add_time(timings, "rle", start)
-    return results, image_ids
+            detections = {key: host[key][b][keep] for key in ("boxes", "scores", "classes", "masks")}
+            encoder.submit(int(batch["image_id"][b]), height, width, detections)
+    return encoder.finish()
 
 
 def evaluate_model(
@@ -145,17 +162,20 @@ def evaluate_model(
     label_to_category_id: dict,
     with_masks: bool = True,
     timings: dict | None = None,
+    pool=None,
 ) -> dict:
     """COCO metrics {"bbox": {AP, AP50, ...}, "segm": {...}} of a model on the images in `batches`.
 
     A plain function for the trainer to call every N steps (see `predict_coco_results` for the
     arguments). Only the images in `batches` are scored, so a subset of `coco_gt` may be evaluated.
     A model that detects nothing scores 0. timings: if given, seconds are added per stage (TIMING_STAGES).
+    pool: worker processes for the mask paste and RLE (`predict_coco_results`).
     One process: with several, each would score only its own shard of images (the batches and
     predictions must be host-local arrays); gathering results across processes is not done here.
     """
     timings = {} if timings is None else timings
-    results, image_ids = predict_coco_results(predict_fn, params, batches, label_to_category_id, with_masks, timings)
+    results, image_ids = predict_coco_results(predict_fn, params, batches, label_to_category_id, with_masks, timings,
+                                              pool)
     start = time.perf_counter()
     iou_types = ("bbox", "segm") if with_masks else ("bbox",)
     scores = evaluate_results(coco_gt, results, iou_types=iou_types, image_ids=image_ids)
