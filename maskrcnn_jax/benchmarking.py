@@ -30,6 +30,7 @@ import numpy as np
 
 from maskrcnn_jax.detector import make_binary_mask_paster, make_predict_fn, pyramid_anchors, spec_from_config
 from maskrcnn_jax.detector.chunks import map_valid_chunks
+from maskrcnn_jax.detector.inputs import model_images
 from maskrcnn_jax.detector.losses import LOSS_NAMES, head_losses, make_loss_fn, training_proposals, training_targets
 from maskrcnn_jax.detector.predict import detect, detection_outputs, propose
 from maskrcnn_jax.detector.pyramid import POOLED_STRIDES, flatten_rpn_outputs, pool_rois
@@ -128,7 +129,7 @@ def profile_inference(model, spec: DetectorSpec, params: dict, batch: dict, imag
     """Per-stage profile (INFERENCE_STAGES) of `predict` on batch (BATCH_KEYS) plus pasting the masks
     at image_size (H, W), as scripts/benchmark.py's inference runs. Returns StageProfiler.rows()."""
     profiler = StageProfiler(repeats)
-    images, image_sizes = batch["image"], batch["image_size"]
+    images, image_sizes = model_images(batch), batch["image_size"]
     canvas = images.shape[1:3]
     body = profiler.run("backbone", _apply(model, lambda module, x: module.backbone(x)),
                         _subtree(params, [BACKBONE]), images)
@@ -156,7 +157,7 @@ def profile_train_step(model, spec: DetectorSpec, state, batch: dict, optimizer,
     profiler = StageProfiler(repeats)
     params = state.params
     head_names = sorted(set(params) - {BACKBONE, FPN, RPN})
-    images = batch["image"]
+    images = model_images(batch)
 
     def backbone(p, x):
         # The images need no gradient.
@@ -231,7 +232,7 @@ def format_profile(rows: list[dict], ceiling_gflops: float) -> str:
 def synthetic_training_batch(batch_size: int, canvas: tuple[int, int], num_classes: int, max_instances: int,
                              mask_size: int, seed: int = 0) -> dict:
     """A training batch in the data pipeline's schema with random content, for timing where no data is
-    at hand: images [B, Hc, Wc, 3] of noise filling the canvas, half of the M slots holding boxes of
+    at hand: uint8 images [B, Hc, Wc, 3] of noise filling the canvas, half of the M slots holding boxes of
     1/8 to 1/2 the canvas side with random classes and random box-cropped masks [B, M, Sm, Sm]."""
     rng = np.random.default_rng(seed)
     height, width = canvas
@@ -239,7 +240,7 @@ def synthetic_training_batch(batch_size: int, canvas: tuple[int, int], num_class
     sides = rng.uniform(0.125, 0.5, (batch_size, max_instances, 2)) * np.array([width, height])
     corners = rng.uniform(0, 1, (batch_size, max_instances, 2)) * (np.array([width, height]) - sides)
     return {
-        "image": jnp.asarray(rng.standard_normal((batch_size, height, width, 3), np.float32)),
+        "image": jnp.asarray(rng.integers(0, 256, (batch_size, height, width, 3), dtype=np.uint8)),
         "image_size": jnp.asarray(np.tile(np.array(canvas, np.int32), (batch_size, 1))),
         "gt_boxes": jnp.asarray(np.concatenate([corners, corners + sides], axis=-1).astype(np.float32)),
         "gt_classes": jnp.asarray(rng.integers(1, num_classes, (batch_size, max_instances), dtype=np.int32)),

@@ -6,9 +6,10 @@ images/s the training step consumes, for one config, on this machine.
         --config.data.num_workers=2 --config.train.global_batch_size=8 --step_batch=1
 
 The pipeline is the trainer's (`training.data.training_source` + `training_iterator`: decode,
-resize / jitter / crop, flip, normalise, pad to the config's canvas, pad ground truth and crop masks,
-batch, with config.data.num_workers processes); the first batch (worker start-up included) is
-timed apart. Then, in this process, the time per image to read a record and to transform it. Then
+resize / jitter / crop, flip, round to uint8, pad to the config's canvas, pad ground truth and crop
+masks, batch, with config.data.num_workers processes); the first batch (worker start-up included) is
+timed apart, and its bytes per image are what goes from the host to the device. Then, in this
+process, the time per image to read a record and to transform it. Then
 the step: `benchmarking.train_speed` (the trainer's jitted step, random parameters, a synthetic batch
 of --step_batch images shaped as the pipeline's) -- its images/s is what the pipeline must keep up
 with. A config with data.source "coco" reads --data (annotations.json + images/); when that is
@@ -51,7 +52,7 @@ def main(argv):
     canvas = tuple(config.input.canvas_size)
     iterator = training_iterator(config, source)
     start = time.perf_counter()
-    next(iterator)
+    first_batch = next(iterator)
     first = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(_BATCHES.value):
@@ -63,6 +64,9 @@ def main(argv):
     print(f"pipeline: {len(source)} records, workers={config.data.num_workers} canvas={canvas} batch={batch_size} "
           f"lsj={config.data.large_scale_jitter} jitter={tuple(config.data.jitter_range)}: first batch {first:.2f} s, "
           f"{_BATCHES.value * batch_size} images in {elapsed:.2f} s = {pipeline_images_per_s:.1f} images/s")
+    batch_bytes = sum(value.nbytes for value in first_batch.values())
+    print(f"host -> device per image: {batch_bytes / batch_size / 1e6:.2f} MB, of which the image "
+          f"({first_batch['image'].dtype}) {first_batch['image'].nbytes / batch_size / 1e6:.2f} MB")
     read_ms, transform_ms = per_image_milliseconds(config, source, num_images=min(20, len(source)))
     print(f"in this process, per image: read {read_ms:.1f} ms, transforms {transform_ms:.1f} ms")
     if _STEP_RUNS.value:

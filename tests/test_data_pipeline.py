@@ -72,7 +72,7 @@ def training(source, **overrides):
 
 def test_training_batches_have_the_contract_shapes():
     batch = next(iter(training(EllipseSource(6))))
-    expected = {"image": ((2, 64, 64, 3), np.float32), "image_size": ((2, 2), np.int32),
+    expected = {"image": ((2, 64, 64, 3), np.uint8), "image_size": ((2, 2), np.int32),
                 "original_size": ((2, 2), np.int32), "image_id": ((2,), np.int64),
                 "gt_boxes": ((2, 4, 4), np.float32), "gt_classes": ((2, 4), np.int32),
                 "gt_masks": ((2, 4, 16, 16), np.uint8), "gt_valid": ((2, 4), np.bool_),

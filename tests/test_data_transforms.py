@@ -100,8 +100,16 @@ def check_torchvision_preprocessing(image_uint8):
     assert (geometry.height, geometry.width) == tuple(images.image_sizes[0])
     # torchvision pads each side up to a multiple of 32 and no more.
     assert expected.shape[:2] == (-(-geometry.height // 32) * 32, -(-geometry.width // 32) * 32)
-    ours = transforms.transform_image(image_uint8, geometry, expected.shape[:2])
+    ours = transforms.transform_image(image_uint8, geometry, expected.shape[:2], np.float32)
     np.testing.assert_allclose(ours, expected, atol=1e-5, rtol=0)
+    # Training's uint8 example is torchvision's resized photo (its normalisation undone) rounded to
+    # bytes, zero in the padding; the device normalises it (detector.inputs).
+    ours = transforms.transform_image(image_uint8, geometry, expected.shape[:2])
+    assert ours.dtype == np.uint8
+    pixels = (expected * np.asarray(transforms.IMAGENET_STD) + np.asarray(transforms.IMAGENET_MEAN)) * 255
+    inside = (slice(0, geometry.height), slice(0, geometry.width))
+    np.testing.assert_allclose(ours[inside], pixels[inside], atol=0.5 + 1e-3, rtol=0)
+    assert not ours[geometry.height:].any() and not ours[:, geometry.width:].any()
 
 
 def test_preprocessing_matches_torchvision_transform_synthetic():

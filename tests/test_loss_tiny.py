@@ -7,7 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from maskrcnn_jax.data.transforms import normalize_image
 from maskrcnn_jax.detector import DetectorSpec, ProposalSpec, SamplerSpec
+from maskrcnn_jax.detector.inputs import model_images
 from maskrcnn_jax.detector.losses import (
     LOSS_NAMES,
     binary_cross_entropy_with_logits,
@@ -103,6 +105,25 @@ def test_loss_ignores_padding_examples(params):
     second = losses_and_samples(params, other, jax.random.key(5))[0]
     for name in LOSS_NAMES:
         assert float(first[name]) == pytest.approx(float(second[name]), rel=1e-6), name
+
+
+def test_uint8_images_give_the_losses_of_host_normalised_float_images(params):
+    """The pipeline's uint8 photos, normalised on the device, give the losses of the float path (the
+    same photos normalised on the host with numpy, zero outside each image)."""
+    batch = make_batch(6, [[[10, 10, 50, 60]], [[20, 20, 70, 80], [5, 5, 30, 30]]])
+    sizes = np.array([[80, 90], [96, 70]], np.int32)
+    inside = ((np.arange(CANVAS)[None, :, None] < sizes[:, 0, None, None])
+              & (np.arange(CANVAS)[None, None, :] < sizes[:, 1, None, None]))[..., None]
+    pixels = np.random.default_rng(6).integers(0, 256, (2, CANVAS, CANVAS, 3), dtype=np.uint8) * inside
+    floats = np.stack([normalize_image(image) for image in pixels]) * inside
+    uint8_batch = {**batch, "image": jnp.asarray(pixels, jnp.uint8), "image_size": jnp.asarray(sizes)}
+    float_batch = {**batch, "image": jnp.asarray(floats, jnp.float32), "image_size": jnp.asarray(sizes)}
+    np.testing.assert_allclose(np.asarray(model_images(uint8_batch)), floats, rtol=1e-6, atol=1e-6)
+    from_uint8 = losses_and_samples(params, uint8_batch, jax.random.key(7))[0]
+    from_float = losses_and_samples(params, float_batch, jax.random.key(7))[0]
+    for name in LOSS_NAMES:
+        np.testing.assert_allclose(float(from_uint8[name]), float(from_float[name]), rtol=1e-6, atol=1e-6,
+                                   err_msg=name)
 
 
 def test_loss_elementwise_terms_equal_torch():

@@ -6,6 +6,9 @@ M max_instances (padded), Sm cropped mask side.
 The image path (`resized_shape`, `resize_image`, `normalize_image`, `pad_image`) reproduces
 torchvision's `GeneralizedRCNNTransform`: resize with scale = min(min_size/short, max_size/long),
 bilinear with align_corners=False, normalise with ImageNet statistics, zero-pad bottom/right.
+Training examples carry the resized photo rounded to uint8 instead (`transform_image`): a quarter of
+float32's bytes between grain's processes and to the device, which normalises it
+(`maskrcnn_jax.detector.inputs`); evaluation keeps the float32 path, torchvision's input exactly.
 """
 
 import dataclasses
@@ -114,16 +117,17 @@ def _normalize_rows_in_place(rows: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_
     rows /= np.tile(np.asarray(std, np.float32), width)[None]
 
 
-def pad_image(image: np.ndarray, canvas_height: int, canvas_width: int) -> np.ndarray:
+def pad_image(image: np.ndarray, canvas_height: int, canvas_width: int, dtype=None) -> np.ndarray:
     """Zero-pads bottom and right (after normalising, as torchvision does).
 
-    Args: image [h, w, C] with h <= canvas_height, w <= canvas_width.
-    Returns: same dtype [canvas_height, canvas_width, C].
+    Args: image [h, w, C] with h <= canvas_height, w <= canvas_width; dtype of the canvas (default
+      the image's; values are cast as numpy's astype does).
+    Returns: dtype [canvas_height, canvas_width, C].
     """
     height, width = image.shape[:2]
     if height > canvas_height or width > canvas_width:
         raise ValueError(f"image {height}x{width} does not fit the canvas {canvas_height}x{canvas_width}")
-    canvas = np.zeros((canvas_height, canvas_width, *image.shape[2:]), image.dtype)
+    canvas = np.zeros((canvas_height, canvas_width, *image.shape[2:]), dtype or image.dtype)
     canvas[:height, :width] = image
     return canvas
 
@@ -192,16 +196,21 @@ def training_geometry(rng: np.random.Generator, height: int, width: int, *,
     return Geometry(height, width, resized_height, resized_width, top, left, window_height, window_width, flip)
 
 
-def transform_image(image: np.ndarray, geometry: Geometry, canvas_size: tuple[int, int]) -> np.ndarray:
-    """Resize, crop, flip, normalise and pad one image.
+def transform_image(image: np.ndarray, geometry: Geometry, canvas_size: tuple[int, int],
+                    dtype=np.uint8) -> np.ndarray:
+    """Resize, crop, flip and zero-pad one image; uint8: rounded to bytes (the device normalises them,
+    `detector.inputs.model_images`), float32: normalised here, unrounded (torchvision's input exactly).
 
     Args: image uint8 [H, W, 3] RGB.
-    Returns: float32 [Hc, Wc, 3], zero outside the (height, width) window.
+    Returns: dtype [Hc, Wc, 3], zero outside the (height, width) window.
     """
     window = resize_image_window(image, geometry.resized_height, geometry.resized_width,
                                  geometry.top, geometry.left, geometry.height, geometry.width)
     if geometry.flip:
         window = window[:, ::-1]
+    if np.dtype(dtype) == np.uint8:
+        np.rint(window, out=window)  # bilinear mixes of bytes stay within [0, 255]
+        return pad_image(window, canvas_size[0], canvas_size[1], np.uint8)
     # Same as pad_image(normalize_image(window)), writing into the canvas once (a loading hot spot).
     canvas = pad_image(window, canvas_size[0], canvas_size[1])
     _normalize_rows_in_place(canvas.reshape(canvas_size[0], -1)[:geometry.height, :geometry.width * 3])
@@ -299,14 +308,16 @@ def crop_masks_to_boxes(masks: np.ndarray, boxes: np.ndarray, mask_size: int) ->
 
 
 def transform_example(record: dict, geometry: Geometry, *, canvas_size: tuple[int, int],
-                      max_instances: int, mask_size: int = 112, min_box_size: float = 1.0) -> dict:
+                      max_instances: int, mask_size: int = 112, min_box_size: float = 1.0,
+                      image_dtype=np.uint8) -> dict:
     """One host record to one fixed-shape training/evaluation example.
 
     Boxes that the crop window cuts are shrunk to the visible part of their mask. Instances whose box is narrower or shorter than `min_box_size` window pixels after the
     resize/crop are dropped; beyond `max_instances`, the largest boxes are kept. Both drops are
     counted in the example ("dropped_degenerate", "dropped_overflow") and logged, never silent.
+    The image is `transform_image`'s of image_dtype (uint8 or float32).
     Args: record with "image" uint8 [H, W, 3], "boxes" [N, 4], "labels" [N], "masks" uint8 [N, H, W].
-    Returns: {"image" float32 [Hc, Wc, 3], "image_size" int32 [2], "original_size" int32 [2],
+    Returns: {"image" image_dtype [Hc, Wc, 3], "image_size" int32 [2], "original_size" int32 [2],
       "image_id" int64 [], "gt_boxes" float32 [M, 4], "gt_classes" int32 [M],
       "gt_masks" uint8 [M, Sm, Sm], "gt_valid" bool [M], "valid" bool [],
       "dropped_degenerate" int32 [], "dropped_overflow" int32 []}.
@@ -340,7 +351,7 @@ def transform_example(record: dict, geometry: Geometry, *, canvas_size: tuple[in
     count = len(kept)
     padding = max_instances - count
     return {
-        "image": transform_image(record["image"], geometry, canvas_size),
+        "image": transform_image(record["image"], geometry, canvas_size, image_dtype),
         "image_size": np.array([geometry.height, geometry.width], np.int32),
         "original_size": np.array([geometry.original_height, geometry.original_width], np.int32),
         "image_id": np.int64(record["image_id"]),

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from maskrcnn_jax.detector.chunks import map_valid_chunks
+from maskrcnn_jax.detector.inputs import model_images
 from maskrcnn_jax.detector.proposals import generate_proposals
 from maskrcnn_jax.detector.pyramid import flatten_rpn_outputs, pool_rois, pyramid_anchors
 from maskrcnn_jax.detector.spec import DetectorSpec
@@ -134,7 +135,7 @@ def detector_losses(model, spec: DetectorSpec, params, batch: dict, key: jax.Arr
                     mask_targets_fn: MaskTargetsFn = crop_mask_targets_batch) -> tuple[dict, dict]:
     """Losses and the samples they were computed on.
 
-    batch: the data pipeline's {"image" [B,Hc,Wc,3], "image_size" int32 [B,2], "gt_boxes" [B,M,4],
+    batch: the data pipeline's {"image" uint8 [B,Hc,Wc,3] (or float32 normalised: `inputs.model_images`), "image_size" int32 [B,2], "gt_boxes" [B,M,4],
     "gt_classes" int32 [B,M], "gt_masks" uint8 [B,M,Sm,Sm], "gt_valid" bool [B,M], "valid" bool [B]}
     (examples with valid False contribute nothing). key: the step's sampling key.
     mask_targets_fn(batch, mask_slots, T) -> [B, Rm, T, T]: how mask targets are made (parity tests
@@ -157,7 +158,7 @@ def detector_losses(model, spec: DetectorSpec, params, batch: dict, key: jax.Arr
         statistics.update(flatten_dict(updates.get(STATISTICS_COLLECTION, {})))
         return outputs
 
-    images = batch["image"]
+    images = model_images(batch)
     features = apply_in_training_mode(images, method="features")
     objectness, rpn_deltas = flatten_rpn_outputs(*model.apply(variables, features, method="rpn"))
     anchors, level_sizes = pyramid_anchors(spec, images.shape[1:3], [level.shape[1:3] for level in features])

@@ -1,7 +1,8 @@
 """Mask R-CNN prediction as one pure function: a padded batch in, fixed-shape detections out.
 
 The batch is the data pipeline's schema, produced for single images by `maskrcnn_jax.preprocess`:
-{"image": float32 [B, Hc, Wc, 3] normalised and zero-padded, "image_size": int32 [B, 2] resized
+{"image": uint8 [B, Hc, Wc, 3] resized photos zero-padded (normalised here,
+`inputs.model_images`) or float32 normalised on the host, "image_size": int32 [B, 2] resized
 (h, w) before padding, "original_size": int32 [B, 2] (H, W)}; other keys are ignored.
 
 Legend: B batch, Hc Wc canvas, P proposals, D detections, K classes, C channels.
@@ -13,6 +14,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from maskrcnn_jax.detector.inputs import model_images
 from maskrcnn_jax.detector.postprocess import postprocess_detections
 from maskrcnn_jax.detector.proposals import generate_proposals
 from maskrcnn_jax.detector.pyramid import flatten_rpn_outputs, pool_rois, pyramid_anchors
@@ -83,7 +85,7 @@ def predict_with_intermediates(model, spec: DetectorSpec, params, batch: dict) -
     The stages (features, `propose`, `detect`, `detection_outputs`) are separate functions so that
     scripts/benchmark.py can time each one.
     """
-    images, image_sizes = batch["image"], batch["image_size"]
+    images, image_sizes = model_images(batch), batch["image_size"]
     features = model.apply({"params": params}, images, method="features")
     proposals, proposal_scores, proposal_valid = propose(model, spec, params, features, images.shape[1:3], image_sizes)
     detections, class_mask_logits = detect(model, spec, params, features, proposals, proposal_valid, image_sizes)

@@ -21,6 +21,7 @@ import numpy as np
 
 from maskrcnn_jax.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from maskrcnn_jax.detector import predict, spec_from_config
+from maskrcnn_jax.detector.inputs import normalize_on_device
 from maskrcnn_jax.detector.paste import MASK_THRESHOLD
 from maskrcnn_jax.export.artifact import describe
 from maskrcnn_jax.checkpoint import check_params_fit
@@ -30,18 +31,6 @@ DEFAULT_PLATFORMS = ("cpu", "cuda")
 # "uint8": the resized photo rounded to bytes, a quarter of float32's transfer (what a server wants);
 # "float32": the resized photo unrounded, so the program sees exactly what the checkpoint's Detector sees.
 INPUT_DTYPES = ("uint8", "float32")
-
-
-def normalize_on_device(image: jax.Array, image_size: jax.Array) -> jax.Array:
-    """uint8 (or float32 in [0, 255]) [b, Hc, Wc, 3] RGB -> float32 (x / 255 - mean) / std, zero outside each image's
-    (h, w) = image_size int32 [b, 2]: torchvision pads after normalising, so the padding is 0 there,
-    not the normalised black that zero bytes would give. Same float32 operations, in the same order,
-    as the host's `maskrcnn_jax.data.transforms.normalize_image`."""
-    normalized = image.astype(jnp.float32) / jnp.float32(255.0)
-    normalized = (normalized - jnp.asarray(IMAGENET_MEAN, jnp.float32)) / jnp.asarray(IMAGENET_STD, jnp.float32)
-    rows = jnp.arange(image.shape[1])[None, :, None] < image_size[:, 0, None, None]
-    columns = jnp.arange(image.shape[2])[None, None, :] < image_size[:, 1, None, None]
-    return jnp.where((rows & columns)[..., None], normalized, 0.0)
 
 
 def serving_function(model, spec, params_treedef):

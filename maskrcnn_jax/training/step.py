@@ -2,7 +2,7 @@
 
 A loss function is `loss_fn(params, batch, key) -> (loss float32 scalar, metrics {name: scalar})`,
 pure and jittable, with the batch as `data.global_batch` places it (B = the global batch):
-{"image" float32 [B,Hc,Wc,3], "image_size" int32 [B,2], "gt_boxes" float32 [B,M,4], "gt_classes"
+{"image" uint8 [B,Hc,Wc,3], "image_size" int32 [B,2], "gt_boxes" float32 [B,M,4], "gt_classes"
 int32 [B,M], "gt_masks" uint8 [B,M,Sm,Sm], "gt_valid" bool [B,M], "valid" bool [B], ...}.
 It must average over the global batch, so that the result does not depend on how many devices
 share it. A model with BatchNorm also returns metrics["norm_statistics"]: its new running statistics
