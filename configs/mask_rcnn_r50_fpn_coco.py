@@ -134,6 +134,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval = ml_collections.ConfigDict()
     config.eval.batch_size = 8
     config.eval.max_images = 0
+    config.eval.host_workers = -1  # mask paste + RLE processes per host; -1: one per core but one (0 on CPU)
+    config.eval.write_results = False  # True: WORKDIR/evaluation/coco_results.json, the last detections scored
 
     # ImageNet weights for the backbone (scripts/convert_backbone.py writes this directory); checked
     # when training starts, so predicting or benchmarking with this config needs none.

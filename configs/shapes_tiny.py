@@ -87,6 +87,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval = ml_collections.ConfigDict()
     config.eval.batch_size = 4
     config.eval.max_images = 0  # > 0: the first N images only
+    config.eval.host_workers = -1  # mask paste + RLE processes per host; -1: one per core but one (0 on CPU)
+    config.eval.write_results = False  # True: WORKDIR/evaluation/coco_results.json, the last detections scored
 
     config.init = ml_collections.ConfigDict()
     config.init.checkpoint = ""  # a converted checkpoint or a training workdir
