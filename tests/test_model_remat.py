@@ -1,6 +1,8 @@
 """Rematerialisation (config.model.remat) trades memory for compute and changes nothing else: the
 parameter tree, the losses, the gradients and v2's new running statistics equal those of the model
-without it, on the tiny model of test_loss_tiny (v1 and v2)."""
+without it, on the tiny model of test_loss_tiny. v2 only: it has every layer kind v1 has (v1's frozen
+norms are constants to remat) plus the batch statistics, and each architecture costs two compiles of
+the loss and its gradients."""
 
 import jax
 import numpy as np
@@ -20,9 +22,8 @@ def loss_and_gradients(model, params, batch):
     return loss, metrics, grads
 
 
-@pytest.mark.parametrize("architecture", ["v1", "v2"])
-def test_remat_all_gives_the_losses_gradients_and_statistics_of_the_plain_model(architecture):
-    plain = MODEL.clone(architecture=architecture)
+def test_remat_all_gives_the_losses_gradients_and_statistics_of_the_plain_model():
+    plain = MODEL.clone(architecture="v2")
     remat = plain.clone(remat="all")
     params = init_params(plain, jax.random.key(0))
     remat_shapes = jax.eval_shape(lambda key: init_params(remat, key), jax.random.key(0))
@@ -30,14 +31,14 @@ def test_remat_all_gives_the_losses_gradients_and_statistics_of_the_plain_model(
     batch = make_batch(0, BOXES)
     loss, metrics, grads = loss_and_gradients(plain, params, batch)
     remat_loss, remat_metrics, remat_grads = loss_and_gradients(remat, params, batch)
-    print(f"{architecture}: loss {float(loss):.6f}, remat difference {abs(float(loss - remat_loss)):.2e}")
+    print(f"v2: loss {float(loss):.6f}, remat difference {abs(float(loss - remat_loss)):.2e}")
     np.testing.assert_allclose(remat_loss, loss, rtol=TOLERANCE)
     for name in ("loss_objectness", "loss_classifier", "loss_box_reg", "loss_mask", "positive_rois"):
         np.testing.assert_allclose(remat_metrics[name], metrics[name], rtol=TOLERANCE, atol=TOLERANCE)
     assert max(float(np.abs(g).max()) for g in jax.tree.leaves(grads)) > 0
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=TOLERANCE), remat_grads, grads)
     statistics = metrics.get("norm_statistics", {})
-    assert bool(statistics) == (architecture == "v2")
+    assert statistics
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=TOLERANCE, atol=TOLERANCE),
                  remat_metrics.get("norm_statistics", {}), statistics)
 
