@@ -1,9 +1,11 @@
 """Two local processes of 4 fake CPU devices each, joined with jax.distributed on 127.0.0.1 through
 scripts/train.py's multi-host flags: they train 3 steps on one 8-device mesh, checkpoint (each
-its own data-iterator state) and evaluate on process 0 (at step 2, mid-run, while process 1 waits,
-and at the end); started again, both resume from step 3.
+its own data-iterator state) and evaluate together (at step 2, mid-run, and at the end: each process
+its shard of the evaluation set, the batch split over all 8 devices, process 0 scoring); started
+again, both resume from step 3. The step-3 evaluation equals one process on one device exactly.
 """
 
+import json
 import os
 import pathlib
 import socket
@@ -12,7 +14,10 @@ import sys
 
 import pytest
 
+from maskrcnn_jax.checkpoint import load_metadata
+from maskrcnn_jax.evaluation import STAT_NAMES
 from maskrcnn_jax.training import latest_params, latest_step
+from maskrcnn_jax.training.evaluation import RESULTS_FILE, make_coco_evaluator
 from maskrcnn_jax.training.metric_writer import read_metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -33,7 +38,8 @@ def train_both(workdir, num_steps: int, environment) -> list[subprocess.Complete
              "--workdir", str(workdir), "--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2",
              "--process_id", str(index), f"--config.train.num_steps={num_steps}", "--config.train.checkpoint_every=3",
              "--config.train.eval_every=2", "--config.train.log_every=1", "--config.train.global_batch_size=8",
-             "--config.data.shapes.num_train_images=16", "--config.data.shapes.num_eval_images=4"],
+             "--config.data.shapes.num_train_images=16", "--config.data.shapes.num_eval_images=5",
+             "--config.eval.write_results=true"],
             cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for index in range(2)
     ]
@@ -63,6 +69,26 @@ def test_two_distributed_processes_train_checkpoint_and_resume(tmp_path, environ
     iterator_states = sorted(path.name for path in (workdir / "checkpoints" / "3" / "data_iterator").iterdir()
                              if path.suffix == ".json")
     assert iterator_states == ["process_0-of-2.json", "process_1-of-2.json"]
+    # Both evaluated: 5 images (3 and 2 per process), a global batch of 4 rounded up to the 8 devices.
+    for index, outcome in enumerate(first):
+        assert f"evaluation: process {index} of 2, model on 8 of 8 cpu devices (4 on this process)" in outcome.stdout
+        assert "global batch 8" in outcome.stdout and f"images on process {index}" in outcome.stdout
+    assert "cocoeval:" in first[0].stdout
+
+    # The step-3 evaluation of the 2 x 4-device run equals one process on one device with the same
+    # per-device batch (1): the same detections (every box, score and RLE, in the same order) and all
+    # 24 numbers exactly. (Three steps from random weights score AP 0, so the detections are the test.)
+    sharded_metrics = [r for r in read_metrics(workdir) if r["step"] == 3 and "eval/bbox_AP" in r][0]
+    sharded_results = json.loads((workdir / RESULTS_FILE).read_text())
+    params, _, _ = latest_params(workdir)
+    config, _ = load_metadata(workdir)
+    config.eval.batch_size = 1
+    reference = make_coco_evaluator(config, workdir)(params)
+    assert json.loads((workdir / RESULTS_FILE).read_text()) == sharded_results
+    assert len({r["image_id"] for r in sharded_results}) == 5  # every image has detections
+    expected = {f"eval/{iou_type}_{name}": reference[iou_type][name] for iou_type in ("bbox", "segm")
+                for name in STAT_NAMES}
+    assert {key: sharded_metrics[key] for key in expected} == expected
 
     second = train_both(workdir, 5, environment)
     for outcome in second:

@@ -5,20 +5,34 @@ COCOeval.
 Shapes: B batch, Hc Wc the input canvas, D detections per image, S mask size (28).
 """
 
+import collections
+import itertools
+import json
+import pathlib
 import time
 
 import grain
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+from jax.sharding import PartitionSpec
 
 from maskrcnn_jax.data.pipeline import evaluation_dataset
+from maskrcnn_jax.data.sharding import global_batch
 from maskrcnn_jax.detector import prediction_inputs
 from maskrcnn_jax.evaluation.coco_metrics import evaluate_results
 from maskrcnn_jax.evaluation.host_workers import ResultsEncoder
 
+# Evaluations so far in this process: names each one's barrier (the coordination service wants
+# unique names; every process counts alike, as all of them evaluate together).
+_EVALUATIONS = itertools.count()
+BARRIER_TIMEOUT_SECONDS = 3 * 3600  # one process may take much longer than another to post-process
+
 # Seconds spent in each stage, the keys of the `timings` dicts below: "paste" and "rle" may run in
-# worker processes, concurrent with the others ("wait": this process waiting for them).
-TIMING_STAGES = ("data", "model", "paste", "rle", "wait", "cocoeval")
+# worker processes, concurrent with the others ("wait": this process waiting for them); "gather":
+# waiting for the other processes and collecting their results.
+TIMING_STAGES = ("data", "model", "paste", "rle", "wait", "gather", "cocoeval")
 
 
 def model_label_to_category_id(num_model_classes: int, dataset_label_to_category_id: dict) -> dict:
@@ -114,6 +128,7 @@ def predict_coco_results(
     with_masks: bool = True,
     timings: dict | None = None,
     pool=None,
+    mesh=None,
 ) -> tuple:
     """Runs the model over `batches` and returns (COCO results list, list of evaluated image ids).
 
@@ -130,6 +145,9 @@ def predict_coco_results(
       there are some, concurrent with the model), "wait" (waiting for the workers).
     pool: `host_workers.make_worker_pool(n)` to paste and encode in n worker processes while the
       model runs; None: in this process. Results come in the order of `batches` either way.
+    mesh: split each batch over the mesh's "data" axis (params placed on it, e.g. replicated): every
+      process passes its own batches (B a multiple of its devices on the axis), all in step, and gets
+      the results of its own images. None: this process's default device.
     Detections whose label has no category in `label_to_category_id` are dropped (COCOeval would
     ignore them anyway: it scores only the ground truth's categories).
     """
@@ -143,8 +161,7 @@ def predict_coco_results(
         start = _add_time(timings, "data", start)
         if batch is None:
             break
-        predictions = predict_fn(params, prediction_inputs(batch))
-        host = jax.device_get({k: predictions[k] for k in ("boxes", "scores", "classes", "valid", "masks")})
+        host = _predict_on_host(predict_fn, params, prediction_inputs(batch), mesh)
         _add_time(timings, "model", start)
         for b in np.flatnonzero(np.asarray(batch["valid"])):
             height, width = (int(v) for v in batch["original_size"][b])
@@ -152,6 +169,45 @@ def predict_coco_results(
             detections = {key: host[key][b][keep] for key in ("boxes", "scores", "classes", "masks")}
             encoder.submit(int(batch["image_id"][b]), height, width, detections)
     return encoder.finish()
+
+
+def _predict_on_host(predict_fn, params, inputs: dict, mesh) -> dict:
+    """predict_fn's outputs for this process's batch `inputs`, as host numpy arrays [B, ...]."""
+    if mesh is None:
+        outputs = predict_fn(params, inputs)
+    else:
+        outputs = predict_fn(params, global_batch(inputs, mesh))
+        outputs = multihost_utils.global_array_to_host_local_array(outputs, mesh, PartitionSpec("data"))
+    return jax.device_get({key: outputs[key] for key in ("boxes", "scores", "classes", "valid", "masks")})
+
+
+def gather_results(results: list, image_ids: list) -> tuple[list, list]:
+    """Every process's (results, image ids), on every process, in the order of the whole evaluation set.
+
+    Process p evaluated records p, p + P, ... of the set (`evaluation_dataset`'s shards), so the
+    set's order takes each process's next image in turn. Every process calls it at once; it waits at
+    a coordination-service barrier first, because the gather is a device collective and CPU (gloo)
+    collectives give up after 30 s when one process is late.
+    """
+    barrier = f"evaluation {next(_EVALUATIONS)}: results ready"
+    ocp.multihost.get_barrier_sync_fn()(key=barrier, timeout_ms=BARRIER_TIMEOUT_SECONDS * 1000)
+    by_image = collections.defaultdict(list)
+    for entry in results:
+        by_image[entry["image_id"]].append(entry)
+    payload = np.frombuffer(json.dumps([[image_id, by_image[image_id]] for image_id in image_ids]).encode(), np.uint8)
+    lengths = multihost_utils.process_allgather(np.array([len(payload)], np.int64)).reshape(-1)
+    padded = np.zeros(int(lengths.max()), np.uint8)
+    padded[:len(payload)] = payload
+    gathered = multihost_utils.process_allgather(padded).reshape(len(lengths), -1)
+    per_process = [json.loads(row[:length].tobytes()) for row, length in zip(gathered, lengths)]
+    all_results, all_image_ids = [], []
+    for position in range(max(len(images) for images in per_process)):
+        for images in per_process:
+            if position < len(images):
+                image_id, entries = images[position]
+                all_image_ids.append(image_id)
+                all_results.extend(entries)
+    return all_results, all_image_ids
 
 
 def evaluate_model(
@@ -163,19 +219,32 @@ def evaluate_model(
     with_masks: bool = True,
     timings: dict | None = None,
     pool=None,
-) -> dict:
+    mesh=None,
+    results_file=None,
+) -> dict | None:
     """COCO metrics {"bbox": {AP, AP50, ...}, "segm": {...}} of a model on the images in `batches`.
 
     A plain function for the trainer to call every N steps (see `predict_coco_results` for the
     arguments). Only the images in `batches` are scored, so a subset of `coco_gt` may be evaluated.
     A model that detects nothing scores 0. timings: if given, seconds are added per stage (TIMING_STAGES).
-    pool: worker processes for the mask paste and RLE (`predict_coco_results`).
-    One process: with several, each would score only its own shard of images (the batches and
-    predictions must be host-local arrays); gathering results across processes is not done here.
+    pool: worker processes for the mask paste and RLE; mesh: the devices the batch is split over
+      (`predict_coco_results`); results_file: where process 0 writes the COCO results json scored.
+    Several processes: each passes the batches of its own shard of the set and all call this at
+    once; process 0 gathers every process's results, scores them once and returns the metrics, the
+    others return None. The metrics are those of one process on one device.
     """
     timings = {} if timings is None else timings
     results, image_ids = predict_coco_results(predict_fn, params, batches, label_to_category_id, with_masks, timings,
-                                              pool)
+                                              pool, mesh)
+    if jax.process_count() > 1:
+        start = time.perf_counter()
+        results, image_ids = gather_results(results, image_ids)
+        _add_time(timings, "gather", start)
+        if jax.process_index() != 0:
+            return None
+    if results_file is not None:
+        pathlib.Path(results_file).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(results_file).write_text(json.dumps(results))
     start = time.perf_counter()
     iou_types = ("bbox", "segm") if with_masks else ("bbox",)
     scores = evaluate_results(coco_gt, results, iou_types=iou_types, image_ids=image_ids)

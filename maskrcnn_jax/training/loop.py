@@ -147,8 +147,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     WriteFailedError naming it and the last complete checkpoint. Evaluates every
     config.train.eval_every steps and at the end (0: never).
     loss_fn_factory(config) -> loss_fn(params, batch, key) -> (loss, metrics); evaluate_fn_factory
-    (config, workdir) -> evaluate(params) -> {"bbox": {...}, "segm": {...}} or None. mesh: default
-    every device of every process on the data axis.
+    (config, workdir) -> evaluate(params) -> {"bbox": {...}, "segm": {...}} or None, called by every
+    process at once (process 0's metrics are logged). mesh: default every device of every process on
+    the data axis.
     """
     workdir = pathlib.Path(workdir).absolute()
     train = config.train
@@ -208,12 +209,14 @@ def _train(config, workdir, saver, mesh, loss_fn_factory, evaluate_fn_factory) -
                     run.report()
                 if save:
                     saver.save(step, state, data_iterator, metadata)
-                if evaluating and jax.process_index() == 0:
-                    scores = _flatten_evaluation(evaluate(state.params))
-                    writer.write(step, scores)
-                    progress.message(f"step {step} evaluation: " + " ".join(
-                        f"{name} {value:.4f}" for name, value in scores.items() if name.endswith(("_AP", "_AP50"))))
                 if evaluating:
+                    # Every process evaluates its shard of the set together; process 0's metrics are logged.
+                    evaluation = evaluate(state.params)
+                    if jax.process_index() == 0:
+                        scores = _flatten_evaluation(evaluation)
+                        writer.write(step, scores)
+                        progress.message(f"step {step} evaluation: " + " ".join(
+                            f"{name} {value:.4f}" for name, value in scores.items() if name.endswith(("_AP", "_AP50"))))
                     wait_for_all_processes(f"evaluated step {step}")
                     progress.exclude_time_since_report(step)
                 if stopping:
