@@ -58,7 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.input.min_size = 800
     config.input.max_size = 1333
     config.input.size_divisible = 32  # torchvision-parity prediction pads to this multiple, no more
-    config.input.canvas_size = (1344, 1344)  # fixed canvas for batched evaluation / training
+    config.input.canvas_size = (1344, 1344)  # fixed canvas for batched evaluation (training: data.canvases)
 
     config.test = ml_collections.ConfigDict()
     config.test.rpn_pre_nms_top_n = 1000  # per level
@@ -102,7 +102,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.eval_images = "/data/coco/val2017"
     config.data.tfds_data_dir = ""  # source "tfds": a dataset written by scripts/build_tfds.py
     config.data.tfds_train_split = "train"
-    config.data.train_canvas_size = ()  # empty: config.input.canvas_size (training and evaluation alike)
+    # Training canvases (H, W), one compiled step each, batches grouped by them (data.grouping): one per
+    # orientation holds every resize (short side 800, long <= 1333, padded to 32: 800 and 1344), about
+    # 40% fewer pixels per image than 1344x1344 (docs/benchmarks.md). Empty: (config.input.canvas_size,).
+    config.data.canvases = ((800, 1344), (1344, 800))
     config.data.max_instances = 100
     config.data.mask_size = 112
     config.data.flip_probability = 0.5

@@ -54,6 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.eval_images = ""
     config.data.tfds_data_dir = ""  # source "tfds"
     config.data.tfds_train_split = "train"
+    config.data.canvases = ()  # empty: train on config.input.canvas_size, one square canvas
     config.data.max_instances = 4
     config.data.mask_size = 112
     config.data.flip_probability = 0.5

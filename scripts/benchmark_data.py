@@ -6,12 +6,12 @@ images/s the training step consumes, for one config, on this machine.
         --config.data.num_workers=2 --config.train.global_batch_size=8 --step_batch=1
 
 The pipeline is the trainer's (`training.data.training_source` + `training_iterator`: decode,
-resize / jitter / crop, flip, round to uint8, pad to the config's canvas, pad ground truth and crop
+resize / jitter / crop, flip, round to uint8, pad to the batch's canvas, pad ground truth and crop
 masks, batch, with config.data.num_workers processes); the first batch (worker start-up included) is
 timed apart, and its bytes per image are what goes from the host to the device. Then, in this
 process, the time per image to read a record and to transform it. Then
 the step: `benchmarking.train_speed` (the trainer's jitted step, random parameters, a synthetic batch
-of --step_batch images shaped as the pipeline's) -- its images/s is what the pipeline must keep up
+of --step_batch images on the first training canvas) -- its images/s is what the pipeline must keep up
 with. A config with data.source "coco" reads --data (annotations.json + images/); when that is
 absent it says so and stops. "shapes" writes its synthetic dataset into --workdir on first use.
 """
@@ -24,8 +24,9 @@ from absl import app, flags
 
 from maskrcnn_jax import benchmarking
 from maskrcnn_jax.command_line import define_config_flag
-from maskrcnn_jax.data import transforms
+from maskrcnn_jax.data import grouping, transforms
 from maskrcnn_jax.training.data import training_iterator, training_source
+from maskrcnn_jax.training.setup import training_canvases
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -49,7 +50,7 @@ def main(argv):
         config.data.train_annotations, config.data.train_images = str(data / "annotations.json"), str(data / "images")
     source = training_source(config, _WORKDIR.value)
     batch_size = config.train.global_batch_size
-    canvas = tuple(config.input.canvas_size)
+    canvases = training_canvases(config)
     iterator = training_iterator(config, source)
     start = time.perf_counter()
     first_batch = next(iterator)
@@ -61,7 +62,7 @@ def main(argv):
     if hasattr(iterator, "close"):
         iterator.close()
     pipeline_images_per_s = _BATCHES.value * batch_size / elapsed
-    print(f"pipeline: {len(source)} records, workers={config.data.num_workers} canvas={canvas} batch={batch_size} "
+    print(f"pipeline: {len(source)} records, workers={config.data.num_workers} canvases={canvases} batch={batch_size} "
           f"lsj={config.data.large_scale_jitter} jitter={tuple(config.data.jitter_range)}: first batch {first:.2f} s, "
           f"{_BATCHES.value * batch_size} images in {elapsed:.2f} s = {pipeline_images_per_s:.1f} images/s")
     batch_bytes = sum(value.nbytes for value in first_batch.values())
@@ -71,15 +72,15 @@ def main(argv):
     print(f"in this process, per image: read {read_ms:.1f} ms, transforms {transform_ms:.1f} ms")
     if _STEP_RUNS.value:
         step_batch = _STEP_BATCH.value or batch_size
-        step = benchmarking.train_speed(config, canvas, step_batch, _STEP_RUNS.value)
+        step = benchmarking.train_speed(config, canvases[0], step_batch, _STEP_RUNS.value)
         print(f"train step ({step['device']}, {step['dtype']}): batch {step_batch} in {step['step_s']:.3f} s = "
               f"{step['images_per_s']:.2f} images/s (compile {step['compile_s']:.1f} s); "
               f"pipeline / step = {pipeline_images_per_s / step['images_per_s']:.1f}")
 
 
 def per_image_milliseconds(config, source, num_images: int) -> tuple[float, float]:
-    """Mean ms per image to read a record and to transform it (best of 3 passes, less noise)."""
-    data, canvas = config.data, tuple(config.input.canvas_size)
+    """Mean ms per image to read a record and to transform it onto its canvas (best of 3 passes, less noise)."""
+    data, canvases = config.data, training_canvases(config)
     rng = np.random.default_rng(0)
     read_times, transform_times = [], []
     for _ in range(3):
@@ -88,6 +89,7 @@ def per_image_milliseconds(config, source, num_images: int) -> tuple[float, floa
         read_times.append(time.perf_counter() - start)
         start = time.perf_counter()
         for record in records:
+            canvas = canvases[grouping.canvas_index(*record["image"].shape[:2], canvases)]
             geometry = transforms.training_geometry(
                 rng, *record["image"].shape[:2], canvas_size=canvas, min_size=config.input.min_size,
                 max_size=config.input.max_size, jitter_range=tuple(data.jitter_range),

@@ -7,6 +7,7 @@ from maskrcnn_jax.command_line import load_config_file
 from maskrcnn_jax.detector import spec_from_config
 from maskrcnn_jax.models import build_model
 from maskrcnn_jax.training import data as data_lib
+from maskrcnn_jax.training.setup import training_canvases
 
 V2_CONFIG = "configs/mask_rcnn_r50_fpn_v2_coco.py"
 
@@ -24,7 +25,7 @@ def test_v2_config_holds_the_pr_5773_recipe():
     assert (train.base_learning_rate, train.momentum, train.weight_decay) == (0.1, 0.9, 4e-5)
     assert train.trainable_backbone_layers == 5 and config.init.mode == "none"
     assert config.data.large_scale_jitter and tuple(config.data.jitter_range) == (0.1, 2.0)
-    assert tuple(config.data.train_canvas_size) == (800, 800)
+    assert training_canvases(config) == [(800, 800)]
     # Evaluation keeps torchvision's test-time sizes.
     assert (config.input.min_size, config.input.max_size) == (800, 1333)
     assert build_model(config).norm == "batch" and spec_from_config(config).mask_head_chunk_size == 0

@@ -1,4 +1,5 @@
-"""grain pipelines: shuffling, per-process shards, exact resume, evaluation padding, broken images."""
+"""grain pipelines: shuffling, per-process shards, batches grouped by canvas (orientation), exact
+resume, evaluation padding, broken images."""
 
 import numpy as np
 import orbax.checkpoint as ocp
@@ -6,13 +7,15 @@ import grain
 import pytest
 from absl import flags
 
-from maskrcnn_jax.data import pipeline, transforms
+from maskrcnn_jax.data import grouping, pipeline, transforms
 from maskrcnn_jax.data.image_io import BrokenImageError
 
 from conftest import shared_data_path
 
 CANVAS = (64, 64)
-OPTIONS = dict(canvas_size=CANVAS, min_size=48, max_size=64, max_instances=4, mask_size=16)
+# Resized images (short side 48, long <= 64) fit one of these; the jitter crops those it enlarges.
+ORIENTATIONS = [(48, 64), (64, 48)]
+OPTIONS = dict(min_size=48, max_size=64, max_instances=4, mask_size=16)
 
 
 class EllipseSource:
@@ -25,6 +28,10 @@ class EllipseSource:
 
     def __len__(self):
         return self.length
+
+    def image_size(self, index):
+        rng = np.random.default_rng(index)  # the first draws of __getitem__
+        return int(rng.integers(30, 60)), int(rng.integers(30, 60))
 
     def __getitem__(self, index):
         if index in self.broken:
@@ -65,7 +72,8 @@ def assert_same_batches(first, second):
 
 
 def training(source, **overrides):
-    arguments = dict(global_batch_size=2, seed=3, flip_probability=0.5, jitter_range=(0.8, 1.2), **OPTIONS)
+    arguments = dict(global_batch_size=2, seed=3, flip_probability=0.5, jitter_range=(0.8, 1.2), canvases=[CANVAS],
+                     **OPTIONS)
     arguments.update(overrides)
     return pipeline.training_dataset(source, **arguments)
 
@@ -92,30 +100,69 @@ def test_each_epoch_is_a_fresh_permutation_and_the_seed_decides_it():
     assert again == ids and other_seed != ids
 
 
-def test_process_shards_are_disjoint_equal_and_cover_the_epoch():
-    source = EllipseSource(11)
-    # Per-process batch 2; a shard's epoch is 5 records (one of 11 dropped so shards are equal).
-    shards = [sum((b["image_id"].tolist() for b in take(iter(training(
-        source, global_batch_size=4, shard_index=index, shard_count=2)), 3)), [])[:5] for index in range(2)]
-    assert len(set(shards[0])) == len(set(shards[1])) == 5
-    assert not set(shards[0]) & set(shards[1])
+def valid_ids(batches):
+    return [int(i) for b in batches for i in b["image_id"][b["valid"]]]
+
+
+def test_record_sizes_match_the_images():
+    source = EllipseSource(5)
+    assert all(source.image_size(i) == source[i]["image"].shape[:2] for i in range(5))
+
+
+@pytest.mark.parametrize("canvases", [[CANVAS], ORIENTATIONS], ids=["one canvas", "orientations"])
+@pytest.mark.parametrize("processes", [1, 2])
+def test_every_record_exactly_once_per_epoch_and_each_global_batch_one_canvas(canvases, processes):
+    source = EllipseSource(13)
+    per_canvas = np.bincount([grouping.canvas_index(*source.image_size(i), canvases) for i in range(13)],
+                             minlength=len(canvases))
+    if len(canvases) == 2:
+        assert per_canvas.min() >= 3  # both orientations are present
+    epoch_batches = int(np.sum(-(-per_canvas // 4)))  # a canvas's last global batch is padded
+    streams = [take(iter(training(source, global_batch_size=4, canvases=canvases, shard_index=p,
+                                  shard_count=processes)), 2 * epoch_batches) for p in range(processes)]
+    epochs = []
+    for epoch in range(2):
+        steps = [[stream[step] for stream in streams]
+                 for step in range(epoch * epoch_batches, (epoch + 1) * epoch_batches)]
+        for parts in steps:
+            assert sum(len(part["valid"]) for part in parts) == 4
+            shapes = {part["image"].shape[1:3] for part in parts}
+            assert len(shapes) == 1 and shapes <= set(canvases)  # every process on the step's canvas
+            canvas = canvases.index(shapes.pop())
+            for part in parts:
+                sizes = part["original_size"][part["valid"]]
+                assert all(grouping.canvas_index(h, w, canvases) == canvas for h, w in sizes)
+        ids = valid_ids([part for parts in steps for part in parts])
+        assert sorted(ids) == list(range(1000, 1013))
+        epochs.append(ids)
+    assert epochs[0] != epochs[1]
+
+
+def test_landscape_and_portrait_records_go_to_their_canvas():
+    assert grouping.canvas_index(600, 800, ORIENTATIONS) == 0 and grouping.canvas_index(800, 600, ORIENTATIONS) == 1
+    assert grouping.canvas_index(700, 700, ORIENTATIONS) == 0  # a tie: the first listed
+    assert grouping.canvas_index(480, 2000, [(64, 64), (800, 1344), (1344, 800)]) == 1
 
 
 def test_training_example_equals_the_transform_applied_directly():
     source = EllipseSource(4)
-    batch = next(iter(training(source, global_batch_size=1, jitter_range=(1.0, 1.0), flip_probability=0.0)))
+    batch = next(iter(training(source, global_batch_size=1, jitter_range=(1.0, 1.0), flip_probability=0.0,
+                               canvases=ORIENTATIONS)))
     index = int(batch["image_id"][0]) - 1000
     record = source[index]
-    geometry = transforms.evaluation_geometry(*record["image"].shape[:2], canvas_size=CANVAS, min_size=48,
+    canvas = batch["image"].shape[1:3]
+    geometry = transforms.evaluation_geometry(*record["image"].shape[:2], canvas_size=canvas, min_size=48,
                                               max_size=64)
-    expected = transforms.transform_example(record, geometry, canvas_size=CANVAS, max_instances=4, mask_size=16)
+    expected = transforms.transform_example(record, geometry, canvas_size=canvas, max_instances=4, mask_size=16)
     for key, value in expected.items():
         np.testing.assert_array_equal(batch[key][0], value, err_msg=key)
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_resumed_iterator_sees_exactly_the_uninterrupted_batches(num_workers):
-    dataset = training(EllipseSource(7), num_workers=num_workers)
+    # 7 records on two canvases, global batch 2: 4 or 5 batches an epoch; resumed mid-epoch 0,
+    # the batches run into epoch 1.
+    dataset = training(EllipseSource(7), num_workers=num_workers, canvases=ORIENTATIONS)
     iterator = iter(dataset)
     take(iterator, 3)
     state = iterator.get_state()
@@ -123,13 +170,15 @@ def test_resumed_iterator_sees_exactly_the_uninterrupted_batches(num_workers):
     resumed_iterator = iter(dataset)
     resumed_iterator.set_state(state)
     assert_same_batches(take(resumed_iterator, 4), uninterrupted)
+    if num_workers:  # batches are made before the workers split the work: the same as in-process
+        assert_same_batches(take(iter(training(EllipseSource(7), canvases=ORIENTATIONS)), 7)[3:], uninterrupted)
     for it in (iterator, resumed_iterator):
         if hasattr(it, "close"):
             it.close()
 
 
 def test_iterator_state_round_trips_through_an_orbax_checkpoint(tmp_path):
-    dataset = training(EllipseSource(7))
+    dataset = training(EllipseSource(7), canvases=ORIENTATIONS)
     iterator = iter(dataset)
     take(iterator, 2)
     with ocp.CheckpointManager(tmp_path) as manager:
@@ -143,7 +192,7 @@ def test_iterator_state_round_trips_through_an_orbax_checkpoint(tmp_path):
 
 
 def evaluation(source, **overrides):
-    arguments = dict(global_batch_size=4, **OPTIONS)
+    arguments = dict(global_batch_size=4, canvas_size=CANVAS, **OPTIONS)
     arguments.update(overrides)
     return pipeline.evaluation_dataset(source, **arguments)
 
@@ -169,12 +218,11 @@ def test_evaluation_shards_run_the_same_steps_and_cover_every_record_once():
 
 def test_broken_images_are_skipped_in_training_and_padded_in_evaluation():
     source = EllipseSource(8, broken={2, 5})
-    training_ids = np.concatenate([b["image_id"] for b in take(iter(training(source)), 9)])
-    assert not {1002, 1005} & set(training_ids.tolist())
-    assert set(training_ids.tolist()) == {1000, 1001, 1003, 1004, 1006, 1007}
+    batches = take(iter(training(source)), 8)  # two epochs
+    assert sorted(valid_ids(batches)) == sorted(2 * [1000, 1001, 1003, 1004, 1006, 1007])
+    assert sum((~b["valid"]).sum() for b in batches) == 4  # replaced by padding: the batches keep their size
     batches = list(evaluation(source))
-    valid_ids = np.concatenate([b["image_id"][b["valid"]] for b in batches])
-    assert valid_ids.tolist() == [1000, 1001, 1003, 1004, 1006, 1007]
+    assert valid_ids(batches) == [1000, 1001, 1003, 1004, 1006, 1007]
     assert sum(len(b["valid"]) for b in batches) == 8
 
 
@@ -182,18 +230,21 @@ def test_coco_training_and_evaluation_pipelines_on_real_data():
     from maskrcnn_jax.data.coco import CocoSource
     directory = shared_data_path("coco_train2017_85")
     source = CocoSource(directory / "annotations.json", directory / "images")
-    options = dict(canvas_size=(320, 320), min_size=256, max_size=320, max_instances=50, mask_size=28)
+    options = dict(min_size=256, max_size=320, max_instances=50, mask_size=28)
+    canvases = [(256, 320), (320, 256)]  # landscape and portrait photos, sized from the json
     iterator = iter(pipeline.training_dataset(source, global_batch_size=4, seed=0, num_workers=2,
-                                              jitter_range=(0.8, 1.25), **options))
+                                              jitter_range=(0.8, 1.25), canvases=canvases, **options))
     for batch in take(iterator, 3):
-        assert batch["image"].shape == (4, 320, 320, 3) and batch["valid"].all()
+        canvas = batch["image"].shape[1:3]
+        assert batch["image"].shape[0] == 4 and canvas in canvases and batch["valid"].all()
+        assert ((batch["original_size"][:, 1] >= batch["original_size"][:, 0]) == (canvas == canvases[0])).all()
         counts = batch["gt_valid"].sum(1)
         boxes = batch["gt_boxes"][batch["gt_valid"]]
         assert (boxes[:, 2:] > boxes[:, :2]).all()
         assert (boxes[:, 2] <= batch["image_size"][np.repeat(np.arange(4), counts), 1] + 1e-3).all()
         assert (batch["gt_classes"][batch["gt_valid"]] >= 1).all() and not batch["gt_classes"][~batch["gt_valid"]].any()
     iterator.close()
-    evaluated = list(pipeline.evaluation_dataset(source, global_batch_size=8, **options))
+    evaluated = list(pipeline.evaluation_dataset(source, global_batch_size=8, canvas_size=(320, 320), **options))
     ids = np.concatenate([b["image_id"][b["valid"]] for b in evaluated])
     assert sorted(ids.tolist()) == sorted(entry.image_id for entry in source.entries)
     assert sum(len(b["valid"]) for b in evaluated) == 88

@@ -60,6 +60,7 @@ def test_tfds_records_equal_coco_source_and_broken_image_is_left_out_and_listed(
         assert a.keys() == b.keys()
         for key in a:
             np.testing.assert_array_equal(a[key], b[key])
+        assert source.image_size(index) == reference.image_size(reference_index) == a["image"].shape[:2]
     assert source.label_to_category_id == reference.label_to_category_id
     assert source.class_names == reference.class_names and source.num_classes == 4
     assert "tensorflow" not in sys.modules

@@ -202,6 +202,11 @@ class CocoSource:
     def image_path(self, index: int) -> pathlib.Path:
         return self.image_dir / self.entries[index].file_name
 
+    def image_size(self, index: int) -> tuple[int, int]:
+        """(H, W) of image `index` from the json, without reading the file (the loader checks they agree)."""
+        entry = self.entries[index]
+        return entry.height, entry.width
+
     def load_image(self, index: int) -> np.ndarray:
         """uint8 [H, W, 3] of image `index`, checked against the file's size; raises `image_io.BrokenImageError`."""
         path = self.image_path(index)

@@ -2,33 +2,35 @@
 
 Legend: B per-process batch, Hc Wc canvas, M max_instances, Sm cropped mask side.
 
-Training: a global shuffle of record indices (reshuffled each epoch, deterministic by seed),
-the slice for this process (`jax.process_index()` of `jax.process_count()`), repeated forever,
-random transforms seeded by (seed, process, position), batched inside the worker processes.
+Training: batches grouped by canvas (`grouping`: one canvas, or one per orientation): each epoch a
+fresh global permutation (deterministic by seed), each global batch records of one canvas, every
+record exactly once per epoch (a canvas's last batch completed with valid=False padding), this
+process's slice of every global batch (`jax.process_index()` of `jax.process_count()`), random
+transforms seeded by (seed, process, position), repeated forever. Batches are made before the
+worker processes split the work, so the batch sequence does not depend on num_workers.
 Evaluation: one pass in order, no augmentation, padded to a whole number of global batches with
 `valid=False` examples so every process runs the same number of steps.
 
 Both return a `grain.IterDataset`; `iter(dataset)` gives a `grain.DatasetIterator` whose
 `get_state()` / `set_state()` (or Orbax `grain.checkpoint.CheckpointSave/CheckpointRestore`)
-resume exactly where it stopped, given the same num_workers (each worker batches its own slice
-of the records, so the batch sequence depends on the worker count). Save the state of the batches
-the trainer has consumed: batches taken ahead of the step (a device prefetch queue) are lost on
-resume. Worker processes (num_workers > 0) need absl flags parsed and the calling code under
-`if __name__ == "__main__"`.
+resume exactly where it stopped. Save the state of the batches the trainer has consumed: batches
+taken ahead of the step (a device prefetch queue) are lost on resume. Worker processes
+(num_workers > 0) need absl flags parsed and the calling code under `if __name__ == "__main__"`.
 Batch: {"image" uint8 [B,Hc,Wc,3] in training (float32 normalised in evaluation), "image_size" int32
-[B,2], "original_size" int32 [B,2], "image_id" int64 [B], "gt_boxes" float32 [B,M,4], "gt_classes" int32 [B,M], "gt_masks" uint8
-[B,M,Sm,Sm], "gt_valid" bool [B,M], "valid" bool [B], "dropped_degenerate" int32 [B],
-"dropped_overflow" int32 [B]} (see `transforms.transform_example`).
+[B,2], "original_size" int32 [B,2], "image_id" int64 [B], "gt_boxes" float32 [B,M,4], "gt_classes"
+int32 [B,M], "gt_masks" uint8 [B,M,Sm,Sm], "gt_valid" bool [B,M], "valid" bool [B],
+"dropped_degenerate" int32 [B], "dropped_overflow" int32 [B]} (see `transforms.transform_example`).
 """
 
 import math
+from typing import Sequence
 
 import grain
 import jax
 import numpy as np
 from absl import logging
 
-from maskrcnn_jax.data import transforms
+from maskrcnn_jax.data import grouping, transforms
 from maskrcnn_jax.data.image_io import BrokenImageError
 
 
@@ -47,10 +49,11 @@ def _per_process_batch_size(global_batch_size: int, shard_count: int) -> int:
     return global_batch_size // shard_count
 
 
-def _read_options(batch_size: int) -> grain.ReadOptions:
+def _read_options(prefetch: int) -> grain.ReadOptions:
     # One thread per process (workers give the parallelism; more threads fight over the GIL) and a
-    # buffer of one batch: an example at a 1024 canvas is about 13 MB, so memory stays bounded.
-    return grain.ReadOptions(num_threads=1, prefetch_buffer_size=batch_size)
+    # buffer of one batch (`prefetch` elements): an example at a 1344 canvas is about 7 MB in
+    # training, 23 MB in evaluation (float32), so memory stays bounded.
+    return grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch)
 
 
 def padding_example(*, canvas_size: tuple[int, int], max_instances: int, mask_size: int,
@@ -72,27 +75,51 @@ def padding_example(*, canvas_size: tuple[int, int], max_instances: int, mask_si
 
 
 class TrainingTransform(grain.transforms.RandomMap):
-    """Record index -> augmented example; a broken image gives None (skipped and logged)."""
+    """(record index, canvas index) -> augmented example on that canvas; the padding record
+    (`grouping.PADDING_RECORD`) and a broken image (logged) give a padding example, valid=False, so
+    that every batch keeps its size and its one canvas."""
 
-    def __init__(self, source, *, canvas_size, min_size, max_size, max_instances, mask_size,
+    def __init__(self, source, *, canvases, min_size, max_size, max_instances, mask_size,
                  flip_probability, jitter_range, large_scale_jitter, min_box_size):
         self.source = source
-        self.canvas_size = tuple(canvas_size)
-        self.geometry_options = dict(canvas_size=self.canvas_size, min_size=min_size, max_size=max_size,
-                                     jitter_range=tuple(jitter_range), large_scale_jitter=large_scale_jitter,
-                                     flip_probability=flip_probability)
-        self.example_options = dict(canvas_size=self.canvas_size, max_instances=max_instances,
-                                    mask_size=mask_size, min_box_size=min_box_size)
+        self.canvases = [tuple(canvas) for canvas in canvases]
+        self.geometry_options = dict(min_size=min_size, max_size=max_size, jitter_range=tuple(jitter_range),
+                                     large_scale_jitter=large_scale_jitter, flip_probability=flip_probability)
+        self.example_options = dict(max_instances=max_instances, mask_size=mask_size, min_box_size=min_box_size)
 
-    def random_map(self, index, rng: np.random.Generator):
+    def random_map(self, element, rng: np.random.Generator):
+        index, canvas_size = element[0], self.canvases[element[1]]
+        if index == grouping.PADDING_RECORD:
+            return self._padding(canvas_size)
         try:
-            record = self.source[int(index)]
+            record = self.source[index]
         except BrokenImageError as error:
-            logging.warning("skipping record %d: %s", index, error)
-            return None
+            logging.warning("record %d replaced by padding: %s", index, error)
+            return self._padding(canvas_size)
         height, width = record["image"].shape[:2]
-        geometry = transforms.training_geometry(rng, height, width, **self.geometry_options)
-        return transforms.transform_example(record, geometry, **self.example_options)
+        geometry = transforms.training_geometry(rng, height, width, canvas_size=canvas_size, **self.geometry_options)
+        return transforms.transform_example(record, geometry, canvas_size=canvas_size, **self.example_options)
+
+    def _padding(self, canvas_size: tuple[int, int]) -> dict:
+        return padding_example(canvas_size=canvas_size, max_instances=self.example_options["max_instances"],
+                               mask_size=self.example_options["mask_size"])
+
+
+class ScheduledRecord(grain.transforms.MapWithIndex):
+    """Position in this process's endless example stream -> (record index, canvas index) from the
+    epoch's `grouping.EpochBatches`: example k is slot k % B of this process's slice of batch k // B."""
+
+    def __init__(self, schedule: grouping.EpochBatches, batch_size: int, shard_index: int):
+        self.schedule = schedule
+        self.batch_size = batch_size
+        self.shard_index = shard_index
+
+    def map_with_index(self, index: int, element) -> tuple[int, int]:
+        del element
+        epoch, position = divmod(index, self.schedule.batches_per_epoch * self.batch_size)
+        batch, slot = divmod(position, self.batch_size)
+        records, canvases = self.schedule.epoch(epoch)
+        return int(records[batch, self.shard_index * self.batch_size + slot]), int(canvases[batch])
 
 
 class EvaluationTransform(grain.transforms.Map):
@@ -131,33 +158,31 @@ def _with_workers(dataset: grain.IterDataset, num_workers: int, worker_buffer_si
                                                             per_worker_buffer_size=worker_buffer_size))
 
 
-def training_dataset(source, *, global_batch_size: int, seed: int, canvas_size: tuple[int, int],
+def training_dataset(source, *, global_batch_size: int, seed: int, canvases: Sequence[tuple[int, int]],
                      min_size: float, max_size: float, max_instances: int, mask_size: int = 112,
                      flip_probability: float = 0.5, jitter_range: tuple[float, float] = (1.0, 1.0),
                      large_scale_jitter: bool = False, min_box_size: float = 1.0, num_workers: int = 0,
                      worker_buffer_size: int = 1, shard_index: int | None = None,
                      shard_count: int | None = None) -> grain.IterDataset:
-    """Endless shuffled, augmented batches of this process's shard (B = global_batch_size / processes).
-
-    Each epoch is a fresh global permutation (grain folds the epoch into the seed); every process
-    takes every shard_count-th index of it, after dropping the remainder so shards are equal.
-    """
+    """Endless shuffled, augmented batches of this process's shard (B = global_batch_size / processes),
+    each on one of `canvases` (Hc, Wc), grouped as `grouping` describes; with several canvases the
+    source needs `image_size(index) -> (H, W)` (CocoSource, TfdsSource have it)."""
     shard_index, shard_count = _process_shard(shard_index, shard_count)
     batch_size = _per_process_batch_size(global_batch_size, shard_count)
-    usable = len(source) // shard_count * shard_count
-    if usable == 0:
-        raise ValueError(f"{len(source)} records cannot feed {shard_count} processes")
-    indices = grain.MapDataset.range(len(source)).shuffle(seed=seed)[:usable][shard_index::shard_count]
+    canvases = [tuple(canvas) for canvas in canvases]
+    schedule = grouping.EpochBatches(grouping.record_canvases(source, canvases), len(canvases), global_batch_size,
+                                     seed)
     # Different processes must not share augmentation streams: fold the shard into the seed.
     transform_seed = int(np.random.SeedSequence([seed, shard_index]).generate_state(1)[0])
-    examples = indices.repeat(None).random_map(
-        TrainingTransform(source, canvas_size=canvas_size, min_size=min_size, max_size=max_size,
+    examples = grain.MapDataset.range(schedule.batches_per_epoch * batch_size).repeat(None).map_with_index(
+        ScheduledRecord(schedule, batch_size, shard_index)).random_map(
+        TrainingTransform(source, canvases=canvases, min_size=min_size, max_size=max_size,
                           max_instances=max_instances, mask_size=mask_size,
                           flip_probability=flip_probability, jitter_range=jitter_range,
                           large_scale_jitter=large_scale_jitter, min_box_size=min_box_size),
         seed=transform_seed)
-    # Batching after to_iter_dataset skips the None of broken images; it still runs in the workers.
-    batches = examples.to_iter_dataset(_read_options(batch_size)).batch(batch_size, drop_remainder=True)
+    # Batched before the workers split the work: a worker makes whole batches, each of one canvas.
+    batches = examples.batch(batch_size, drop_remainder=True).to_iter_dataset(_read_options(1))
     return _with_workers(batches, num_workers, worker_buffer_size)
 
 

@@ -66,5 +66,10 @@ class TfdsSource:
         where = f"{self.data_dir}:{self.split}/{file_name}"
         return coco.make_record(entry, image_io.decode_image(stored["image"], where), where)
 
+    def image_size(self, index: int) -> tuple[int, int]:
+        """(H, W) of image `index` from its stored record, without decoding the image."""
+        stored = self.records[self.indices[index]]
+        return int(stored["height"]), int(stored["width"])
+
     def __repr__(self) -> str:
         return f"TfdsSource({self.data_dir!r}, {self.split!r}, images={len(self)}, classes={self.num_classes - 1})"

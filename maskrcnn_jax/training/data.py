@@ -21,6 +21,7 @@ from maskrcnn_jax.coco_classes import COCO_CLASS_NAMES
 from maskrcnn_jax.data import CocoSource, training_dataset
 from maskrcnn_jax.data import shapes
 from maskrcnn_jax.evaluation import model_label_to_category_id
+from maskrcnn_jax.training.setup import training_canvases
 
 SOURCES = ("shapes", "coco", "tfds")
 
@@ -107,14 +108,14 @@ def class_slots(num_model_classes: int, source) -> tuple[np.ndarray, tuple[str, 
 
 
 def training_iterator(config: ml_collections.ConfigDict, source) -> grain.DatasetIterator:
-    """Endless batches of this process's shard (per-process batch = global batch / process count), on
-    the canvas config.data.train_canvas_size (empty or absent: config.input.canvas_size, evaluation's)."""
+    """Endless batches of this process's shard (per-process batch = global batch / process count),
+    each on one of the canvases of `setup.training_canvases(config)`, grouped by it."""
     data = config.data
     dataset = training_dataset(
         source,
         global_batch_size=config.train.global_batch_size,
         seed=config.train.seed,
-        canvas_size=tuple(data.get("train_canvas_size") or config.input.canvas_size),
+        canvases=training_canvases(config),
         min_size=config.input.min_size,
         max_size=config.input.max_size,
         max_instances=data.max_instances,

@@ -26,7 +26,7 @@ from maskrcnn_jax.training.metric_writer import MetricWriter
 from maskrcnn_jax.training.preemption import StopRequest
 from maskrcnn_jax.training.processes import wait_for_all_processes
 from maskrcnn_jax.training.progress import Progress, say
-from maskrcnn_jax.training.setup import LossFnFactory, training_program
+from maskrcnn_jax.training.setup import LossFnFactory, abstract_training_batch, training_canvases, training_program
 from maskrcnn_jax.training.state import TrainState, create_train_state, replace_params
 from maskrcnn_jax.training.write_failures import WriteFailedError
 
@@ -117,6 +117,18 @@ def _restore_or_initialize(config, workdir, manager, program, data_iterator, mes
     return state, None
 
 
+def _compile_steps(config, mesh, train_step, state) -> dict:
+    """{canvas (Hc, Wc): the step compiled for its batches}, every canvas of `training_canvases`
+    compiled before the first step, then all processes start together: no step's collectives wait
+    for another process's compilation, and no canvas compiles in the middle of the run."""
+    compiled = {}
+    for canvas in training_canvases(config):
+        batch = abstract_training_batch(config, mesh, config.train.global_batch_size, canvas)
+        compiled[canvas] = train_step.lower(state, batch).compile()
+    wait_for_all_processes(f"train step compiled for {len(compiled)} canvases")
+    return compiled
+
+
 @contextlib.contextmanager
 def _naming_the_last_checkpoint(workdir: pathlib.Path):
     """Adds the last complete checkpoint to a WriteFailedError. Entered before the checkpoint saver,
@@ -187,18 +199,13 @@ def _train(config, workdir, saver, mesh, loss_fn_factory, evaluate_fn_factory) -
         run = _Run(writer=writer, progress=progress, max_consecutive_bad_steps=train.max_consecutive_bad_steps)
         if step >= train.num_steps:
             progress.message(f"already at step {step} of {train.num_steps}: nothing to do")
-        compiled_step = None
+        compiled_steps = _compile_steps(config, mesh, train_step, state) if step < train.num_steps else {}
         try:
             while step < train.num_steps:
                 host_batch = next(data_iterator)
                 host_batch["gt_classes"] = label_slots[host_batch["gt_classes"]]
                 batch = global_batch(host_batch, mesh)
-                if compiled_step is None:
-                    # Compile first, then start together: the first step's collectives must not wait
-                    # for another process's compilation.
-                    compiled_step = train_step.lower(state, batch).compile()
-                    wait_for_all_processes("train step compiled")
-                state, metrics = compiled_step(state, batch)
+                state, metrics = compiled_steps[batch["image"].shape[1:3]](state, batch)
                 step += 1
                 run.add(step, metrics)
                 last = step == train.num_steps

@@ -66,6 +66,20 @@ def training_program(config: ml_collections.ConfigDict, mesh: Mesh, loss_fn_fact
     return TrainingProgram(model, frozen_mask, optimizer, learning_rate_fn, initialize, abstract_state, train_step)
 
 
+def training_canvases(config: ml_collections.ConfigDict) -> list[tuple[int, int]]:
+    """The training canvases (Hc, Wc), one compiled step each: config.data.canvases (e.g. one per
+    orientation, ((800, 1344), (1344, 800)) in the COCO recipe), or when empty
+    [config.input.canvas_size], the evaluation canvas."""
+    canvases = [tuple(int(side) for side in canvas) for canvas in (config.data.get("canvases") or
+                                                                    (config.input.canvas_size,))]
+    for canvas in canvases:
+        if len(canvas) != 2 or min(canvas) < 1:
+            raise ValueError(f"config.data.canvases {canvases}: each canvas must be two positive sides (H, W)")
+    if len(set(canvases)) != len(canvases):
+        raise ValueError(f"config.data.canvases {canvases} lists a canvas twice")
+    return canvases
+
+
 def abstract_training_batch(config: ml_collections.ConfigDict, mesh: Mesh, global_batch_size: int,
                             canvas_size: tuple[int, int]) -> dict:
     """The global batch the data pipeline feeds the step, as ShapeDtypeStructs split over the mesh's
