@@ -1,7 +1,12 @@
 """Compiles what a pod would run, on this machine, and reports memory, compute and traffic per chip.
 
     python scripts/compile_report.py --config configs/mask_rcnn_r50_fpn_coco.py --topology v5e:4x4 \
-        --per_chip_batch 8 [--task train|predict] [--config.model.dtype=bfloat16] [--output report.json]
+        --per_chip_batch 8 [--task train|predict] [--canvas 800x1344] [--config.model.dtype=bfloat16] \
+        [--output report.json]
+
+One report per canvas the task compiles for (the trainer compiles one step per training canvas,
+config.data.canvases; predict, config.input.canvas_size), or for --canvas alone. --output writes
+them as a JSON list.
 
 --topology: a TPU topology (v4, v5e, v5p or v6e with its shape, e.g. v5e:2x2; needs libtpu:
 pip install -e '.[tpu]', no TPU) or cpu:N (N CPU devices, nothing to install). The train step is the
@@ -26,7 +31,7 @@ def define_flags(flag_values) -> None:
     flags.DEFINE_integer("per_chip_batch", None, "images per chip", lower_bound=1, flag_values=flag_values,
                          required=True)
     flags.DEFINE_enum("task", "train", ["train", "predict"], "the trainer's step or predict", flag_values=flag_values)
-    flags.DEFINE_string("canvas", None, "HxW (default: the config's training canvas)", flag_values=flag_values)
+    flags.DEFINE_string("canvas", None, "HxW (default: each training canvas of the config, or predict's canvas)", flag_values=flag_values)
     flags.DEFINE_bool("stages", True, "also compile each stage alone for the per-stage breakdown",
                       flag_values=flag_values)
     flags.DEFINE_string("output", None, "write the report as JSON here", flag_values=flag_values)
@@ -49,15 +54,18 @@ def main(flag_values, positional) -> None:
     canvas = _canvas(flag_values.canvas)
     try:
         report_lib.prepare_devices(flag_values.topology)
-        report = report_lib.compile_report(flag_values.config, flag_values.topology, flag_values.per_chip_batch,
-                                           task=flag_values.task, canvas=canvas, stages=flag_values.stages)
+        reports = []
+        for one_canvas in [canvas] if canvas else report_lib.report_canvases(flag_values.config, flag_values.task):
+            reports.append(report_lib.compile_report(flag_values.config, flag_values.topology,
+                                                     flag_values.per_chip_batch, task=flag_values.task,
+                                                     canvas=one_canvas, stages=flag_values.stages))
+            print(report_lib.format_report(reports[-1]) + "\n", flush=True)  # each as soon as it is compiled
     except ValueError as error:
         if "topology" in str(error):
             raise UsageError(f"--topology: {error}") from None
         raise
-    print(report_lib.format_report(report), flush=True)
     if flag_values.output:
-        pathlib.Path(flag_values.output).write_text(json.dumps(report, indent=1) + "\n")
+        pathlib.Path(flag_values.output).write_text(json.dumps(reports, indent=1) + "\n")
 
 
 if __name__ == "__main__":

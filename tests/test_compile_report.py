@@ -14,10 +14,11 @@ import pytest
 
 from maskrcnn_jax.command_line import load_config_file
 from maskrcnn_jax.models import build_model, frozen_parameter_mask, init_params
-from maskrcnn_jax.training.compile_report import collective_ops, while_loops
+from maskrcnn_jax.training.compile_report import collective_ops, report_canvases, while_loops
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "mask_rcnn_tiny.py"
+COCO_CONFIG = ROOT / "configs" / "mask_rcnn_r50_fpn_coco.py"
 STAGES = ["backbone + fpn", "rpn head + proposals", "targets + sampling", "roialign", "box head", "mask head",
           "losses", "optimizer"]
 WITH_BACKWARD = {"backbone + fpn", "rpn head + proposals", "roialign", "box head", "mask head", "losses"}
@@ -31,7 +32,9 @@ def report(tmp_path_factory):
          "--per_chip_batch=1", f"--output={output}"], capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
     print(completed.stdout)
-    return json.loads(output.read_text()), completed.stdout
+    reports = json.loads(output.read_text())
+    assert len(reports) == 1  # the tiny config trains on one canvas: one compiled step
+    return reports[0], completed.stdout
 
 
 def test_report_has_every_field_for_eight_cpu_devices(report):
@@ -99,3 +102,9 @@ ENTRY %main {
     assert collectives["reduce-scatter"]["count"] == 0
     np.testing.assert_equal(sorted(collectives), sorted(["all-reduce", "all-gather", "reduce-scatter", "all-to-all",
                                                          "collective-permute"]))
+
+
+def test_the_trainer_is_reported_on_each_training_canvas_and_predict_on_the_evaluation_canvas():
+    config = load_config_file(COCO_CONFIG)
+    assert report_canvases(config, "train") == [(800, 1344), (1344, 800)]  # one compiled step per orientation
+    assert report_canvases(config, "predict") == [(1344, 1344)]

@@ -38,7 +38,7 @@ from maskrcnn_jax.models import build_model, platform_config
 from maskrcnn_jax.models.norm import STATISTICS_COLLECTION
 from maskrcnn_jax.training import mesh as mesh_lib
 from maskrcnn_jax.training.loss import make_loss_fn
-from maskrcnn_jax.training.setup import abstract_training_batch, training_program
+from maskrcnn_jax.training.setup import abstract_training_batch, training_canvases, training_program
 from maskrcnn_jax.training.step import apply_gradients, trainable_gradients
 
 GIB = 2**30
@@ -319,11 +319,18 @@ def _train_stages(config: ml_collections.ConfigDict, program, batch: dict, mesh,
     return stages.rows
 
 
+def report_canvases(config: ml_collections.ConfigDict, task: str) -> list[tuple[int, int]]:
+    """The canvases a task compiles for: the trainer's one step per training canvas
+    (`training_canvases`), predict's evaluation canvas (config.input.canvas_size)."""
+    return training_canvases(config) if task == "train" else [tuple(config.input.canvas_size)]
+
+
 def compile_report(config: ml_collections.ConfigDict, topology: str, per_chip_batch: int, task: str = "train",
                    canvas: tuple[int, int] | None = None, stages: bool = True) -> dict:
     """Compiles `task` ("train": the trainer's step; "predict": `make_predict_fn`) of `config` for
     `topology` ("cpu:N", or a TPU topology such as "v5e:4x4": call `prepare_devices` first) at
-    `per_chip_batch` images per chip on `canvas` (default the training canvas) and returns the report.
+    `per_chip_batch` images per chip on `canvas` (default the task's first canvas, `report_canvases`)
+    and returns the report.
 
     Returns {"topology", "chip", "chips", "global_batch", "per_chip_batch", "canvas", "dtype", "task",
     "compile_s", "hbm" {arguments, outputs, temporaries, aliased, total: bytes per chip}, "hbm_capacity"
@@ -343,7 +350,7 @@ def compile_report(config: ml_collections.ConfigDict, topology: str, per_chip_ba
     global_batch_size = per_chip_batch * len(devices)
     config = platform_config(config, devices[0].platform)
     config.train.global_batch_size = global_batch_size
-    canvas = tuple(canvas or config.data.get("train_canvas_size") or config.input.canvas_size)
+    canvas = tuple(canvas or report_canvases(config, task)[0])
     batch = abstract_training_batch(config, mesh, global_batch_size, canvas)
     start = time.perf_counter()
     if task == "train":
