@@ -1,0 +1,47 @@
+"""GFLOP per image on one square canvas against a config's training canvases (e.g. one per
+orientation), over the image sizes of COCO-format folders (their annotations.json; no image is read).
+
+    python scripts/benchmark_canvases.py --config configs/mask_rcnn_r50_fpn_coco.py --square 1344 \
+        --data ../shared/data/coco_val2014_43 --data ../shared/data/coco_train2017_85
+
+XLA's cost analysis of the trainer's step and of predict, compiled at batch 1 on this machine
+(`maskrcnn_jax.canvas_flops`); each image counts its canvas's FLOP, padding included.
+"""
+
+import json
+import pathlib
+
+from absl import app, flags
+
+from maskrcnn_jax.canvas_flops import dataset_gflop_per_image, program_gflop
+from maskrcnn_jax.command_line import define_config_flag
+from maskrcnn_jax.training.setup import training_canvases
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+_CONFIG = define_config_flag("training config", default=str(ROOT / "configs" / "mask_rcnn_r50_fpn_coco.py"))
+_SQUARE = flags.DEFINE_integer("square", 1344, "side of the square canvas compared against")
+_DATA = flags.DEFINE_multi_string("data", [], "COCO-format folder whose annotations.json sizes are averaged over")
+
+
+def main(argv):
+    del argv
+    config = _CONFIG.value
+    square, canvases = (_SQUARE.value, _SQUARE.value), training_canvases(config)
+    gflop = program_gflop(config, [square, *canvases])
+    for canvas, row in gflop.items():
+        print(f"canvas {canvas[0]}x{canvas[1]}: train step {row['train']:.1f} GFLOP per image, "
+              f"predict {row['predict']:.1f}")
+    for folder in _DATA.value:
+        images = json.loads((pathlib.Path(folder) / "annotations.json").read_text())["images"]
+        sizes = [(image["height"], image["width"]) for image in images]
+        before = dataset_gflop_per_image(sizes, [square], gflop)
+        after = dataset_gflop_per_image(sizes, canvases, gflop)
+        print(f"{folder}: {len(sizes)} images, per canvas {dict(zip(map(str, canvases), after['images']))}")
+        for name in ("train", "predict"):
+            print(f"  {name}: square {before[name]:.1f} -> canvases {after[name]:.1f} GFLOP per image "
+                  f"({1 - after[name] / before[name]:.1%} less)")
+
+
+if __name__ == "__main__":
+    app.run(main)
