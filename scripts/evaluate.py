@@ -3,9 +3,11 @@ r"""COCO box and mask AP, of a model or of an existing COCO results file.
 Score a model (writes coco_results.json, metrics.json, per_category_ap.json into --output and
 prints the throughput with its breakdown per stage):
   python scripts/evaluate.py --checkpoint DIR --annotations A.json --images IMAGE_DIR --output OUT \
-      [--batch_size=2] [--max_images=N] [--host_workers=N] [--per_category] [--config FILE] [--config.key=value ...]
+      [--batch_size=N] [--max_images=N] [--host_workers=N] [--per_category] [--config FILE] [--config.key=value ...]
 The checkpoint brings its config (`--config` replaces it, `--config.key=value` changes a field);
 detections scoring above config.test.score_threshold (0.05) are scored, on config.input.canvas_size.
+Each batch is split over every device of this process (--batch_size: a multiple of them; default 2
+per device); a multi-host evaluation runs inside the trainer (config.eval).
 Compiled programs are kept in JAX's persistent cache (--compilation_cache_dir). Masks are pasted and
 RLE-encoded in --host_workers worker processes while the model runs (default: one per core but one;
 none when JAX runs on the CPU, where the model already uses every core). It prints the processes and
@@ -37,7 +39,8 @@ def define_flags(flag_values: flags.FlagValues) -> None:
     define("string", "checkpoint", None, "checkpoint directory or training workdir (model mode)")
     define("string", "images", None, "directory of the annotation file's images (model mode)")
     define("bool", "per_category", False, "also print AP of every category")
-    define("integer", "batch_size", 2, "images per predict call (model mode)", lower_bound=1)
+    define("integer", "batch_size", None, "images per predict call, split over the devices (model mode; "
+           "default 2 per device)", lower_bound=1)
     define("integer", "max_images", None, "evaluate only the first N images (model mode)", lower_bound=1)
     define("integer", "host_workers", None, "worker processes that paste and RLE-encode masks while the model runs "
            "(model mode; 0: this process; default: one per core but one, none when JAX runs on the CPU)",
@@ -93,39 +96,45 @@ def _predict_model(flag_values: flags.FlagValues, coco_gt) -> tuple:
     )
     from maskrcnn_jax.evaluation.evaluator import describe_run
     from maskrcnn_jax.models import build_model, init_params
+    from maskrcnn_jax.training.mesh import make_mesh, replicated
 
     config = flag_values.config
     try:
         check_prediction_config(config)
     except ValueError as error:
         raise UsageError(str(error)) from None
+    mesh = make_mesh()
+    batch_size = flag_values.batch_size or 2 * mesh.size
+    if batch_size % mesh.size:
+        raise UsageError(f"--batch_size {batch_size} does not split over the {mesh.size} devices: give a multiple")
     model = build_model(config)
     params, _, class_names = load_checkpoint(flag_values.checkpoint)  # the config: flag_values.config
     check_params_fit(params, jax.eval_shape(lambda: init_params(model, jax.random.key(0))))
-    params = jax.device_put(params)
+    params = jax.device_put(params, replicated(mesh))
     predict = make_predict_fn(model, spec_from_config(config, class_names))
     source = CocoSource(flag_values.annotations, flag_values.images)
     label_to_category_id = model_label_to_category_id(config.model.num_classes, source.label_to_category_id)
     batches, num_images = evaluation_batches(
-        source, coco_gt, batch_size=flag_values.batch_size, canvas_size=config.input.canvas_size,
+        source, coco_gt, batch_size=batch_size, canvas_size=config.input.canvas_size,
         min_size=config.input.min_size, max_size=config.input.max_size, max_images=flag_values.max_images,
     )
     workers = default_host_workers() if flag_values.host_workers is None else flag_values.host_workers
     pool = make_worker_pool(workers)  # its workers start while the model compiles
     start = time.perf_counter()
-    warm_up(predict, params, batches)
+    warm_up(predict, params, batches, mesh)
     compile_seconds = time.perf_counter() - start
 
-    print(describe_run(1, workers))
+    print(describe_run(mesh.size, workers))
     timings = {}
     start = time.perf_counter()
     try:
-        results, image_ids = predict_coco_results(predict, params, batches, label_to_category_id, True, timings, pool)
+        results, image_ids = predict_coco_results(predict, params, batches, label_to_category_id, True, timings, pool,
+                                                  mesh)
     finally:
         if pool is not None:
             pool.shutdown()
     seconds = time.perf_counter() - start
-    print(f"{num_images} images, batch {flag_values.batch_size}, canvas {tuple(config.input.canvas_size)}, "
+    print(f"{num_images} images, batch {batch_size}, canvas {tuple(config.input.canvas_size)}, "
           f"backend {jax.default_backend()}; compile + first batch {compile_seconds:.1f} s")
     if len(image_ids) < num_images:
         print(f"warning: {num_images - len(image_ids)} of {num_images} images could not be read (logged above) "

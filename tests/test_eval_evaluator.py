@@ -2,6 +2,7 @@
 label mapping, image ids) against torchvision's paste + pycocotools, and the script's model mode from a checkpoint."""
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -147,9 +148,10 @@ def test_label_mapping_for_torchvision_coco_head():
         model_label_to_category_id(10, coco_ids)
 
 
-def run_evaluate_script(*args: str) -> str:
+def run_evaluate_script(*args: str, devices: int = 1) -> str:
+    environment = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
     result = subprocess.run([sys.executable, "scripts/evaluate.py", *args], cwd=ROOT, capture_output=True, text=True,
-                            timeout=600)
+                            timeout=600, env=environment)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
@@ -164,11 +166,12 @@ def test_script_model_mode_agrees_with_results_mode(tmp_path):
     config.input.min_size, config.input.max_size, config.input.canvas_size = 128, 192, (192, 192)
     save_checkpoint(tmp_path / "checkpoint", random_params(build_model(config)), config, source.class_names)
     annotations = ["--annotations", str(folder / "annotations.json")]
+    # Two CPU devices: each batch of 2 is split over both.
     printed = run_evaluate_script("--checkpoint", str(tmp_path / "checkpoint"), "--images", str(folder / "images"),
-                                  "--output", str(tmp_path / "model"), "--batch_size=2", *annotations)
+                                  "--output", str(tmp_path / "model"), "--batch_size=2", *annotations, devices=2)
     assert "images/s" in printed and "cocoeval" in printed and "canvas (192, 192)" in printed
     # What it ran on (JAX on the CPU: no worker processes by default) and the split per stage.
-    assert "evaluation: process 0 of 1, model on 1 of 1 cpu devices" in printed
+    assert "evaluation: process 0 of 1, model on 2 of 2 cpu devices" in printed
     assert "mask paste and RLE in this process" in printed
     assert all(f"{stage}:" in printed for stage in ("data", "model", "paste", "rle", "wait", "cocoeval"))
 
