@@ -216,6 +216,21 @@ def test_evaluation_shards_run_the_same_steps_and_cover_every_record_once():
     assert sorted(ids.tolist()) == list(range(1000, 1010))
 
 
+def test_evaluation_on_orientation_canvases_groups_each_batch_and_covers_every_record_once():
+    source = EllipseSource(13)
+    per_shard = [list(evaluation(source, global_batch_size=4, canvases=ORIENTATIONS, shard_index=i, shard_count=2))
+                 for i in range(2)]
+    assert len(per_shard[0]) == len(per_shard[1])
+    for parts in zip(*per_shard):
+        (canvas,) = {part["image"].shape[1:3] for part in parts}
+        for part in parts:
+            sizes = part["original_size"][part["valid"]]
+            assert all(ORIENTATIONS[grouping.canvas_index(h, w, ORIENTATIONS)] == canvas for h, w in sizes)
+            # torchvision's resize, uncropped, on the canvas of its orientation
+            assert (part["image_size"][part["valid"]] <= np.array(canvas)).all()
+    assert sorted(valid_ids([b for shard in per_shard for b in shard])) == list(range(1000, 1013))
+
+
 def test_broken_images_are_skipped_in_training_and_padded_in_evaluation():
     source = EllipseSource(8, broken={2, 5})
     batches = take(iter(training(source)), 8)  # two epochs

@@ -13,7 +13,8 @@ process and platform), split by canvas keeping that order, each canvas's records
 batches, the last one of each canvas completed with -1 (padding examples, valid=False), and the
 batches of all canvases in a random order of the same generator. Every record is in exactly one
 batch per epoch, and E = sum over canvases of ceil(records of the canvas / G) is the same every
-epoch. Process p of P takes columns [p * G / P, (p + 1) * G / P) of each batch.
+epoch. Process p of P takes columns [p * G / P, (p + 1) * G / P) of each batch. Evaluation uses
+the same cut without shuffling: records in order, the batches of the first canvas first.
 """
 
 import math
@@ -40,16 +41,16 @@ def record_canvases(source, canvases: Sequence[tuple[int, int]]) -> np.ndarray:
 
 class EpochBatches:
     """The grouped schedule of the module docstring: `epoch(e)` -> (records int64 [E, G], -1 for
-    padding; canvas index int32 [E]). Picklable (grain workers build it once each); the last epoch
-    asked for is kept, as consecutive examples ask for the same one."""
+    padding; canvas index int32 [E]); shuffle False: every epoch in record order. Picklable (grain
+    workers build it once each); the last epoch asked for is kept, as consecutive examples ask for it."""
 
-    def __init__(self, record_canvases: np.ndarray, num_canvases: int, global_batch_size: int, seed: int):
+    def __init__(self, record_canvases: np.ndarray, num_canvases: int, global_batch_size: int, seed: int,
+                 shuffle: bool = True):
         self.record_canvases = np.asarray(record_canvases, np.int32)
-        if len(self.record_canvases) == 0:
-            raise ValueError("no records to train on")
         self.num_canvases = num_canvases
         self.global_batch_size = global_batch_size
         self.seed = seed
+        self.shuffle = shuffle
         counts = np.bincount(self.record_canvases, minlength=num_canvases)
         self.batches_per_epoch = int(np.sum(-(-counts // global_batch_size)))
         self._last = (None, None)
@@ -58,7 +59,7 @@ class EpochBatches:
         if self._last[0] == epoch:
             return self._last[1]
         rng = np.random.default_rng([self.seed, epoch])
-        order = rng.permutation(len(self.record_canvases))
+        order = rng.permutation(len(self.record_canvases)) if self.shuffle else np.arange(len(self.record_canvases))
         records, canvases = [], []
         for canvas in range(self.num_canvases):
             members = order[self.record_canvases[order] == canvas]
@@ -67,7 +68,7 @@ class EpochBatches:
             padded[:len(members)] = members
             records.append(padded.reshape(-1, self.global_batch_size))
             canvases.append(np.full(len(records[-1]), canvas, np.int32))
-        batch_order = rng.permutation(self.batches_per_epoch)
+        batch_order = rng.permutation(self.batches_per_epoch) if self.shuffle else np.arange(self.batches_per_epoch)
         schedule = (np.concatenate(records)[batch_order], np.concatenate(canvases)[batch_order])
         self._last = (epoch, schedule)
         return schedule

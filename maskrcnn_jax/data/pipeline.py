@@ -8,8 +8,8 @@ record exactly once per epoch (a canvas's last batch completed with valid=False 
 process's slice of every global batch (`jax.process_index()` of `jax.process_count()`), random
 transforms seeded by (seed, process, position), repeated forever. Batches are made before the
 worker processes split the work, so the batch sequence does not depend on num_workers.
-Evaluation: one pass in order, no augmentation, padded to a whole number of global batches with
-`valid=False` examples so every process runs the same number of steps.
+Evaluation: one pass in order (grouped by canvas when there are several), no augmentation, padded
+to whole global batches with `valid=False` examples so every process runs the same number of steps.
 
 Both return a `grain.IterDataset`; `iter(dataset)` gives a `grain.DatasetIterator` whose
 `get_state()` / `set_state()` (or Orbax `grain.checkpoint.CheckpointSave/CheckpointRestore`)
@@ -22,7 +22,6 @@ int32 [B,M], "gt_masks" uint8 [B,M,Sm,Sm], "gt_valid" bool [B,M], "valid" bool [
 "dropped_degenerate" int32 [B], "dropped_overflow" int32 [B]} (see `transforms.transform_example`).
 """
 
-import math
 from typing import Sequence
 
 import grain
@@ -123,32 +122,34 @@ class ScheduledRecord(grain.transforms.MapWithIndex):
 
 
 class EvaluationTransform(grain.transforms.Map):
-    """Record index -> example at torchvision's resize; indices past the end and broken images give
-    padding examples with valid=False (a broken image is logged)."""
+    """(record index, canvas index) -> example at torchvision's resize on that canvas; the padding
+    record and broken images give padding examples with valid=False (a broken image is logged)."""
 
-    def __init__(self, source, *, canvas_size, min_size, max_size, max_instances, mask_size, min_box_size,
+    def __init__(self, source, *, canvases, min_size, max_size, max_instances, mask_size, min_box_size,
                  image_dtype):
         self.source = source
-        self.canvas_size = tuple(canvas_size)
+        self.canvases = [tuple(canvas) for canvas in canvases]
         self.min_size = min_size
         self.max_size = max_size
-        self.example_options = dict(canvas_size=self.canvas_size, max_instances=max_instances,
-                                    mask_size=mask_size, min_box_size=min_box_size, image_dtype=image_dtype)
-        self.padding = padding_example(canvas_size=self.canvas_size, max_instances=max_instances,
-                                       mask_size=mask_size, image_dtype=image_dtype)
+        self.example_options = dict(max_instances=max_instances, mask_size=mask_size, min_box_size=min_box_size,
+                                    image_dtype=image_dtype)
+        self.paddings = [padding_example(canvas_size=canvas, max_instances=max_instances, mask_size=mask_size,
+                                         image_dtype=image_dtype) for canvas in self.canvases]
 
-    def map(self, index):
-        if index >= len(self.source):
-            return self.padding
+    def map(self, element):
+        index, canvas = element
+        if index == grouping.PADDING_RECORD:
+            return self.paddings[canvas]
         try:
-            record = self.source[int(index)]
+            record = self.source[index]
         except BrokenImageError as error:
             logging.warning("evaluation record %d replaced by padding: %s", index, error)
-            return self.padding
+            return self.paddings[canvas]
         height, width = record["image"].shape[:2]
-        geometry = transforms.evaluation_geometry(height, width, canvas_size=self.canvas_size,
+        geometry = transforms.evaluation_geometry(height, width, canvas_size=self.canvases[canvas],
                                                   min_size=self.min_size, max_size=self.max_size)
-        return transforms.transform_example(record, geometry, **self.example_options)
+        return transforms.transform_example(record, geometry, canvas_size=self.canvases[canvas],
+                                            **self.example_options)
 
 
 def _with_workers(dataset: grain.IterDataset, num_workers: int, worker_buffer_size: int) -> grain.IterDataset:
@@ -169,6 +170,8 @@ def training_dataset(source, *, global_batch_size: int, seed: int, canvases: Seq
     source needs `image_size(index) -> (H, W)` (CocoSource, TfdsSource have it)."""
     shard_index, shard_count = _process_shard(shard_index, shard_count)
     batch_size = _per_process_batch_size(global_batch_size, shard_count)
+    if len(source) == 0:
+        raise ValueError("no records to train on")
     canvases = [tuple(canvas) for canvas in canvases]
     schedule = grouping.EpochBatches(grouping.record_canvases(source, canvases), len(canvases), global_batch_size,
                                      seed)
@@ -188,22 +191,29 @@ def training_dataset(source, *, global_batch_size: int, seed: int, canvases: Seq
 
 def evaluation_dataset(source, *, global_batch_size: int, canvas_size: tuple[int, int], min_size: float,
                        max_size: float, max_instances: int, mask_size: int = 112, min_box_size: float = 1.0,
-                       image_dtype=np.float32, num_workers: int = 0, worker_buffer_size: int = 1,
-                       shard_index: int | None = None, shard_count: int | None = None) -> grain.IterDataset:
-    """One pass over every record in order, ceil(len / global_batch_size) batches per process.
+                       image_dtype=np.float32, canvases: Sequence[tuple[int, int]] = (), num_workers: int = 0,
+                       worker_buffer_size: int = 1, shard_index: int | None = None,
+                       shard_count: int | None = None) -> grain.IterDataset:
+    """One pass over every record, the same number of batches on every process.
 
-    Process p gets records p, p + shard_count, ...; the tail is padded with valid=False examples.
-    image_dtype float32: images normalised on the host, unrounded (torchvision's input exactly: with
-    uint8, the rounding to bytes moved a random-weight model's AP by 0.03 in
-    tests/test_eval_torchvision_agreement.py); uint8: a quarter of the bytes, normalised on the device.
+    On one canvas (canvas_size; `canvases` empty) the records in order, cut into global batches, the
+    last completed with valid=False examples; with several `canvases` (e.g. one per orientation, the
+    source needs image_size(index)) the records grouped by canvas as `grouping` does for training,
+    without shuffling: each batch one canvas, a canvas's last batch padded. Process p takes its
+    slice of every global batch. image_dtype float32: images normalised on the host, unrounded
+    (torchvision's input exactly: with uint8, the rounding to bytes moved a random-weight model's AP
+    by 0.03 in tests/test_eval_torchvision_agreement.py); uint8: a quarter of the bytes, normalised
+    on the device.
     """
     shard_index, shard_count = _process_shard(shard_index, shard_count)
     batch_size = _per_process_batch_size(global_batch_size, shard_count)
-    padded_length = math.ceil(len(source) / global_batch_size) * global_batch_size
-    indices = grain.MapDataset.range(padded_length)[shard_index::shard_count]
-    examples = indices.map(EvaluationTransform(source, canvas_size=canvas_size, min_size=min_size,
-                                               max_size=max_size, max_instances=max_instances,
-                                               mask_size=mask_size, min_box_size=min_box_size,
-                                               image_dtype=image_dtype))
-    batches = examples.to_iter_dataset(_read_options(batch_size)).batch(batch_size, drop_remainder=True)
+    canvases = [tuple(canvas) for canvas in canvases] or [tuple(canvas_size)]
+    schedule = grouping.EpochBatches(grouping.record_canvases(source, canvases), len(canvases), global_batch_size,
+                                     seed=0, shuffle=False)
+    examples = grain.MapDataset.range(schedule.batches_per_epoch * batch_size).map_with_index(
+        ScheduledRecord(schedule, batch_size, shard_index)).map(
+        EvaluationTransform(source, canvases=canvases, min_size=min_size, max_size=max_size,
+                            max_instances=max_instances, mask_size=mask_size, min_box_size=min_box_size,
+                            image_dtype=image_dtype))
+    batches = examples.batch(batch_size, drop_remainder=True).to_iter_dataset(_read_options(1))
     return _with_workers(batches, num_workers, worker_buffer_size)
