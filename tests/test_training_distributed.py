@@ -69,10 +69,10 @@ def test_two_distributed_processes_train_checkpoint_and_resume(tmp_path, environ
     iterator_states = sorted(path.name for path in (workdir / "checkpoints" / "3" / "data_iterator").iterdir()
                              if path.suffix == ".json")
     assert iterator_states == ["process_0-of-2.json", "process_1-of-2.json"]
-    # Both evaluated: 5 images (3 and 2 per process), a global batch of 4 rounded up to the 8 devices.
-    for index, outcome in enumerate(first):
+    # Both evaluated: 5 images in a global batch of 4 rounded up to the 8 devices (4 and 1 per process).
+    for index, (outcome, images) in enumerate(zip(first, (4, 1))):
         assert f"evaluation: process {index} of 2, model on 8 of 8 cpu devices (4 on this process)" in outcome.stdout
-        assert "global batch 8" in outcome.stdout and f"images on process {index}" in outcome.stdout
+        assert "global batch 8" in outcome.stdout and f"for {images} images on process {index})" in outcome.stdout
     assert "cocoeval:" in first[0].stdout
 
     # The step-3 evaluation of the 2 x 4-device run equals one process on one device with the same

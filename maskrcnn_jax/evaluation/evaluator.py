@@ -131,6 +131,7 @@ def predict_coco_results(
     timings: dict | None = None,
     pool=None,
     mesh=None,
+    batch_of_image: list | None = None,
 ) -> tuple:
     """Runs the model over `batches` and returns (COCO results list, list of evaluated image ids).
 
@@ -150,6 +151,7 @@ def predict_coco_results(
     mesh: split each batch over the mesh's "data" axis (params placed on it, e.g. replicated): every
       process passes its own batches (B a multiple of its devices on the axis), all in step, and gets
       the results of its own images. None: this process's default device.
+    batch_of_image: if given, the position of each evaluated image's batch is appended to it.
     Detections whose label has no category in `label_to_category_id` are dropped (COCOeval would
     ignore them anyway: it scores only the ground truth's categories).
     """
@@ -157,7 +159,7 @@ def predict_coco_results(
     known_labels = np.array(sorted(label_to_category_id))
     encoder = ResultsEncoder(pool, label_to_category_id, with_masks, timings)
     batch_iterator = iter(batches)
-    while True:
+    for position in itertools.count():
         start = time.perf_counter()
         batch = next(batch_iterator, None)
         start = _add_time(timings, "data", start)
@@ -170,6 +172,8 @@ def predict_coco_results(
             keep = np.asarray(host["valid"][b], dtype=bool) & np.isin(host["classes"][b], known_labels)
             detections = {key: host[key][b][keep] for key in ("boxes", "scores", "classes", "masks")}
             encoder.submit(int(batch["image_id"][b]), height, width, detections)
+            if batch_of_image is not None:
+                batch_of_image.append(position)
     return encoder.finish()
 
 
@@ -195,11 +199,12 @@ def _predict_on_host(predict_fn, params, inputs: dict, mesh) -> dict:
     return jax.device_get({key: outputs[key] for key in ("boxes", "scores", "classes", "valid", "masks")})
 
 
-def gather_results(results: list, image_ids: list) -> tuple[list, list]:
+def gather_results(results: list, image_ids: list, batch_of_image: list) -> tuple[list, list]:
     """Every process's (results, image ids), on every process, in the order of the whole evaluation set.
 
-    Process p evaluated records p, p + P, ... of the set (`evaluation_dataset`'s shards), so the
-    set's order takes each process's next image in turn. Every process calls it at once; it waits at
+    batch_of_image: the position of each image's batch. Process p's batch k is its slice of global
+    batch k (`evaluation_dataset`), so the set's order is batch by batch, process by process within
+    a batch. Every process calls it at once; it waits at
     a coordination-service barrier first, because the gather is a device collective and CPU (gloo)
     collectives give up after 30 s when one process is late.
     """
@@ -208,20 +213,16 @@ def gather_results(results: list, image_ids: list) -> tuple[list, list]:
     by_image = collections.defaultdict(list)
     for entry in results:
         by_image[entry["image_id"]].append(entry)
-    payload = np.frombuffer(json.dumps([[image_id, by_image[image_id]] for image_id in image_ids]).encode(), np.uint8)
+    payload = [[position, image_id, by_image[image_id]] for position, image_id in zip(batch_of_image, image_ids)]
+    payload = np.frombuffer(json.dumps(payload).encode(), np.uint8)
     lengths = multihost_utils.process_allgather(np.array([len(payload)], np.int64)).reshape(-1)
     padded = np.zeros(int(lengths.max()), np.uint8)
     padded[:len(payload)] = payload
     gathered = multihost_utils.process_allgather(padded).reshape(len(lengths), -1)
-    per_process = [json.loads(row[:length].tobytes()) for row, length in zip(gathered, lengths)]
-    all_results, all_image_ids = [], []
-    for position in range(max(len(images) for images in per_process)):
-        for images in per_process:
-            if position < len(images):
-                image_id, entries = images[position]
-                all_image_ids.append(image_id)
-                all_results.extend(entries)
-    return all_results, all_image_ids
+    images = [(position, process, image_id, entries) for process, (row, length) in enumerate(zip(gathered, lengths))
+              for position, image_id, entries in json.loads(row[:length].tobytes())]
+    images.sort(key=lambda image: image[:2])  # stable: each process's images of a batch keep their order
+    return [entry for *_, entries in images for entry in entries], [image_id for _, _, image_id, _ in images]
 
 
 def evaluate_model(
@@ -248,11 +249,12 @@ def evaluate_model(
     others return None. The metrics are those of one process on one device.
     """
     timings = {} if timings is None else timings
+    batch_of_image = []
     results, image_ids = predict_coco_results(predict_fn, params, batches, label_to_category_id, with_masks, timings,
-                                              pool, mesh)
+                                              pool, mesh, batch_of_image)
     if jax.process_count() > 1:
         start = time.perf_counter()
-        results, image_ids = gather_results(results, image_ids)
+        results, image_ids = gather_results(results, image_ids, batch_of_image)
         _add_time(timings, "gather", start)
         if jax.process_index() != 0:
             return None

@@ -16,6 +16,7 @@ from typing import Callable
 import grain
 import jax
 import ml_collections
+import numpy as np
 
 from maskrcnn_jax.data import evaluation_dataset
 from maskrcnn_jax.detector import make_predict_fn, spec_from_config
@@ -38,6 +39,13 @@ def params_mesh(params):
     """The mesh the parameters are placed on (the trainer's), or None for host or single-device arrays."""
     sharding = getattr(jax.tree.leaves(params)[0], "sharding", None)
     return getattr(sharding, "mesh", None)
+
+
+def _counting_images(batches, counts: list):
+    """The batches, appending each one's number of real (valid) images to `counts`."""
+    for batch in batches:
+        counts.append(int(np.sum(batch["valid"])))
+        yield batch
 
 
 def make_coco_evaluator(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> EvaluateFn | None:
@@ -70,13 +78,12 @@ def make_coco_evaluator(config: ml_collections.ConfigDict, workdir: str | os.Pat
             source, global_batch_size=batch_size, canvas_size=tuple(config.input.canvas_size),
             min_size=config.input.min_size, max_size=config.input.max_size, max_instances=config.data.max_instances,
             mask_size=config.data.mask_size, shard_index=jax.process_index(), shard_count=jax.process_count())
-        timings = {}
+        timings, images = {}, []
         start = time.perf_counter()
-        metrics = evaluate_model(predict, params, batches, coco_gt, label_to_category_id, timings=timings, pool=pool,
-                                 mesh=mesh, results_file=results_file)
-        images = math.ceil((len(source) - jax.process_index()) / jax.process_count())
+        metrics = evaluate_model(predict, params, _counting_images(batches, images), coco_gt, label_to_category_id,
+                                 timings=timings, pool=pool, mesh=mesh, results_file=results_file)
         print(f"{describe_run(devices, workers)}, global batch {batch_size}\n"
-              f"{describe_timings(images, timings, time.perf_counter() - start, workers)}", flush=True)
+              f"{describe_timings(sum(images), timings, time.perf_counter() - start, workers)}", flush=True)
         return metrics
 
     return evaluate
