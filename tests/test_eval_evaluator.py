@@ -149,7 +149,8 @@ def test_label_mapping_for_torchvision_coco_head():
 
 
 def run_evaluate_script(*args: str, devices: int = 1) -> str:
-    environment = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    environment = {**os.environ, "JAX_PLATFORMS": "cpu",
+                   "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
     result = subprocess.run([sys.executable, "scripts/evaluate.py", *args], cwd=ROOT, capture_output=True, text=True,
                             timeout=600, env=environment)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -155,7 +155,8 @@ def test_evaluate_script_scores_the_predict_scripts_detections_on_coco(converted
     assert converted["unnamed_found"] > 0, "torchvision must detect N/A slots here for this test to mean anything"
     results, output = script_results
     assert all(COCO_CLASS_NAMES[entry["category_id"]] != "N/A" for entry in results)
-    printed = run_script("scripts/evaluate.py", "--annotations", str(shared_data_path("coco_val2014_43", "annotations.json")),
+    annotations = shared_data_path("coco_val2014_43", "annotations.json")
+    printed = run_script("scripts/evaluate.py", "--annotations", str(annotations),
                          "--results", str(output / "detections.json"), "--output", str(converted["work"] / "scores"))
     metrics = json.loads((converted["work"] / "scores" / "metrics.json").read_text())
     assert set(metrics) == {"bbox", "segm"} and "IoU metric: segm" in printed

@@ -47,7 +47,8 @@ class ResultsEncoder:
     process) and "wait" (this process waiting for the workers)."""
 
     def __init__(self, pool, label_to_category_id: dict, with_masks: bool, timings: dict):
-        self.pool, self.label_to_category_id, self.with_masks, self.timings = pool, label_to_category_id, with_masks, timings
+        self.pool, self.label_to_category_id, self.with_masks = pool, label_to_category_id, with_masks
+        self.timings = timings
         self.pending = collections.deque()
         self.results, self.image_ids = [], []
 
