@@ -26,6 +26,7 @@ from maskrcnn_jax.evaluation import (
     load_coco_ground_truth,
     make_worker_pool,
     model_label_to_category_id,
+    warm_up,
 )
 from maskrcnn_jax.evaluation.evaluator import describe_run, describe_timings
 from maskrcnn_jax.models import build_model
@@ -69,6 +70,7 @@ def make_coco_evaluator(config: ml_collections.ConfigDict, workdir: str | os.Pat
     workers = default_host_workers() if config.eval.host_workers < 0 else config.eval.host_workers
     results_file = pathlib.Path(workdir) / RESULTS_FILE if config.eval.write_results else None
     pool = make_worker_pool(workers)
+    compiled_for = set()  # meshes predict was compiled for
 
     def evaluate(params) -> dict | None:
         mesh = params_mesh(params)
@@ -78,11 +80,17 @@ def make_coco_evaluator(config: ml_collections.ConfigDict, workdir: str | os.Pat
             source, global_batch_size=batch_size, canvas_size=tuple(config.input.canvas_size),
             min_size=config.input.min_size, max_size=config.input.max_size, max_instances=config.data.max_instances,
             mask_size=config.data.mask_size, shard_index=jax.process_index(), shard_count=jax.process_count())
+        compile_note = ""
+        if mesh not in compiled_for:  # compiled apart, so that the split below is the evaluation's own
+            start = time.perf_counter()
+            warm_up(predict, params, batches, mesh)
+            compiled_for.add(mesh)
+            compile_note = f", compile + first batch {time.perf_counter() - start:.1f} s"
         timings, images = {}, []
         start = time.perf_counter()
         metrics = evaluate_model(predict, params, _counting_images(batches, images), coco_gt, label_to_category_id,
                                  timings=timings, pool=pool, mesh=mesh, results_file=results_file)
-        print(f"{describe_run(devices, workers)}, global batch {batch_size}\n"
+        print(f"{describe_run(devices, workers)}, global batch {batch_size}{compile_note}\n"
               f"{describe_timings(sum(images), timings, time.perf_counter() - start, workers)}", flush=True)
         return metrics
 
