@@ -55,7 +55,8 @@ MULTI_PROCESS = textwrap.dedent("""
     assert jax.process_count() == 2 and jax.device_count() == 8 and jax.local_device_count() == 4
     mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     # Evaluation shards by jax.process_index() by default: 10 records, global batch 8 -> 2 steps.
-    batches = list(pipeline.evaluation_dataset(EllipseSource(10), global_batch_size=8, **OPTIONS))
+    batches = list(pipeline.evaluation_dataset(EllipseSource(10), global_batch_size=8, canvas_size=(64, 64),
+                                               **OPTIONS))
     assert len(batches) == 2 and batches[0]["image"].shape[0] == 4
     seen = []
     for host in batches:
