@@ -60,6 +60,9 @@ CHIPS = {
     "v5p": Chip(95 * GIB, 459e12, 2765e9),
     "v6e": Chip(32 * GIB, 918e12, 1640e9),
 }
+# Generations with two TensorCores per chip, which JAX drives as one device ("megacore"); libtpu's
+# compile-only topology lists each core unless asked for that chip configuration.
+MEGACORE = ("v4", "v5p")
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4, "s32": 4,
                 "u32": 4, "f64": 8, "s64": 8, "u64": 8}
@@ -100,7 +103,8 @@ def topology_devices(topology: str) -> tuple[list, Chip | None]:
     from jax.experimental import topologies
 
     try:
-        description = topologies.get_topology_desc(topology_name=topology, platform="tpu")
+        options = {"chip_config_name": "megacore"} if generation in MEGACORE else {}
+        description = topologies.get_topology_desc(topology_name=topology, platform="tpu", **options)
     except Exception as error:  # a missing libtpu, a shape libtpu does not know
         raise ValueError(f"topology {topology}: libtpu cannot describe it ({' '.join(str(error).split())[:300]}); "
                          "libtpu comes with pip install -e '.[tpu]'") from error
