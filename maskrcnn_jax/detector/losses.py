@@ -81,7 +81,7 @@ def training_targets(spec: DetectorSpec, anchors, proposals: jax.Array, proposal
     rpn_key, roi_key = jax.random.split(key)
 
     rpn = jax.vmap(functools.partial(rpn_targets, anchors, sampler=spec.rpn_sampler, box_weights=spec.rpn_box_weights))(
-        gt_boxes, gt_valid, jax.random.split(rpn_key, batch_size))
+        gt_boxes, gt_valid, batch["image_size"], jax.random.split(rpn_key, batch_size))
     rpn["valid"] = rpn["valid"] & example_valid[:, None]
     rpn["positive"] = rpn["positive"] & rpn["valid"]
 

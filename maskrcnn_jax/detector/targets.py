@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from maskrcnn_jax.detector.spec import SamplerSpec
 from maskrcnn_jax.ops.boxes import box_iou, encode_boxes
 from maskrcnn_jax.ops.masks import mask_targets_from_crops
-from maskrcnn_jax.ops.matching import match_boxes
+from maskrcnn_jax.ops.matching import IGNORED, match_boxes
 from maskrcnn_jax.ops.sampling import sample_balanced
 
 
@@ -23,21 +23,34 @@ def _matched_box_targets(gt_boxes, matched_gt, boxes, positive, box_weights):
     return jnp.where(positive[:, None], deltas, 0.0)
 
 
-def rpn_targets(anchors, gt_boxes, gt_valid, key, sampler: SamplerSpec, box_weights) -> dict:
+def rpn_targets(anchors, gt_boxes, gt_valid, image_size, key, sampler: SamplerSpec, box_weights) -> dict:
     """Anchors matched to the GT (torchvision RPN: 0.7 / 0.3 with low-quality matches) and sampled.
 
-    anchors [A, 4]; gt_boxes [M, 4]; gt_valid bool [M]; key: the sampling key.
+    anchors [A, 4]; gt_boxes [M, 4]; gt_valid bool [M]; image_size int32 [2] (h, w) of the photo on
+    its canvas; key: the sampling key. An anchor whose centre lies outside the photo (in the canvas's
+    zero padding) is neither positive nor negative, nor any GT's low-quality match: a padded canvas
+    then samples like torchvision's batch padded only to its largest image (docs/training_targets.md).
     Returns {"index": int32 [S_rpn] sampled anchors, "positive": bool [S_rpn], "valid": bool [S_rpn],
     "box_targets": [S_rpn, 4] (zero except for positives)}.
     """
     anchors = jnp.asarray(anchors)
-    iou = box_iou(gt_boxes, anchors)
+    inside = anchors_inside(anchors, image_size)
+    iou = jnp.where(inside[None, :], box_iou(gt_boxes, anchors), -1.0)
     matched_gt, labels = match_boxes(iou, gt_valid, sampler.foreground_iou, sampler.background_iou,
                                      sampler.allow_low_quality_matches)
+    labels = jnp.where(inside, labels, IGNORED)
     index, positive, valid = sample_balanced(key, labels, sampler.batch_size_per_image, sampler.positive_fraction)
     positive = positive & valid
     box_targets = _matched_box_targets(gt_boxes, matched_gt[index], anchors[index], positive, box_weights)
     return {"index": index, "positive": positive, "valid": valid, "box_targets": box_targets}
+
+
+def anchors_inside(anchors, image_size) -> jax.Array:
+    """Whether each anchor's centre lies on the photo: anchors [A, 4], image_size [2] (h, w) -> bool [A]."""
+    center_x = (anchors[:, 0] + anchors[:, 2]) / 2
+    center_y = (anchors[:, 1] + anchors[:, 3]) / 2
+    height, width = image_size[0], image_size[1]
+    return (center_x >= 0) & (center_x < width) & (center_y >= 0) & (center_y < height)
 
 
 def roi_targets(proposals, proposal_valid, gt_boxes, gt_classes, gt_valid, key, sampler: SamplerSpec,
