@@ -36,7 +36,7 @@ from maskrcnn_jax.detector.predict import detect, detection_outputs, propose
 from maskrcnn_jax.detector.pyramid import POOLED_STRIDES, flatten_rpn_outputs, pool_rois
 from maskrcnn_jax.detector.spec import DetectorSpec
 from maskrcnn_jax.models import build_model, frozen_parameter_mask, init_params
-from maskrcnn_jax.models.norm import STATISTICS_COLLECTION
+from maskrcnn_jax.detector.spec import NORM_STATISTICS
 from maskrcnn_jax.training.optimizer import update_direction
 from maskrcnn_jax.training.state import TrainState
 from maskrcnn_jax.training.step import apply_gradients, train_step_fn, trainable_gradients
@@ -108,7 +108,7 @@ def _apply(model, method: Callable) -> Callable:
 def _apply_training(model, params, *args, method, **kwargs):
     """A model method called in training mode (train=True: v2's BatchNorm on batch statistics, as
     detector_losses runs it); the new running statistics are computed and dropped."""
-    outputs, _ = model.apply({"params": params}, *args, method=method, mutable=[STATISTICS_COLLECTION], **kwargs)
+    outputs, _ = model.apply({"params": params}, *args, method=method, mutable=[NORM_STATISTICS], **kwargs)
     return outputs
 
 

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from maskrcnn_jax.models.norm import STATISTICS_COLLECTION, BatchNorm
+from maskrcnn_jax.detector.spec import NORM_STATISTICS
+from maskrcnn_jax.models.norm import BatchNorm
 
 torch = pytest.importorskip("torch", reason="torch is the reference for BatchNorm")
 
@@ -49,8 +50,8 @@ def test_train_mode_output_statistics_and_gradients_equal_torch_train():
     (y_torch * torch.from_numpy(upstream)).sum().backward()
 
     def loss(params, x):
-        y, updates = BatchNorm().apply({"params": params}, x, train=True, mutable=[STATISTICS_COLLECTION])
-        return jnp.sum(y * upstream), (y, updates[STATISTICS_COLLECTION])
+        y, updates = BatchNorm().apply({"params": params}, x, train=True, mutable=[NORM_STATISTICS])
+        return jnp.sum(y * upstream), (y, updates[NORM_STATISTICS])
 
     (_, (y, statistics)), (param_grads, x_grad) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
         params, jnp.asarray(x))
@@ -70,15 +71,15 @@ def test_train_mode_with_valid_mask_equals_torch_on_the_valid_rows_only():
     valid = np.array([True, False, True])
     expected = torch_nhwc(torch_norm, x[valid]).detach().numpy()
     y, updates = BatchNorm().apply({"params": params}, jnp.asarray(x), train=True, valid=jnp.asarray(valid)[:, None, None],
-                                   mutable=[STATISTICS_COLLECTION])
+                                   mutable=[NORM_STATISTICS])
     np.testing.assert_allclose(np.asarray(y)[valid], expected, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(updates[STATISTICS_COLLECTION]["var"], torch_norm.running_var.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(updates[NORM_STATISTICS]["var"], torch_norm.running_var.numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_no_valid_position_keeps_running_statistics_and_output_finite():
     params, _, x = random_setup()
     y, updates = BatchNorm().apply({"params": params}, jnp.asarray(x), train=True, valid=jnp.zeros((3, 1, 1), bool),
-                                   mutable=[STATISTICS_COLLECTION])
+                                   mutable=[NORM_STATISTICS])
     assert np.all(np.isfinite(y))
-    np.testing.assert_array_equal(updates[STATISTICS_COLLECTION]["mean"], params["mean"])
-    np.testing.assert_array_equal(updates[STATISTICS_COLLECTION]["var"], params["var"])
+    np.testing.assert_array_equal(updates[NORM_STATISTICS]["mean"], params["mean"])
+    np.testing.assert_array_equal(updates[NORM_STATISTICS]["var"], params["var"])

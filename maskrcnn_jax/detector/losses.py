@@ -24,9 +24,8 @@ from maskrcnn_jax.detector.chunks import map_valid_chunks
 from maskrcnn_jax.detector.inputs import model_images
 from maskrcnn_jax.detector.proposals import generate_proposals
 from maskrcnn_jax.detector.pyramid import flatten_rpn_outputs, pool_rois, pyramid_anchors
-from maskrcnn_jax.detector.spec import DetectorSpec
+from maskrcnn_jax.detector.spec import NORM_STATISTICS, DetectorSpec
 from maskrcnn_jax.detector.targets import crop_mask_targets, mask_slots, roi_targets, rpn_targets
-from maskrcnn_jax.models.norm import STATISTICS_COLLECTION
 from maskrcnn_jax.trees import flatten_dict, unflatten_dict
 
 SMOOTH_L1_BETA = 1.0 / 9.0
@@ -153,9 +152,9 @@ def detector_losses(model, spec: DetectorSpec, params, batch: dict, key: jax.Arr
     statistics = {}
 
     def apply_in_training_mode(*args, method, **kwargs):
-        outputs, updates = model.apply(variables, *args, method=method, train=True, mutable=[STATISTICS_COLLECTION],
+        outputs, updates = model.apply(variables, *args, method=method, train=True, mutable=[NORM_STATISTICS],
                                        **kwargs)
-        statistics.update(flatten_dict(updates.get(STATISTICS_COLLECTION, {})))
+        statistics.update(flatten_dict(updates.get(NORM_STATISTICS, {})))
         return outputs
 
     images = model_images(batch)
@@ -182,7 +181,7 @@ def detector_losses(model, spec: DetectorSpec, params, batch: dict, key: jax.Arr
     losses, selected = head_losses(objectness, rpn_deltas, class_logits, box_deltas, mask_logits, targets)
     aux = {"rpn": targets["rpn"], "proposals": proposals, "proposal_valid": proposal_valid, "rois": targets["rois"],
            "mask_slots": targets["mask_slots"], "class_logits": class_logits, **selected,
-           "mask_targets": targets["mask_targets"], "norm_statistics": unflatten_dict(statistics)}
+           "mask_targets": targets["mask_targets"], NORM_STATISTICS: unflatten_dict(statistics)}
     return losses, aux
 
 
@@ -214,8 +213,8 @@ def make_loss_fn(model, spec: DetectorSpec, mask_targets_fn: MaskTargetsFn = cro
         losses, aux = detector_losses(model, spec, params, batch, key, mask_targets_fn)
         total = sum(losses[name] for name in LOSS_NAMES)
         metrics = {"loss": total, **loss_metrics(losses, aux, batch)}
-        if aux["norm_statistics"]:
-            metrics["norm_statistics"] = aux["norm_statistics"]
+        if aux[NORM_STATISTICS]:
+            metrics[NORM_STATISTICS] = aux[NORM_STATISTICS]
         return total, metrics
 
     return loss_fn

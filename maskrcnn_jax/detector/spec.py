@@ -12,6 +12,11 @@ import ml_collections
 
 from maskrcnn_jax.coco_classes import NO_CLASS_NAME
 
+# The one name of BatchNorm's running statistics in train mode: the variable collection the model's
+# norm layers write them into (models/norm.py) and the key under which the loss's metrics carry them
+# to the train step, which writes them into the parameters (training/step.py).
+NORM_STATISTICS = "norm_statistics"
+
 # RoIAlign's boxes gathered per loop step (`ops.roi_align`'s boxes_per_step), by the platform the
 # program runs on, when config.model.roi_boxes_per_step is 0: on a CPU a few boxes keep the gathered
 # corners in cache (2-5x faster than all at once); on an accelerator every loop step re-reads and

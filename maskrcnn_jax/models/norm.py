@@ -18,7 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-STATISTICS_COLLECTION = "norm_statistics"
+from maskrcnn_jax.detector.spec import NORM_STATISTICS
+
 
 
 class BatchNorm(nn.Module):
@@ -55,12 +56,12 @@ class BatchNorm(nn.Module):
             count = jnp.sum(weights)
             mean = jnp.sum(values * weights, axes) / jnp.maximum(count, 1.0)
             var = jnp.sum(jnp.square(values - mean) * weights, axes) / jnp.maximum(count, 1.0)
-            if self.is_mutable_collection(STATISTICS_COLLECTION):
+            if self.is_mutable_collection(NORM_STATISTICS):
                 unbiased_var = var * count / jnp.maximum(count - 1.0, 1.0)
                 seen = count > 0
-                self.put_variable(STATISTICS_COLLECTION, "mean", jnp.where(
+                self.put_variable(NORM_STATISTICS, "mean", jnp.where(
                     seen, (1 - self.momentum) * running_mean + self.momentum * mean, running_mean))
-                self.put_variable(STATISTICS_COLLECTION, "var", jnp.where(
+                self.put_variable(NORM_STATISTICS, "var", jnp.where(
                     seen, (1 - self.momentum) * running_var + self.momentum * unbiased_var, running_var))
         normalized = (values - mean) * jax.lax.rsqrt(var + self.eps)
         return (normalized * scale + bias).astype(x.dtype)

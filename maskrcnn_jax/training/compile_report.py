@@ -35,7 +35,7 @@ from maskrcnn_jax.detector import make_predict_fn, pool_rois, pyramid_anchors, s
 from maskrcnn_jax.detector.losses import LOSS_NAMES, head_losses, training_proposals, training_targets
 from maskrcnn_jax.detector.pyramid import POOLED_STRIDES, flatten_rpn_outputs
 from maskrcnn_jax.models import build_model, platform_config
-from maskrcnn_jax.models.norm import STATISTICS_COLLECTION
+from maskrcnn_jax.detector.spec import NORM_STATISTICS
 from maskrcnn_jax.training import mesh as mesh_lib
 from maskrcnn_jax.training.loss import make_loss_fn
 from maskrcnn_jax.training.setup import abstract_training_batch, training_canvases, training_program
@@ -267,7 +267,7 @@ def _train_stages(config: ml_collections.ConfigDict, program, batch: dict, mesh,
     stages = _StageCompiler(mesh, global_batch_size, program.frozen_mask)
 
     def apply(params, *args, method, **kwargs):  # training mode; the new running statistics are dropped
-        return model.apply({"params": params}, *args, method=method, mutable=[STATISTICS_COLLECTION], **kwargs)[0]
+        return model.apply({"params": params}, *args, method=method, mutable=[NORM_STATISTICS], **kwargs)[0]
 
     features_fn = lambda p, images: apply(p, images, method="features", train=True)  # noqa: E731
     features = stages.forward("backbone + fpn", features_fn, params, batch["image"])

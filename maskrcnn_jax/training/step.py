@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from maskrcnn_jax.detector.spec import NORM_STATISTICS
 from maskrcnn_jax.training import mesh as mesh_lib
 from maskrcnn_jax.trees import flatten_dict, unflatten_dict
 from maskrcnn_jax.training.optimizer import LearningRateFn
@@ -24,7 +25,6 @@ from maskrcnn_jax.training.state import TrainState
 
 LossFn = Callable[[dict, dict, jax.Array], tuple[jax.Array, dict]]
 TrainStep = Callable[[TrainState, dict], tuple[TrainState, dict]]
-STATISTICS_METRIC = "norm_statistics"
 
 
 def with_statistics(params, statistics: dict):
@@ -80,7 +80,7 @@ def train_step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation, lear
         step_key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
         (loss, loss_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, step_key)
         loss_metrics = dict(loss_metrics)
-        statistics = loss_metrics.pop(STATISTICS_METRIC, {})
+        statistics = loss_metrics.pop(NORM_STATISTICS, {})
         learning_rate = learning_rate_fn(state.step)
         new_state, update_metrics = apply_gradients(state, loss, grads, optimizer, learning_rate, frozen_mask,
                                                     statistics)
