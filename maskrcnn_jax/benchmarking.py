@@ -37,7 +37,7 @@ from maskrcnn_jax.detector.pyramid import POOLED_STRIDES, flatten_rpn_outputs, p
 from maskrcnn_jax.detector.spec import DetectorSpec
 from maskrcnn_jax.models import build_model, frozen_parameter_mask, init_params
 from maskrcnn_jax.detector.spec import NORM_STATISTICS
-from maskrcnn_jax.training.optimizer import update_direction
+from maskrcnn_jax.training.optimizer import sgd_without_learning_rate
 from maskrcnn_jax.training.state import TrainState
 from maskrcnn_jax.training.step import apply_gradients, train_step_fn, trainable_gradients
 
@@ -264,7 +264,7 @@ def train_speed(config, canvas: tuple[int, int], batch_size: int, runs: int, lea
     params = init_params(model, jax.random.key(0))
     frozen = frozen_parameter_mask(params, trainable_backbone_layers=config.train.trainable_backbone_layers,
                                    norm=model.norm)
-    optimizer = update_direction(frozen, momentum=0.9, weight_decay=1e-4)
+    optimizer = sgd_without_learning_rate(frozen, momentum=0.9, weight_decay=1e-4)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
                        key=jax.random.key_data(jax.random.key(0)))
     batch = synthetic_training_batch(batch_size, canvas, spec.num_classes, config.data.max_instances,

@@ -19,7 +19,7 @@ from maskrcnn_jax.data.grouping import canvas_index
 from maskrcnn_jax.detector import make_predict_fn, spec_from_config
 from maskrcnn_jax.models import build_model
 from maskrcnn_jax.training import mesh as mesh_lib
-from maskrcnn_jax.training.loss import make_loss_fn
+from maskrcnn_jax.training.loss import loss_fn_from_config
 from maskrcnn_jax.training.setup import abstract_training_batch, training_program
 
 PROGRAMS = ("train", "predict")
@@ -32,7 +32,7 @@ def program_gflop(config: ml_collections.ConfigDict, canvases: Sequence[tuple[in
     config.model.roi_boxes_per_step = ALL_BOXES_AT_ONCE
     config.train.global_batch_size = 1
     mesh = mesh_lib.make_mesh(jax.devices()[:1])
-    program = training_program(config, mesh, make_loss_fn)
+    program = training_program(config, mesh, loss_fn_from_config)
     predict = make_predict_fn(build_model(config), spec_from_config(config))
     params = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype), program.abstract_state.params)
     flops = {}

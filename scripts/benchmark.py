@@ -232,7 +232,7 @@ def jax_train_worker(connection, inputs_path: str, weights_path: str, config, si
     the timed steps, with profile, the per-stage profile of the step."""
     from maskrcnn_jax.detector.losses import make_loss_fn
     from maskrcnn_jax.models import frozen_parameter_mask
-    from maskrcnn_jax.training.optimizer import update_direction
+    from maskrcnn_jax.training.optimizer import sgd_without_learning_rate
     from maskrcnn_jax.training.state import TrainState
     from maskrcnn_jax.training.step import train_step_fn
 
@@ -243,7 +243,7 @@ def jax_train_worker(connection, inputs_path: str, weights_path: str, config, si
     params = jax.device_put(convert_state_dict(dict(np.load(weights_path)), expected))
     frozen = frozen_parameter_mask(params, trainable_backbone_layers=TRAINABLE_BACKBONE_LAYERS[model.architecture],
                                    norm=model.norm)
-    optimizer = update_direction(frozen, momentum=0.9, weight_decay=1e-4)
+    optimizer = sgd_without_learning_rate(frozen, momentum=0.9, weight_decay=1e-4)
     step_fn = train_step_fn(make_loss_fn(model, spec), optimizer, lambda step: jnp.float32(TRAIN_LEARNING_RATE), frozen)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
                        key=jax.random.key_data(jax.random.key(0)))

@@ -17,7 +17,7 @@ from maskrcnn_jax.command_line import load_config_file
 from maskrcnn_jax.detector import spec_from_config
 from maskrcnn_jax.models import build_model, frozen_parameter_mask, init_params
 from maskrcnn_jax.preprocess import preprocess_batch
-from maskrcnn_jax.training.optimizer import update_direction
+from maskrcnn_jax.training.optimizer import sgd_without_learning_rate
 from maskrcnn_jax.training.state import TrainState
 
 ROOT = pathlib.Path(__file__).parents[1]

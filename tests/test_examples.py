@@ -15,7 +15,7 @@ from maskrcnn_jax.detector.losses import LOSS_NAMES, detector_losses
 from maskrcnn_jax.models import build_model
 from maskrcnn_jax.training import latest_step, train_and_evaluate
 from maskrcnn_jax.training import data as data_lib
-from maskrcnn_jax.training.loss import make_loss_fn
+from maskrcnn_jax.training.loss import loss_fn_from_config
 from maskrcnn_jax.training.metric_writer import read_metrics
 from random_params import random_params
 
@@ -66,7 +66,7 @@ def test_variant_is_the_library_loss_plus_a_dice_term(tmp_path):
     batch = next(data_lib.training_iterator(config, source))
     model, spec = build_model(config), spec_from_config(config)
     params = random_params(model)
-    variant, standard = dice_example.make_dice_loss_fn(config), make_loss_fn(config)
+    variant, standard = dice_example.make_dice_loss_fn(config), loss_fn_from_config(config)
 
     @jax.jit
     def both(params, batch, key):

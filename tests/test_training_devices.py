@@ -27,8 +27,8 @@ SCRIPT = textwrap.dedent("""
     from maskrcnn_jax.data import global_batch
     from maskrcnn_jax.models import build_model, frozen_parameter_mask, init_params
     from maskrcnn_jax.training import data as data_lib, mesh as mesh_lib, state as state_lib
-    from maskrcnn_jax.training.loss import make_loss_fn
-    from maskrcnn_jax.training.optimizer import learning_rate_schedule, update_direction
+    from maskrcnn_jax.training.loss import loss_fn_from_config
+    from maskrcnn_jax.training.optimizer import learning_rate_schedule, sgd_without_learning_rate
     from maskrcnn_jax.training.step import make_train_step
 
     workdir, output, architecture = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -45,10 +45,10 @@ SCRIPT = textwrap.dedent("""
     model = build_model(config)
     init = lambda key: init_params(model, key)
     frozen = frozen_parameter_mask(jax.eval_shape(init, jax.random.key(0)), 3, norm=model.norm)
-    optimizer = update_direction(frozen, momentum=0.9, weight_decay=1e-4)
+    optimizer = sgd_without_learning_rate(frozen, momentum=0.9, weight_decay=1e-4)
     learning_rate = learning_rate_schedule(base_learning_rate=0.02, num_steps=10)
     initialize = state_lib.make_state_initializer(init, optimizer)
-    loss_fn = make_loss_fn(config)
+    loss_fn = loss_fn_from_config(config)
 
     # Seeded random parameters without compiling the initialiser (the steps are what is compared).
     rng = np.random.default_rng(0)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from maskrcnn_jax.training.optimizer import learning_rate_schedule, update_direction
+from maskrcnn_jax.training.optimizer import learning_rate_schedule, sgd_without_learning_rate
 from maskrcnn_jax.training.state import TrainState
 from maskrcnn_jax.training.step import train_step_fn
 
@@ -89,7 +89,7 @@ def test_train_step_equals_torch_sgd_with_momentum_weight_decay_and_frozen_param
     params, frozen, batches = _toy_problem()
     schedule = learning_rate_schedule(base_learning_rate=0.1, num_steps=len(batches), warmup_steps=3,
                                       warmup_factor=0.1, decay_steps=(4,))
-    optimizer = update_direction(frozen, momentum=0.9, weight_decay=1e-4, clip_norm=clip_norm)
+    optimizer = sgd_without_learning_rate(frozen, momentum=0.9, weight_decay=1e-4, clip_norm=clip_norm)
     step = jax.jit(train_step_fn(_toy_loss, optimizer, schedule, frozen))
     state = TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), jax.random.key_data(jax.random.key(0)))
     for batch in batches:
@@ -105,7 +105,7 @@ def test_train_step_equals_torch_sgd_with_momentum_weight_decay_and_frozen_param
 
 def test_non_finite_gradient_skips_the_update_and_reports_it():
     params, frozen, batches = _toy_problem(1)
-    optimizer = update_direction(frozen)
+    optimizer = sgd_without_learning_rate(frozen)
     step = jax.jit(train_step_fn(_toy_loss, optimizer, learning_rate_schedule(base_learning_rate=0.1, num_steps=9),
                                  frozen))
     state = TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), jax.random.key_data(jax.random.key(0)))

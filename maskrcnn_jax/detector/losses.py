@@ -1,4 +1,4 @@
-"""The four Mask R-CNN training losses as one pure function of (params, batch, key).
+"""The five Mask R-CNN training losses as one pure function of (params, batch, key).
 
 Legend: B batch, Hc Wc canvas, M max GT instances, A anchors, P proposals, S_rpn sampled anchors,
 R sampled RoIs, Rm mask slots, T mask target side, K classes including background.

@@ -37,7 +37,7 @@ from maskrcnn_jax.detector.pyramid import POOLED_STRIDES, flatten_rpn_outputs
 from maskrcnn_jax.models import build_model, platform_config
 from maskrcnn_jax.detector.spec import NORM_STATISTICS
 from maskrcnn_jax.training import mesh as mesh_lib
-from maskrcnn_jax.training.loss import make_loss_fn
+from maskrcnn_jax.training.loss import loss_fn_from_config
 from maskrcnn_jax.training.setup import abstract_training_batch, training_canvases, training_program
 from maskrcnn_jax.training.step import apply_gradients, trainable_gradients
 
@@ -358,7 +358,7 @@ def compile_report(config: ml_collections.ConfigDict, topology: str, per_chip_ba
     batch = abstract_training_batch(config, mesh, global_batch_size, canvas)
     start = time.perf_counter()
     if task == "train":
-        program = training_program(config, mesh, make_loss_fn)
+        program = training_program(config, mesh, loss_fn_from_config)
         lowered = program.train_step.lower(program.abstract_state, batch)
     else:
         model = build_model(config)

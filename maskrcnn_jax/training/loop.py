@@ -21,7 +21,7 @@ from maskrcnn_jax.training import checkpoints, initialization, workdir_lock
 from maskrcnn_jax.training import data as data_lib
 from maskrcnn_jax.training import mesh as mesh_lib
 from maskrcnn_jax.training.evaluation import EvaluateFn, make_coco_evaluator
-from maskrcnn_jax.training.loss import make_loss_fn
+from maskrcnn_jax.training.loss import loss_fn_from_config
 from maskrcnn_jax.training.metric_writer import MetricWriter
 from maskrcnn_jax.training.preemption import StopRequest
 from maskrcnn_jax.training.processes import wait_for_all_processes
@@ -59,7 +59,7 @@ def _flatten_evaluation(metrics: dict) -> dict[str, float]:
     return {f"eval/{iou_type}_{name}": value for iou_type, table in metrics.items() for name, value in table.items()}
 
 
-class _Run:
+class LoopBookkeeping:
     """The mutable bookkeeping of one training loop: unfetched metrics, the bad-step streak, outputs."""
 
     def __init__(self, *, writer: MetricWriter, progress: Progress, max_consecutive_bad_steps: int):
@@ -142,7 +142,7 @@ def _naming_the_last_checkpoint(workdir: pathlib.Path):
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
-                       loss_fn_factory: LossFnFactory = make_loss_fn,
+                       loss_fn_factory: LossFnFactory = loss_fn_from_config,
                        evaluate_fn_factory: EvaluateFnFactory = make_coco_evaluator,
                        mesh: jax.sharding.Mesh | None = None,
                        workdir_lock_stale_seconds: float = workdir_lock.DEFAULT_STALE_AFTER_SECONDS) -> TrainState:
@@ -196,7 +196,8 @@ def _train(config, workdir, saver, mesh, loss_fn_factory, evaluate_fn_factory) -
         step = int(resume_step or 0)
         writer = MetricWriter(workdir, first_step=step)
         progress = Progress(first_step=step, num_steps=train.num_steps, global_batch_size=train.global_batch_size)
-        run = _Run(writer=writer, progress=progress, max_consecutive_bad_steps=train.max_consecutive_bad_steps)
+        run = LoopBookkeeping(writer=writer, progress=progress,
+                              max_consecutive_bad_steps=train.max_consecutive_bad_steps)
         if step >= train.num_steps:
             progress.message(f"already at step {step} of {train.num_steps}: nothing to do")
         compiled_steps = _compile_steps(config, mesh, train_step, state) if step < train.num_steps else {}

@@ -1,4 +1,4 @@
-"""The loss the trainer minimises, chosen in one place: `make_loss_fn(config)`.
+"""The loss the trainer minimises, chosen in one place: `loss_fn_from_config(config)`.
 
 Mask R-CNN's five losses (`maskrcnn_jax.detector.losses`); a research variant passes its own
 factory to `train_and_evaluate(config, workdir, loss_fn_factory=...)`.
@@ -11,6 +11,6 @@ from maskrcnn_jax.models import build_model
 from maskrcnn_jax.training.step import LossFn
 
 
-def make_loss_fn(config: ml_collections.ConfigDict) -> LossFn:
+def loss_fn_from_config(config: ml_collections.ConfigDict) -> LossFn:
     """`loss_fn(params, batch, key) -> (loss, metrics)` of the model that `config` describes."""
     return losses.make_loss_fn(build_model(config), spec_from_config(config))

@@ -49,7 +49,7 @@ def learning_rate_schedule(*, base_learning_rate: float, num_steps: int, warmup_
     return learning_rate
 
 
-def update_direction(frozen_mask, *, momentum: float = 0.9, weight_decay: float = 1e-4,
+def sgd_without_learning_rate(frozen_mask, *, momentum: float = 0.9, weight_decay: float = 1e-4,
                      clip_norm: float = 0.0) -> optax.GradientTransformation:
     """SGD's update before the learning rate: clip -> + weight_decay x params -> momentum trace.
 

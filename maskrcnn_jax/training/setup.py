@@ -15,7 +15,7 @@ from jax.sharding import Mesh
 from maskrcnn_jax.data.pipeline import padding_example
 from maskrcnn_jax.models import build_model, frozen_parameter_mask, init_params, platform_config
 from maskrcnn_jax.training import mesh as mesh_lib
-from maskrcnn_jax.training.optimizer import LearningRateFn, learning_rate_schedule, update_direction
+from maskrcnn_jax.training.optimizer import LearningRateFn, learning_rate_schedule, sgd_without_learning_rate
 from maskrcnn_jax.training.state import TrainState, abstract_train_state, make_state_initializer
 from maskrcnn_jax.training.step import LossFn, TrainStep, make_train_step
 
@@ -24,7 +24,7 @@ LossFnFactory = Callable[[ml_collections.ConfigDict], LossFn]
 
 class TrainingProgram(NamedTuple):
     """model: the Flax module; frozen_mask: bool tree like the parameters (True: never updated);
-    optimizer: the update direction (`optimizer.update_direction`); learning_rate_fn: step -> rate;
+    optimizer: the update direction (`optimizer.sgd_without_learning_rate`); learning_rate_fn: step -> rate;
     initialize: seed key -> TrainState at step 0; abstract_state: its ShapeDtypeStructs with their
     shardings over the mesh; train_step: the jitted, donated `make_train_step`."""
 
@@ -40,8 +40,8 @@ class TrainingProgram(NamedTuple):
 def optimizer_from_config(train: ml_collections.ConfigDict, frozen_mask) -> tuple[optax.GradientTransformation,
                                                                                   LearningRateFn]:
     """(update direction, learning-rate function) from config.train."""
-    optimizer = update_direction(frozen_mask, momentum=train.momentum, weight_decay=train.weight_decay,
-                                 clip_norm=train.clip_norm)
+    optimizer = sgd_without_learning_rate(frozen_mask, momentum=train.momentum, weight_decay=train.weight_decay,
+                                          clip_norm=train.clip_norm)
     learning_rate_fn = learning_rate_schedule(
         base_learning_rate=train.base_learning_rate, num_steps=train.num_steps, warmup_steps=train.warmup_steps,
         warmup_factor=train.warmup_factor, schedule=train.schedule, decay_steps=tuple(train.decay_steps),

@@ -17,7 +17,7 @@ from maskrcnn_jax.training import mesh as mesh_lib
 
 class TrainState(NamedTuple):
     """step: int32 scalar, batches consumed so far; params: the model's parameter tree; opt_state:
-    the optax state of `optimizer.update_direction`; key: uint32 key data of the run's root key
+    the optax state of `optimizer.sgd_without_learning_rate`; key: uint32 key data of the run's root key
     (each step uses fold_in(key, step))."""
 
     step: jax.Array
