@@ -5,8 +5,11 @@ trainable_backbone_layers=3; v2 with BatchNorm normalising with batch statistics
 the same real photos and ground truth (COCO polygons of ../shared/data/coco_train2017_85, one image
 without objects), and the same samples: torchvision's RoI heads get our proposals (its own are
 compared with ours separately), and its two `fg_bg_sampler`s are replaced by ones that return the
-anchors and RoIs our sampler drew (checking on the way that torchvision's matcher labels them as we do). Mask targets: torchvision's own `roi_align` of the full-image masks, fed to both
-(our default targets come from box crops; their distance is measured in docs/training_targets.md).
+anchors and RoIs our sampler drew (checking on the way that torchvision's matcher labels them as we do). Beyond
+the samples, every anchor's and RoI candidate's matcher label and each image's sample counts are compared with
+torchvision's own matcher and sampler caps (its RPN under our rule for anchors in the canvas's padding).
+Mask targets: torchvision's own `roi_align` of the full-image masks, fed to both (our default targets
+come from box crops; their distance is measured in docs/training_targets.md).
 """
 
 import copy
@@ -24,9 +27,11 @@ from conftest import shared_data_path  # noqa: E402
 from maskrcnn_jax.convert_torchvision import convert_state_dict  # noqa: E402
 from maskrcnn_jax.data.coco import CocoSource  # noqa: E402
 from maskrcnn_jax.data.transforms import crop_masks_to_boxes, resize_image, resized_shape  # noqa: E402
-from maskrcnn_jax.detector import DetectorSpec  # noqa: E402
+from maskrcnn_jax.detector import DetectorSpec, pyramid_anchors  # noqa: E402
 from maskrcnn_jax.detector.losses import LOSS_NAMES, detector_losses  # noqa: E402
+from maskrcnn_jax.detector.targets import anchors_inside  # noqa: E402
 from maskrcnn_jax.models import MaskRCNN, frozen_parameter_mask  # noqa: E402
+from maskrcnn_jax.ops import box_iou, match_boxes  # noqa: E402
 from maskrcnn_jax.trees import flatten_dict  # noqa: E402
 from torchvision_reference import trainable_torchvision_maskrcnn  # noqa: E402
 
@@ -181,6 +186,9 @@ def parity(request):
     (_, (_, aux)), _ = losses_and_grads(params, jnp.zeros(target_shape))
     mask_targets = torchvision_mask_targets(examples, aux["mask_slots"], spec.mask_target_size)
     (_, (our_losses, aux)), our_grads = losses_and_grads(params, mask_targets)
+    feature_shapes = jax.eval_shape(lambda p, x: model.apply({"params": p}, x, method="features"), params,
+                                    batch["image"])
+    our_anchors, _ = pyramid_anchors(spec, canvas, [level.shape[1:3] for level in feature_shapes])
 
     # torchvision's own proposals (the RPN's forward, as the training forward computes them), which
     # test_parity_proposals_equal_torchvision_training_proposals compares with ours.
@@ -199,6 +207,7 @@ def parity(request):
         for name, buffer in torch_model.named_buffers():
             buffer.copy_(buffers[name])
     their_proposals = [proposals.numpy() for proposals in their_proposals]
+    their_anchors = [image_anchors.numpy() for image_anchors in anchors]
     proposal_valid = np.asarray(aux["proposal_valid"])
     our_proposals = [proposals[valid] for proposals, valid in zip(np.asarray(aux["proposals"]), proposal_valid)]
     roi_index = np.stack([torchvision_candidate_index(index, valid)
@@ -211,6 +220,8 @@ def parity(request):
     # convolutions, a second float32 formulation whose distance from float64 measures the noise too.
     samples = dict(rpn=split_samples(aux["rpn"]["index"], aux["rpn"]["positive"], aux["rpn"]["valid"]),
                    roi=split_samples(roi_index, aux["rois"]["positive"], aux["rois"]["valid"]))
+    # torchvision's own samplers (before torch_training_step replaces them): their caps are its recipe's.
+    their_samplers = {"rpn": torch_model.rpn.fg_bg_sampler, "roi": torch_model.roi_heads.fg_bg_sampler}
     variants = {}
     if architecture == "v2":
         variants = {"float64": copy.deepcopy(torch_model).double(),
@@ -221,7 +232,9 @@ def parity(request):
                                      expected)
     variant_grads = {name: torch_training_step(variant, examples, samples, expected, our_proposals)[1]
                      for name, variant in variants.items()}
-    return dict(model=model, architecture=architecture, examples=examples, aux=aux, their_proposals=their_proposals,
+    return dict(model=model, spec=spec, architecture=architecture, examples=examples, batch=batch, aux=aux,
+                their_proposals=their_proposals, our_anchors=our_anchors, their_anchors=their_anchors,
+                their_samplers=their_samplers, torch_rpn=torch_model.rpn,
                 rpn_sampler=rpn_sampler, roi_sampler=roi_sampler, roi_index=roi_index, our_losses=our_losses,
                 torch_losses=torch_losses, our_grads=our_grads, torch_grads=torch_grads, params=params,
                 torch_params_after_step=state_after, variant_grads=variant_grads, our_proposals=our_proposals,
@@ -284,6 +297,113 @@ def test_parity_matcher_labels_of_our_samples_equal_torchvision(parity):
     # The image without objects: every sample negative, no mask slot used.
     assert len(rpn_positive[2]) == 0 and len(rpn_negative[2]) == 256 and len(roi_positive[2]) == 0
     assert len(roi_positive[0]) > 0 and len(rpn_positive[0]) > 0
+
+
+def anchor_positions(ours: np.ndarray, theirs: np.ndarray) -> np.ndarray:
+    """For each of `theirs` [A', 4], the index of the identical anchor in `ours` [A, 4] (both grids
+    start at the canvas origin with the same strides, sizes and ratios; a canvas larger than
+    torchvision's padded batch only adds anchors). Fails when one has none."""
+    index = {tuple(box): i for i, box in enumerate(np.round(ours, 2).tolist())}
+    positions = [index.get(tuple(box), -1) for box in np.round(theirs, 2).tolist()]
+    assert min(positions) >= 0, "a torchvision anchor is missing from ours"
+    return np.asarray(positions)
+
+
+def torchvision_rpn_labels(rpn, anchors: np.ndarray, boxes: np.ndarray, image_size) -> np.ndarray:
+    """torchvision's own `assign_targets_to_anchors` labels (1 / 0 / -1) of its anchors [A', 4] for
+    GT boxes [M', 4], under our padding rule: an anchor whose centre lies outside the photo
+    (image_size (h, w)) has IoU -1 with every GT in its match quality matrix (so it is nobody's
+    low-quality match) and is labelled ignored (-1)."""
+    height, width = image_size
+    center_x, center_y = (anchors[:, 0] + anchors[:, 2]) / 2, (anchors[:, 1] + anchors[:, 3]) / 2
+    outside = torch.from_numpy(~((center_x >= 0) & (center_x < width) & (center_y >= 0) & (center_y < height)))
+    own_similarity = rpn.box_similarity
+    rpn.box_similarity = lambda gt, candidates: own_similarity(gt, candidates).masked_fill(outside[None, :], -1.0)
+    try:
+        labels, _ = rpn.assign_targets_to_anchors([torch.from_numpy(anchors)], [{"boxes": torch.from_numpy(boxes)}])
+    finally:
+        rpn.box_similarity = own_similarity
+    return labels[0].masked_fill(outside, -1.0).numpy().astype(np.int64)
+
+
+def our_rpn_labels(spec: DetectorSpec, anchors: np.ndarray, gt_boxes, gt_valid, image_size) -> np.ndarray:
+    """Our full RPN labels of every anchor [A] (1 / 0 / -1), from the functions `rpn_targets` samples
+    them with: IoU of the anchors centred on the photo, `match_boxes` with spec.rpn_sampler, the
+    others ignored."""
+    sampler = spec.rpn_sampler
+    inside = anchors_inside(jnp.asarray(anchors), image_size)
+    iou = jnp.where(inside[None, :], box_iou(gt_boxes, jnp.asarray(anchors)), -1.0)
+    _, labels = match_boxes(iou, gt_valid, sampler.foreground_iou, sampler.background_iou,
+                            sampler.allow_low_quality_matches)
+    return np.asarray(jnp.where(inside, labels, -1))
+
+
+def our_roi_labels(spec: DetectorSpec, proposals, proposal_valid, gt_boxes, gt_classes, gt_valid) -> np.ndarray:
+    """Our full RoI labels [P + M] of every candidate (proposal slots, then the GT as `roi_targets`
+    appends them): the matched GT's class for a foreground, 0 background, -1 ignored or padding."""
+    sampler = spec.roi_sampler
+    candidates = jnp.concatenate([proposals, gt_boxes])
+    matched, labels = match_boxes(box_iou(gt_boxes, candidates), gt_valid, sampler.foreground_iou,
+                                  sampler.background_iou, sampler.allow_low_quality_matches)
+    labels = jnp.where(labels == 1, gt_classes[matched], labels)
+    return np.asarray(jnp.where(jnp.concatenate([proposal_valid, gt_valid]), labels, -1))
+
+
+def expected_counts(labels: np.ndarray, sampler) -> tuple[int, int]:
+    """(positives, negatives) torchvision's BalancedPositiveNegativeSampler `sampler` draws from full
+    labels (> 0 positive, 0 negative): min(cap, available) each."""
+    positives = min(int(sampler.batch_size_per_image * sampler.positive_fraction), int(np.sum(labels > 0)))
+    return positives, min(sampler.batch_size_per_image - positives, int(np.sum(labels == 0)))
+
+
+def test_parity_full_matcher_labels_and_sample_counts_equal_torchvision(parity):
+    """Every anchor's and every RoI candidate's label, not only the sampled ones, equals torchvision's
+    matcher run by torchvision itself, and per image our positive and negative sample counts are
+    min(cap, available) of those labels with torchvision's own sampler caps (RPN 256 at 50%
+    positives, RoI heads 512 at 25%): a stricter or looser matcher (thresholds, ignore band,
+    low-quality matches) or other caps fail here even where the sampled candidates agree.
+
+    RPN: torchvision's `assign_targets_to_anchors` on its anchors under our padding rule (anchors
+    centred outside the photo's image_size ignored, and no GT's low-quality match; torchvision itself
+    draws them as negatives from the zero padding of its batch), against `match_boxes` with
+    spec.rpn_sampler on our anchors; our anchors that torchvision's padded batch lacks must be
+    ignored. RoI heads: the full labels torchvision's `assign_targets_to_proposals` gave our valid
+    proposals + its appended GT in its training step (recorded by its sampler), against ours.
+    """
+    spec, aux, batch = parity["spec"], parity["aux"], parity["batch"]
+    samplers = parity["their_samplers"]
+    proposal_valid = np.asarray(aux["proposal_valid"])
+    for b, example in enumerate(parity["examples"]):
+        image_size = np.asarray(batch["image_size"][b])
+        # RPN: every anchor.
+        theirs = torchvision_rpn_labels(parity["torch_rpn"], parity["their_anchors"][b], example["boxes"], image_size)
+        ours = our_rpn_labels(spec, parity["our_anchors"], batch["gt_boxes"][b], batch["gt_valid"][b], image_size)
+        positions = anchor_positions(parity["our_anchors"], parity["their_anchors"][b])
+        print(f"{parity['architecture']} image {b} RPN labels (1 / 0 / -1): torchvision "
+              f"{[int(np.sum(theirs == v)) for v in (1, 0, -1)]}, ours {[int(np.sum(ours == v)) for v in (1, 0, -1)]}")
+        np.testing.assert_array_equal(ours[positions], theirs)
+        assert (np.delete(ours, positions) == -1).all()  # anchors beyond torchvision's batch: in our padding
+        rpn = {key: np.asarray(aux["rpn"][key][b]) for key in ("index", "positive", "valid")}
+        sampled = ours[rpn["index"][rpn["valid"]]]
+        np.testing.assert_array_equal(sampled, rpn["positive"][rpn["valid"]].astype(int))  # never an ignored anchor
+        counts = (int(np.sum(rpn["positive"])), int(np.sum(rpn["valid"] & ~rpn["positive"])))
+        assert counts == expected_counts(theirs, samplers["rpn"]), (b, counts)
+
+        # RoI heads: every valid proposal and GT candidate.
+        theirs = parity["roi_sampler"].labels[b].numpy()
+        ours = our_roi_labels(spec, aux["proposals"][b], aux["proposal_valid"][b], batch["gt_boxes"][b],
+                              batch["gt_classes"][b], batch["gt_valid"][b])
+        candidates = np.nonzero(np.concatenate([proposal_valid[b], np.asarray(batch["gt_valid"][b])]))[0]
+        assert len(candidates) == len(theirs)
+        np.testing.assert_array_equal(torchvision_candidate_index(candidates, proposal_valid[b]),
+                                      np.arange(len(theirs)))
+        np.testing.assert_array_equal(ours[candidates], theirs)
+        rois = {key: np.asarray(aux["rois"][key][b]) for key in ("positive", "valid")}
+        counts = (int(np.sum(rois["positive"])), int(np.sum(rois["valid"] & ~rois["positive"])))
+        print(f"{parity['architecture']} image {b} samples (positive, negative): RPN "
+              f"{int(np.sum(rpn['positive']))}, {int(np.sum(rpn['valid'] & ~rpn['positive']))}; RoI {counts}; "
+              f"RoI candidates {len(theirs)}, foreground {int(np.sum(theirs > 0))}")
+        assert counts == expected_counts(theirs, samplers["roi"]), (b, counts)
 
 
 @pytest.mark.parametrize("name", LOSS_NAMES)
