@@ -132,6 +132,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.checkpoint_every = 2000
     config.train.keep_checkpoints = 3
     config.train.async_checkpointing = True
+    config.train.record_image_ids = False  # True: each process logs its steps' image ids (WORKDIR/image_ids)
     config.train.eval_every = steps_per_epoch
 
     config.eval = ml_collections.ConfigDict()

@@ -3,6 +3,9 @@ scripts/train.py's multi-host flags: they train 3 steps on one 8-device mesh, ch
 its own data-iterator state) and evaluate together (at step 2, mid-run, and at the end: each process
 its shard of the evaluation set, the batch split over all 8 devices, process 0 scoring); started
 again, both resume from step 3. The step-3 evaluation equals one process on one device exactly.
+Each process records its image ids of every step (config.train.record_image_ids): the two halves
+of each global batch are disjoint and every two steps make one epoch; the logged losses of steps 1
+and 4 (after the resume) equal one process's `loss_fn` on the gathered global batch.
 """
 
 import json
@@ -12,13 +15,21 @@ import socket
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 
 from maskrcnn_jax.checkpoint import load_metadata
 from maskrcnn_jax.evaluation import STAT_NAMES
-from maskrcnn_jax.training import latest_params, latest_step
+from maskrcnn_jax.models import platform_config
+from maskrcnn_jax.training import latest_params, latest_step, make_mesh
+from maskrcnn_jax.training import data as data_lib
 from maskrcnn_jax.training.evaluation import RESULTS_FILE, make_coco_evaluator
+from maskrcnn_jax.training.image_id_log import read_image_ids
+from maskrcnn_jax.training.loss import loss_fn_from_config
 from maskrcnn_jax.training.metric_writer import read_metrics
+from maskrcnn_jax.training.setup import training_program
+from maskrcnn_jax.training.state import create_train_state
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -39,7 +50,7 @@ def train_both(workdir, num_steps: int, environment) -> list[subprocess.Complete
              "--process_id", str(index), f"--config.train.num_steps={num_steps}", "--config.train.checkpoint_every=3",
              "--config.train.eval_every=2", "--config.train.log_every=1", "--config.train.global_batch_size=8",
              "--config.data.shapes.num_train_images=16", "--config.data.shapes.num_eval_images=5",
-             "--config.eval.write_results=true"],
+             "--config.eval.write_results=true", "--config.train.record_image_ids=true"],
             cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for index in range(2)
     ]
@@ -81,6 +92,7 @@ def test_two_distributed_processes_train_checkpoint_and_resume(tmp_path, environ
     sharded_metrics = [r for r in read_metrics(workdir) if r["step"] == 3 and "eval/bbox_AP" in r][0]
     sharded_results = json.loads((workdir / RESULTS_FILE).read_text())
     params, _, _ = latest_params(workdir)
+    params_after_step_3 = params
     config, _ = load_metadata(workdir)
     config.eval.batch_size = 1
     reference = make_coco_evaluator(config, workdir)(params)
@@ -99,6 +111,8 @@ def test_two_distributed_processes_train_checkpoint_and_resume(tmp_path, environ
 
     records = read_metrics(workdir)
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5]
+    check_image_ids_and_losses(workdir, {r["step"]: r for r in records if "loss" in r},
+                               {1: None, 4: params_after_step_3})
     evaluations = [r for r in records if "eval/bbox_AP" in r]
     assert [r["step"] for r in evaluations] == [2, 3, 4, 5]
     assert all(-1 <= r["eval/segm_AP"] <= 1 for r in evaluations)
@@ -107,3 +121,50 @@ def test_two_distributed_processes_train_checkpoint_and_resume(tmp_path, environ
     params, config, class_names = latest_params(workdir)
     assert class_names == ["__background__", "square", "circle", "triangle"] and config["train"]["num_steps"] == 5
     assert params["box_predictor"]["cls_score"]["kernel"].shape == (32, 4)
+
+
+def check_image_ids_and_losses(workdir, logged: dict, params_before: dict):
+    """Steps 1-5 of 8 images (two processes of 4) over the 16 training images (2 steps an epoch): per
+    step, the image ids the two processes recorded are disjoint, and every two steps together hold
+    each training image once. The batches each process read, rebuilt here from the config
+    (`training_iterator` of its shard), have the recorded ids; for each step s in params_before, one
+    process's loss_fn on the gathered global batch (process 0's rows first, as on the mesh), with
+    the parameters before the step (None: the seed's initial ones) and the step's key, gives the
+    logged loss (within float32 summation order: 8 devices against 1) and sample counts."""
+    recorded = [read_image_ids(workdir, index, 2) for index in range(2)]
+    for records in recorded:
+        assert [record["step"] for record in records] == [1, 2, 3, 4, 5]
+    annotations = json.loads((workdir / "shapes" / "train" / "annotations.json").read_text())
+    training_ids = sorted({annotation["image_id"] for annotation in annotations["annotations"]})
+    assert len(training_ids) == 16
+    halves = [[record["image_id"] for record in records] for records in recorded]
+    for step in range(5):
+        assert len(halves[0][step]) == len(halves[1][step]) == 4
+        assert not set(halves[0][step]) & set(halves[1][step]), step + 1
+    for epoch_start in (0, 2):  # steps 1-2 and 3-4 (the second epoch spans the resume)
+        epoch = [i for step in (epoch_start, epoch_start + 1) for half in halves for i in half[step]]
+        assert sorted(epoch) == training_ids, epoch_start // 2 + 1
+
+    config, _ = load_metadata(workdir)
+    config = platform_config(config, "cpu")
+    source = data_lib.training_source(config, workdir)
+    label_slots, _ = data_lib.class_slots(config.model.num_classes, source)
+    iterators = [data_lib.training_iterator(config, source, shard_index=index, shard_count=2) for index in range(2)]
+    batches = {step: [next(iterator) for iterator in iterators] for step in range(1, max(params_before) + 1)}
+    for step, pair in batches.items():
+        assert [list(batch["image_id"]) for batch in pair] == [half[step - 1] for half in halves], step
+
+    mesh = make_mesh(jax.devices()[:1])
+    initialize = training_program(config, mesh, loss_fn_from_config).initialize
+    initial = create_train_state(initialize, config.train.seed, mesh)
+    loss_fn = jax.jit(loss_fn_from_config(config))
+    for step, params in params_before.items():
+        batch = {key: np.concatenate([half[key] for half in batches[step]]) for key in batches[step][0]
+                 if key != "image_id"}
+        batch["gt_classes"] = label_slots[batch["gt_classes"]]
+        key = jax.random.fold_in(jax.random.wrap_key_data(initial.key), step - 1)
+        loss, metrics = loss_fn(initial.params if params is None else params, batch, key)
+        print(f"step {step}: logged loss {logged[step]['loss']:.7f}, one process {float(loss):.7f}")
+        np.testing.assert_allclose(float(loss), logged[step]["loss"], rtol=1e-6)
+        for name in ("positive_anchors", "sampled_anchors", "positive_rois", "sampled_rois", "gt_per_image"):
+            assert float(metrics[name]) == logged[step][name], (step, name)

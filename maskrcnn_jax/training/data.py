@@ -107,9 +107,12 @@ def class_slots(num_model_classes: int, source) -> tuple[np.ndarray, tuple[str, 
     return slots, COCO_CLASS_NAMES
 
 
-def training_iterator(config: ml_collections.ConfigDict, source) -> grain.DatasetIterator:
+def training_iterator(config: ml_collections.ConfigDict, source, shard_index: int | None = None,
+                      shard_count: int | None = None) -> grain.DatasetIterator:
     """Endless batches of this process's shard (per-process batch = global batch / process count),
-    each on one of the canvases of `setup.training_canvases(config)`, grouped by it."""
+    each on one of the canvases of `setup.training_canvases(config)`, grouped by it. shard_index /
+    shard_count: another process's batches (default this process's, `jax.process_index()` of
+    `jax.process_count()`), e.g. to read again what each process of a run trained on."""
     data = config.data
     dataset = training_dataset(
         source,
@@ -124,5 +127,7 @@ def training_iterator(config: ml_collections.ConfigDict, source) -> grain.Datase
         jitter_range=tuple(data.jitter_range),
         large_scale_jitter=data.large_scale_jitter,
         num_workers=data.num_workers,
+        shard_index=shard_index,
+        shard_count=shard_count,
     )
     return iter(dataset)

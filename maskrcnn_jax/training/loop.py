@@ -21,6 +21,7 @@ from maskrcnn_jax.training import checkpoints, initialization, workdir_lock
 from maskrcnn_jax.training import data as data_lib
 from maskrcnn_jax.training import mesh as mesh_lib
 from maskrcnn_jax.training.evaluation import EvaluateFn, make_coco_evaluator
+from maskrcnn_jax.training.image_id_log import ImageIdLog
 from maskrcnn_jax.training.loss import loss_fn_from_config
 from maskrcnn_jax.training.metric_writer import MetricWriter
 from maskrcnn_jax.training.preemption import StopRequest
@@ -195,6 +196,7 @@ def _train(config, workdir, saver, mesh, loss_fn_factory, evaluate_fn_factory) -
         evaluate = evaluate_fn_factory(config, workdir) if train.eval_every > 0 else None
         step = int(resume_step or 0)
         writer = MetricWriter(workdir, first_step=step)
+        image_ids = ImageIdLog(workdir, first_step=step) if train.get("record_image_ids", False) else None
         progress = Progress(first_step=step, num_steps=train.num_steps, global_batch_size=train.global_batch_size)
         run = LoopBookkeeping(writer=writer, progress=progress,
                               max_consecutive_bad_steps=train.max_consecutive_bad_steps)
@@ -204,6 +206,8 @@ def _train(config, workdir, saver, mesh, loss_fn_factory, evaluate_fn_factory) -
         try:
             while step < train.num_steps:
                 host_batch = next(data_iterator)
+                if image_ids is not None:
+                    image_ids.write(step + 1, host_batch)
                 host_batch["gt_classes"] = label_slots[host_batch["gt_classes"]]
                 batch = global_batch(host_batch, mesh)
                 state, metrics = compiled_steps[batch["image"].shape[1:3]](state, batch)

@@ -26,12 +26,46 @@ METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_SUBDIR = "tensorboard"
 
 
-def read_metrics(workdir: str | os.PathLike) -> list[dict]:
-    """Every record of WORKDIR/metrics.jsonl, in order."""
-    path = pathlib.Path(workdir) / METRICS_FILE
+def read_records(path: str | os.PathLike) -> list[dict]:
+    """Every record of a json-lines file, in order; none when it does not exist."""
+    path = pathlib.Path(path)
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_metrics(workdir: str | os.PathLike) -> list[dict]:
+    """Every record of WORKDIR/metrics.jsonl, in order."""
+    return read_records(pathlib.Path(workdir) / METRICS_FILE)
+
+
+def drop_records_after(path: pathlib.Path, step: int, what: str) -> None:
+    """Keeps the records of the json-lines file `path` up to `step` (a run starting there writes the
+    rest again); the file is replaced, never rewritten in place. `what` names it in a WriteFailedError."""
+    if not path.exists():
+        return
+    kept = [record for record in read_records(path) if record["step"] <= step]
+    replacement = path.with_name(path.name + ".tmp")
+    with naming(what, path):
+        try:
+            replacement.write_text("".join(json.dumps(record) + "\n" for record in kept))
+            os.replace(replacement, path)
+        finally:
+            replacement.unlink(missing_ok=True)  # left over only when the writing failed
+
+
+def append_record(path: pathlib.Path, record: dict, what: str) -> None:
+    """Appends one json line to `path` and flushes it; a line that could not be written whole is cut
+    off again (a resumed run reads every line back). `what` names the file in a WriteFailedError."""
+    with naming(what, path):
+        size = path.stat().st_size if path.exists() else 0
+        try:
+            with path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.truncate(path, size)
+            raise
 
 
 class MetricWriter:
@@ -44,15 +78,7 @@ class MetricWriter:
         self.events = None
         if not self.enabled:
             return
-        if self.path.exists():
-            kept = [record for record in read_metrics(workdir) if record["step"] <= first_step]
-            replacement = self.path.with_name(self.path.name + ".tmp")
-            with naming("the metrics", self.path):
-                try:
-                    replacement.write_text("".join(json.dumps(record) + "\n" for record in kept))
-                    os.replace(replacement, self.path)
-                finally:
-                    replacement.unlink(missing_ok=True)  # left over only when the writing failed
+        drop_records_after(self.path, first_step, "the metrics")
         # tensorboardX's SummaryWriter writes from a thread of its own, where a failure is a traceback
         # nobody can act on; its EventsWriter writes from this thread. Imported here: protobuf
         # machinery, needed only on the writing process.
@@ -76,15 +102,7 @@ class MetricWriter:
 
         values = {name: float(value) for name, value in scalars.items()}
         record = {"step": int(step), **{name: (v if math.isfinite(v) else None) for name, v in values.items()}}
-        with naming("the metrics", self.path):
-            size = self.path.stat().st_size if self.path.exists() else 0
-            try:
-                with self.path.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
-            except OSError:
-                with contextlib.suppress(OSError):  # a resumed run reads every line back: cut a partial one
-                    os.truncate(self.path, size)
-                raise
+        append_record(self.path, record, "the metrics")
         with naming("the TensorBoard events", self.events_directory):
             for name, value in values.items():
                 self.events.write_event(Event(step=int(step), wall_time=time.time(), summary=scalar(name, value)))
