@@ -40,7 +40,7 @@ def test_frozen_batchnorm_matches_torchvision_with_eps_zero():
     assert np.abs(with_default_eps - expected).max() > 1e-2  # so the eps=0 agreement above is not luck
 
 
-@pytest.mark.parametrize("in_size,out_size", [((3, 5), (6, 10)), ((4, 7), (7, 13))])
+@pytest.mark.parametrize("in_size,out_size", [((3, 5), (6, 10)), ((4, 7), (7, 13)), ((3, 5), (6, 11)), ((2, 3), (6, 3))])
 def test_upsample_nearest_matches_torch_interpolate(in_size, out_size):
     x = np.random.default_rng(0).normal(size=(1, 2) + in_size).astype(np.float32)
     expected = torch.nn.functional.interpolate(torch.from_numpy(x), size=out_size, mode="nearest").numpy()

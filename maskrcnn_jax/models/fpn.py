@@ -21,7 +21,14 @@ def upsample_nearest(x: jax.Array, height: int, width: int) -> jax.Array:
     """torch F.interpolate(mode='nearest', size=...): source index floor(dst * in / out).
 
     x: [B, h, w, C] -> [B, height, width, C].
+    An integer factor (every FPN level of a canvas divisible by 32) is a broadcast, whose gradient is
+    a sum: an index gather's is a scatter-add, 0.4 GB per image per step on a TPU (issue 28).
     """
+    batch, h, w, channels = x.shape
+    if height % h == 0 and width % w == 0:
+        factor_h, factor_w = height // h, width // w
+        tiled = jnp.broadcast_to(x[:, :, None, :, None, :], (batch, h, factor_h, w, factor_w, channels))
+        return tiled.reshape(batch, height, width, channels)
     rows = np.floor(np.arange(height) * (x.shape[1] / height)).astype(np.int32)
     cols = np.floor(np.arange(width) * (x.shape[2] / width)).astype(np.int32)
     return x[:, rows][:, :, cols]
