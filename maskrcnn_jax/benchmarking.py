@@ -34,9 +34,8 @@ from maskrcnn_jax.detector.inputs import model_images
 from maskrcnn_jax.detector.losses import LOSS_NAMES, head_losses, make_loss_fn, training_proposals, training_targets
 from maskrcnn_jax.detector.predict import detect, detection_outputs, propose
 from maskrcnn_jax.detector.pyramid import POOLED_STRIDES, flatten_rpn_outputs, pool_rois
-from maskrcnn_jax.detector.spec import DetectorSpec
+from maskrcnn_jax.detector.spec import NORM_STATISTICS, DetectorSpec
 from maskrcnn_jax.models import build_model, frozen_parameter_mask, init_params
-from maskrcnn_jax.detector.spec import NORM_STATISTICS
 from maskrcnn_jax.training.optimizer import sgd_without_learning_rate
 from maskrcnn_jax.training.state import TrainState
 from maskrcnn_jax.training.step import apply_gradients, train_step_fn, trainable_gradients

@@ -21,7 +21,6 @@ import jax.numpy as jnp
 from maskrcnn_jax.detector.spec import NORM_STATISTICS
 
 
-
 class BatchNorm(nn.Module):
     """y = (x - mean) / sqrt(var + eps) * scale + bias, computed in float32, returned in x's dtype.
 

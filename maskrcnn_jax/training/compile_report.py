@@ -34,8 +34,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 from maskrcnn_jax.detector import make_predict_fn, pool_rois, pyramid_anchors, spec_from_config
 from maskrcnn_jax.detector.losses import LOSS_NAMES, head_losses, training_proposals, training_targets
 from maskrcnn_jax.detector.pyramid import POOLED_STRIDES, flatten_rpn_outputs
-from maskrcnn_jax.models import build_model, platform_config
 from maskrcnn_jax.detector.spec import NORM_STATISTICS
+from maskrcnn_jax.models import build_model, platform_config
 from maskrcnn_jax.training import mesh as mesh_lib
 from maskrcnn_jax.training.loss import loss_fn_from_config
 from maskrcnn_jax.training.setup import abstract_training_batch, training_canvases, training_program

@@ -50,7 +50,7 @@ def learning_rate_schedule(*, base_learning_rate: float, num_steps: int, warmup_
 
 
 def sgd_without_learning_rate(frozen_mask, *, momentum: float = 0.9, weight_decay: float = 1e-4,
-                     clip_norm: float = 0.0) -> optax.GradientTransformation:
+                              clip_norm: float = 0.0) -> optax.GradientTransformation:
     """SGD's update before the learning rate: clip -> + weight_decay x params -> momentum trace.
 
     The train step multiplies the result by -learning_rate(step). Leaves where `frozen_mask`
