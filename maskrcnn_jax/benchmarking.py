@@ -29,11 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from maskrcnn_jax.detector import make_binary_mask_paster, make_predict_fn, pyramid_anchors, spec_from_config
-from maskrcnn_jax.detector.chunks import map_valid_chunks
 from maskrcnn_jax.detector.inputs import model_images
-from maskrcnn_jax.detector.losses import LOSS_NAMES, head_losses, make_loss_fn, training_proposals, training_targets
+from maskrcnn_jax.detector.losses import (LOSS_NAMES, head_losses, make_loss_fn, roi_heads, training_proposals,
+                                         training_targets)
 from maskrcnn_jax.detector.predict import detect, detection_outputs, propose
-from maskrcnn_jax.detector.pyramid import POOLED_STRIDES, flatten_rpn_outputs, pool_rois
+from maskrcnn_jax.detector.pyramid import POOLED_STRIDES, flatten_rpn_outputs
 from maskrcnn_jax.detector.spec import NORM_STATISTICS, DetectorSpec
 from maskrcnn_jax.models import build_model, frozen_parameter_mask, init_params
 from maskrcnn_jax.training.optimizer import sgd_without_learning_rate
@@ -184,25 +184,13 @@ def profile_train_step(model, spec: DetectorSpec, state, batch: dict, optimizer,
     targets = profiler.run("targets", lambda *args: training_targets(spec, anchors, *args),
                            proposals, proposal_valid, batch, step_key)
 
-    def roi_heads(p, pooled_features, rois, slots):
-        def heads(q, f):  # as detector_losses
-            class_logits, box_deltas = _apply_training(
-                model, q, pool_rois(spec, f, rois["boxes"], spec.box_roi_size), valid=rois["valid"], train=True,
-                method="box_head")
-            mask_features = pool_rois(spec, f, slots["boxes"], spec.mask_roi_size)
-            if spec.mask_head_chunk_size:
-                mask_logits = map_valid_chunks(
-                    lambda chunk: model.apply({"params": q}, chunk[0], classes=chunk[1], method="mask_head"),
-                    (mask_features, slots["classes"]), slots["valid"], spec.mask_head_chunk_size)
-            else:
-                mask_logits = _apply_training(model, q, mask_features, valid=slots["valid"], train=True,
-                                              classes=slots["classes"], method="mask_head")
-            return class_logits, box_deltas, mask_logits
-
-        return _forward_backward(heads, p, pooled_features, _subtree(frozen_mask, head_names), True)
+    def heads(p, pooled_features, rois, slots):
+        # The running statistics are computed and dropped, as _apply_training does.
+        head_fn = lambda q, f: roi_heads(model, spec, q, f, rois, slots)[0]  # noqa: E731
+        return _forward_backward(head_fn, p, pooled_features, _subtree(frozen_mask, head_names), True)
 
     head_outputs, head_grads, _ = profiler.run(
-        "roi heads", roi_heads, _subtree(params, head_names), features[: len(POOLED_STRIDES)],
+        "roi heads", heads, _subtree(params, head_names), features[: len(POOLED_STRIDES)],
         targets["rois"], targets["mask_slots"])
 
     def losses(outputs, targets):

@@ -130,6 +130,38 @@ def head_losses(objectness: jax.Array, rpn_deltas: jax.Array, class_logits: jax.
     return losses, {"class_box_deltas": class_deltas, "mask_logits": mask_logits}
 
 
+def _apply_in_training_mode(model, params, statistics: dict, *args, method, **kwargs):
+    """`model.apply` of `method` in training mode; the BatchNorm layers' new running statistics go into
+    `statistics` ({path: array}, flattened)."""
+    outputs, updates = model.apply({"params": params}, *args, method=method, train=True, mutable=[NORM_STATISTICS],
+                                   **kwargs)
+    statistics.update(flatten_dict(updates.get(NORM_STATISTICS, {})))
+    return outputs
+
+
+def roi_heads(model, spec: DetectorSpec, params, features, rois: dict, slots: dict) -> tuple[tuple, dict]:
+    """The RoI heads in training mode on the sampled RoIs and mask slots of `training_targets`.
+
+    features: the pyramid levels (those `pool_rois` reads at least); rois / slots: `targets["rois"]` /
+    `targets["mask_slots"]`. Returns ((class_logits [B,R,K], box_deltas [B,R,K,4], mask_logits
+    [B,Rm,T,T] of the GT class's channel), the BatchNorm layers' new running statistics {path: array}).
+    """
+    statistics = {}
+    class_logits, box_deltas = _apply_in_training_mode(
+        model, params, statistics, pool_rois(spec, features, rois["boxes"], spec.box_roi_size), valid=rois["valid"],
+        method="box_head")
+    # Mask head on the positive RoIs (fixed slots), computing the GT class's channel only.
+    mask_features = pool_rois(spec, features, slots["boxes"], spec.mask_roi_size)
+    if spec.mask_head_chunk_size:
+        mask_logits = map_valid_chunks(
+            lambda chunk: model.apply({"params": params}, chunk[0], classes=chunk[1], method="mask_head"),
+            (mask_features, slots["classes"]), slots["valid"], spec.mask_head_chunk_size)
+    else:
+        mask_logits = _apply_in_training_mode(model, params, statistics, mask_features, valid=slots["valid"],
+                                              classes=slots["classes"], method="mask_head")
+    return (class_logits, box_deltas, mask_logits), statistics
+
+
 def detector_losses(model, spec: DetectorSpec, params, batch: dict, key: jax.Array,
                     mask_targets_fn: MaskTargetsFn = crop_mask_targets_batch) -> tuple[dict, dict]:
     """Losses and the samples they were computed on.
@@ -145,39 +177,21 @@ def detector_losses(model, spec: DetectorSpec, params, batch: dict, key: jax.Arr
     "class_logits" [B,R,K], "class_box_deltas" [B,R,4] (the target class's), "mask_logits" [B,Rm,T,T]
     (the GT class's channel), "mask_targets" [B,Rm,T,T], and "norm_statistics": the BatchNorm
     layers' new running `mean` / `var` as a partial tree of `params`, empty without BatchNorm}).
-    The stages (features, RPN head, `training_proposals`, `training_targets`, the RoI heads,
+    The stages (features, RPN head, `training_proposals`, `training_targets`, `roi_heads`,
     `head_losses`) are separate functions so that scripts/benchmark.py can time each one.
     """
-    variables = {"params": params}
     statistics = {}
-
-    def apply_in_training_mode(*args, method, **kwargs):
-        outputs, updates = model.apply(variables, *args, method=method, train=True, mutable=[NORM_STATISTICS],
-                                       **kwargs)
-        statistics.update(flatten_dict(updates.get(NORM_STATISTICS, {})))
-        return outputs
-
     images = model_images(batch)
-    features = apply_in_training_mode(images, method="features")
-    objectness, rpn_deltas = flatten_rpn_outputs(*model.apply(variables, features, method="rpn"))
+    features = _apply_in_training_mode(model, params, statistics, images, method="features")
+    objectness, rpn_deltas = flatten_rpn_outputs(*model.apply({"params": params}, features, method="rpn"))
     anchors, level_sizes = pyramid_anchors(spec, images.shape[1:3], [level.shape[1:3] for level in features])
     # Proposals from the detached RPN outputs, then RoI sampling with the GT boxes appended.
     proposals, proposal_valid = training_proposals(spec, anchors, level_sizes, jax.lax.stop_gradient(objectness),
                                                    jax.lax.stop_gradient(rpn_deltas), batch["image_size"])
     targets = training_targets(spec, anchors, proposals, proposal_valid, batch, key, mask_targets_fn)
-    class_logits, box_deltas = apply_in_training_mode(
-        pool_rois(spec, features, targets["rois"]["boxes"], spec.box_roi_size), valid=targets["rois"]["valid"],
-        method="box_head")
-    # Mask head on the positive RoIs (fixed slots), computing the GT class's channel only.
-    mask_features = pool_rois(spec, features, targets["mask_slots"]["boxes"], spec.mask_roi_size)
-    mask_valid, mask_classes = targets["mask_slots"]["valid"], targets["mask_slots"]["classes"]
-    if spec.mask_head_chunk_size:
-        mask_logits = map_valid_chunks(
-            lambda chunk: model.apply(variables, chunk[0], classes=chunk[1], method="mask_head"),
-            (mask_features, mask_classes), mask_valid, spec.mask_head_chunk_size)
-    else:
-        mask_logits = apply_in_training_mode(mask_features, valid=mask_valid, classes=mask_classes,
-                                             method="mask_head")
+    (class_logits, box_deltas, mask_logits), head_statistics = roi_heads(
+        model, spec, params, features, targets["rois"], targets["mask_slots"])
+    statistics.update(head_statistics)
     losses, selected = head_losses(objectness, rpn_deltas, class_logits, box_deltas, mask_logits, targets)
     aux = {"rpn": targets["rpn"], "proposals": proposals, "proposal_valid": proposal_valid, "rois": targets["rois"],
            "mask_slots": targets["mask_slots"], "class_logits": class_logits, **selected,
