@@ -13,8 +13,8 @@ clipped to the image, as positive proposals are.
 Prints the mean, 99th percentile and max absolute difference per pixel and the mean IoU of the
 targets thresholded at 0.5, overall and per GT size (COCO small / medium / large by box area at the
 training scale), for ours with aligned=True (the default) and aligned=False, and for scale:
-torchvision's own target with a fixed sampling_ratio=2 instead of the adaptive one (what
-ops.crop_and_resize_masks gives from full-image masks).
+torchvision's own target with a fixed sampling_ratio=2 instead of the adaptive one (what our
+roi_align gives from full-image masks).
 """
 
 import argparse

@@ -1,16 +1,18 @@
-"""paste_masks_in_image and crop_and_resize_masks against torchvision's implementations."""
+"""paste_masks_in_image against torchvision's, and roi_align cropping masks as torchvision's mask targets do
+(crop_and_resize_masks, a test helper: the trainer uses ops.mask_targets_from_crops)."""
 
 import functools
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 import torchvision
 from torchvision.models.detection.roi_heads import paste_masks_in_image as torchvision_paste
 
-from maskrcnn_jax.ops import crop_and_resize_masks, paste_masks_in_image
+from maskrcnn_jax.ops import paste_masks_in_image, roi_align
 
 HEIGHT, WIDTH = 57, 83
 
@@ -33,6 +35,21 @@ def detection_boxes(rng, count):
         [40, 30, 35, 25],  # inverted
     ]
     return np.concatenate([np.concatenate([top_left, top_left + sides], axis=1), special]).astype(np.float32)
+
+
+def crop_and_resize_masks(masks, boxes, output_size, *, sampling_ratio=2):
+    """Mask targets: full-image masks [M, H, W] (any dtype) cropped to boxes [M, 4] -> float32 [M, S, S].
+
+    Equal to torchvision.ops.roi_align(masks[:, None], boxes, (S, S), 1.0, sampling_ratio,
+    aligned=False)[:, 0]. torchvision's mask loss uses the adaptive sampling_ratio=-1, which needs
+    data-dependent shapes; the static sampling_ratio here is the fixed-shape stand-in.
+    """
+
+    def crop_one(mask, box):
+        pooled = roi_align(mask[:, :, None], box[None], output_size, 1.0, sampling_ratio, False, boxes_per_step=1)
+        return pooled[0, :, :, 0]
+
+    return jax.vmap(crop_one)(masks.astype(jnp.float32), boxes)
 
 
 @functools.cache

@@ -9,7 +9,7 @@ from maskrcnn_jax.ops.boxes import (
     encode_boxes,
     small_boxes_valid,
 )
-from maskrcnn_jax.ops.masks import crop_and_resize_masks, mask_targets_from_crops, paste_masks_in_image
+from maskrcnn_jax.ops.masks import mask_targets_from_crops, paste_masks_in_image
 from maskrcnn_jax.ops.matching import match_boxes
 from maskrcnn_jax.ops.nms import batched_nms, nms
 from maskrcnn_jax.ops.roi_align import multilevel_roi_align, roi_align, roi_levels
@@ -21,7 +21,6 @@ __all__ = [
     "box_area",
     "box_iou",
     "clip_boxes",
-    "crop_and_resize_masks",
     "decode_boxes",
     "encode_boxes",
     "mask_targets_from_crops",

@@ -7,8 +7,6 @@ P = S + 2 * padding.
 import jax
 import jax.numpy as jnp
 
-from maskrcnn_jax.ops.roi_align import roi_align
-
 
 def _expand_boxes(boxes, scale):
     """torchvision expand_boxes: scale boxes [D, 4] about their centres (same float order)."""
@@ -62,21 +60,6 @@ def paste_masks_in_image(masks, boxes, height, width, padding=1):
     col_weights = _paste_weights(pixel_boxes[:, 0], pixel_boxes[:, 2], width, padded_size)
     rows_pasted = jnp.einsum("dyi,dij->dyj", row_weights, padded)
     return jnp.einsum("dyj,dxj->dyx", rows_pasted, col_weights)
-
-
-def crop_and_resize_masks(masks, boxes, output_size, *, sampling_ratio=2):
-    """Mask targets: full-image masks [M, H, W] (any dtype) cropped to boxes [M, 4] -> float32 [M, S, S].
-
-    Equal to torchvision.ops.roi_align(masks[:, None], boxes, (S, S), 1.0, sampling_ratio,
-    aligned=False)[:, 0]. torchvision's mask loss uses the adaptive sampling_ratio=-1, which needs
-    data-dependent shapes; the static sampling_ratio here is the fixed-shape stand-in.
-    """
-
-    def crop_one(mask, box):
-        pooled = roi_align(mask[:, :, None], box[None], output_size, 1.0, sampling_ratio, False, boxes_per_step=1)
-        return pooled[0, :, :, 0]
-
-    return jax.vmap(crop_one)(masks.astype(jnp.float32), boxes)
 
 
 def _integrated_tent(offset):
