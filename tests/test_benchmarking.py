@@ -1,5 +1,5 @@
-"""maskrcnn_jax.benchmarking on the tiny shapes model: FLOP counts against hand-computed ones, the stage
-lists of the inference and training profiles, and scripts/benchmark.py's accelerator mode
+"""benchmarks/benchmarking.py on the tiny shapes model: FLOP counts against hand-computed ones, the stage
+lists of the inference and training profiles, and benchmarks/benchmark.py's accelerator mode
 (--against=none, run here on the CPU at a tiny size)."""
 
 import json
@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from maskrcnn_jax import benchmarking
+import benchmarking  # benchmarks/, on the tests' path (pyproject.toml)
 from maskrcnn_jax.command_line import load_config_file
 from maskrcnn_jax.detector import spec_from_config
 from maskrcnn_jax.models import build_model, frozen_parameter_mask, init_params
@@ -72,7 +72,7 @@ def test_benchmark_script_accelerator_mode_runs_tiny(tmp_path):
     """What a GPU user runs (docs/benchmarks.md), at a tiny size on this CPU: inference latency and throughput."""
     output = tmp_path / "inference.json"
     completed = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--task=inference", "--against=none",
+        [sys.executable, str(ROOT / "benchmarks" / "benchmark.py"), "--task=inference", "--against=none",
          f"--config={CONFIG_FILE}", "--size=64x64", "--throughput_batch=2", "--runs=1", f"--output={output}"],
         capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert completed.returncode == 0, completed.stderr[-2000:]
@@ -84,7 +84,7 @@ def test_benchmark_script_accelerator_mode_runs_tiny(tmp_path):
 
 
 def run_benchmark_data(*args):
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark_data.py"), *args],
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "benchmark_data.py"), *args],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
 
 

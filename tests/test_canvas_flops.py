@@ -2,7 +2,7 @@
 
 import pytest
 
-from maskrcnn_jax.canvas_flops import dataset_gflop_per_image
+from canvas_flops import dataset_gflop_per_image  # benchmarks/, on the tests' path (pyproject.toml)
 
 GFLOP = {(1344, 1344): {"train": 2000.0, "predict": 800.0}, (800, 1344): {"train": 1200.0, "predict": 500.0},
          (1344, 800): {"train": 1300.0, "predict": 600.0}}

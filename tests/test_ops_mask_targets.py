@@ -18,7 +18,7 @@ from maskrcnn_jax.ops import mask_targets_from_crops
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "measure_mask_targets.py"
+SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "measure_mask_targets.py"
 
 
 @functools.cache

@@ -57,7 +57,7 @@ RULES = [
      "tests/test_compile_report.py::test_report_has_every_field_for_eight_cpu_devices"),
     ("python scripts/compile_report.py", ELSEWHERE,
      "compiles R50 for a TPU topology: libtpu (the tpu extra) and about 5 minutes; docs/benchmarks.md has its runs"),
-    ("python scripts/benchmark.py", ELSEWHERE,
+    ("python benchmarks/benchmark.py", ELSEWHERE,
      "an R50 benchmark of minutes on a photo at 800x1216; docs/benchmarks.md records its runs"),
     ("python scripts/train.py --config configs/mask_rcnn_r50_fpn_coco.py", ELSEWHERE,
      "needs COCO or torchvision's weights (downloads) and a GPU or TPU"),

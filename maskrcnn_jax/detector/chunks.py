@@ -2,7 +2,7 @@
 row skipped.
 
 The training step runs the mask head on fixed slots (`targets.mask_slots`: 128 per image, positive
-RoIs first), but an image often has far fewer positives (24 and 30 of 128 in scripts/benchmark.py's
+RoIs first), but an image often has far fewer positives (24 and 30 of 128 in benchmarks/benchmark.py's
 training batch), and the mask head was most of the step's FLOP (docs/benchmarks.md, stage profile).
 With `lax.cond` per chunk, XLA runs the head only on chunks holding a positive, forward and
 backward; the skipped rows are zeros, which the loss masks anyway, so losses and gradients equal

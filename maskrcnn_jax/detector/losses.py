@@ -178,7 +178,7 @@ def detector_losses(model, spec: DetectorSpec, params, batch: dict, key: jax.Arr
     (the GT class's channel), "mask_targets" [B,Rm,T,T], and "norm_statistics": the BatchNorm
     layers' new running `mean` / `var` as a partial tree of `params`, empty without BatchNorm}).
     The stages (features, RPN head, `training_proposals`, `training_targets`, `roi_heads`,
-    `head_losses`) are separate functions so that scripts/benchmark.py can time each one.
+    `head_losses`) are separate functions so that benchmarks/benchmark.py can time each one.
     """
     statistics = {}
     images = model_images(batch)

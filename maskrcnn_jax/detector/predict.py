@@ -83,7 +83,7 @@ def predict_with_intermediates(model, spec: DetectorSpec, params, batch: dict) -
 
     model: the Flax MaskRCNN whose pieces are applied by name (the detector never imports Flax).
     The stages (features, `propose`, `detect`, `detection_outputs`) are separate functions so that
-    scripts/benchmark.py can time each one.
+    benchmarks/benchmark.py can time each one.
     """
     images, image_sizes = model_images(batch), batch["image_size"]
     features = model.apply({"params": params}, images, method="features")

@@ -12,7 +12,7 @@ tune) the model runs:
 - kxk convolutions large enough (`uses_tap_weight_grad`) with a custom VJP whose weight gradient
   is a sum of shifted matmuls, one per kernel tap; their forward and input gradient stay XLA's;
 - the mask head's 2x2 stride-2 transposed convolution as one matmul and a reshape.
-Measured side by side with scripts/benchmark_convs.py (docs/benchmarks.md); each formulation
+Measured side by side with benchmarks/benchmark_convs.py (docs/benchmarks.md); each formulation
 equals the plain one, values and gradients (tests/test_model_fast_conv.py).
 """
 

@@ -1,6 +1,6 @@
 """Time each convolution formulation of maskrcnn_jax.models.conv against lax.conv_general_dilated.
 
-    .venv/bin/python scripts/benchmark_convs.py [--repeats 5] [--only 3x3] [--output convs.json]
+    .venv/bin/python benchmarks/benchmark_convs.py [--repeats 5] [--only 3x3] [--output convs.json]
 
 Shapes: every convolution of Mask R-CNN R50-FPN in a training step at 512x512, batch 2 (ResNet-50,
 FPN, RPN head on P2-P6, mask head on 2 x 128 mask RoIs of 14x14); identical shapes are timed once

@@ -1,6 +1,6 @@
 """Time the jitted JAX ops against torchvision on the same inputs and thread count.
 
-    .venv/bin/python scripts/benchmark_ops.py [--repeats 7] [--threads 2] [--output ops.json]
+    .venv/bin/python benchmarks/benchmark_ops.py [--repeats 7] [--threads 2] [--output ops.json]
 
 Cases: multi-level RoIAlign (batch 2 via vmap, 512 boxes per image, 256 channels, the P2-P5 maps
 of an 800x1216 image, 7x7, sampling 2), forward and with its feature gradient, NMS (4000 overlapping candidates, IoU 0.7) and mask

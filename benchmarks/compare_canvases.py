@@ -1,17 +1,17 @@
 """Detections on the config's orientation canvases against one large canvas, image by image.
 
-    python scripts/compare_canvases.py --checkpoint DIR --data ../shared/data/coco_val2014_43
+    python benchmarks/compare_canvases.py --checkpoint DIR --data ../shared/data/coco_val2014_43
 
 Each photo is predicted on config.input.canvas_size (the large canvas, e.g. 1344x1344) and on its
 canvas among the training canvases (`config.data.canvases`, e.g. 800x1344 / 1344x800), batch 1; a
 large-canvas detection is matched when the other run has one of its class with box IoU >= 0.99
-(`maskrcnn_jax.canvas_parity`). Prints the matched share and where the unmatched ones are.
+(`canvas_parity.py`). Prints the matched share and where the unmatched ones are.
 """
 
 import numpy as np
 from absl import app, flags
 
-from maskrcnn_jax.canvas_parity import detections_by_image, matched
+from canvas_parity import detections_by_image, matched
 from maskrcnn_jax.checkpoint import load_checkpoint
 from maskrcnn_jax.data import CocoSource
 from maskrcnn_jax.training.setup import training_canvases

@@ -1,7 +1,7 @@
 """Time COCO scoring: pycocotools' COCOeval against faster-coco-eval's C++ COCOeval_faster (a PyPI
 package this project does not depend on: install it, or put its unpacked wheel on PYTHONPATH).
 
-    .venv/bin/python scripts/benchmark_cocoeval.py --annotations A.json --results R.json --iou_type segm
+    .venv/bin/python benchmarks/benchmark_cocoeval.py --annotations A.json --results R.json --iou_type segm
 
 Each scores the same results (evaluate + accumulate + summarize, best of --repeats); prints both
 times and the largest difference between their 12 stats.

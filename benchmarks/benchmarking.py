@@ -1,7 +1,7 @@
 """Where the time goes: XLA's FLOP counts, a matmul ceiling measured in the same run, per-stage
 profiles of prediction and of a training step, and our model's speed alone on one accelerator.
 
-Used by scripts/benchmark.py and scripts/benchmark_data.py (docs/benchmarks.md).
+Used by benchmarks/benchmark.py and benchmarks/benchmark_data.py (docs/benchmarks.md).
 
 A stage is jitted on its own, on the real outputs of the stage before it, warmed up once, then run
 `repeats` times; its seconds are the median. Its GFLOP are XLA's own count for the compiled stage
@@ -126,7 +126,7 @@ def _forward_backward(fn: Callable, params, inputs, frozen_mask, differentiate_i
 def profile_inference(model, spec: DetectorSpec, params: dict, batch: dict, image_size: tuple[int, int],
                       repeats: int = 3) -> list[dict]:
     """Per-stage profile (INFERENCE_STAGES) of `predict` on batch (BATCH_KEYS) plus pasting the masks
-    at image_size (H, W), as scripts/benchmark.py's inference runs. Returns StageProfiler.rows()."""
+    at image_size (H, W), as benchmarks/benchmark.py's inference runs. Returns StageProfiler.rows()."""
     profiler = StageProfiler(repeats)
     images, image_sizes = model_images(batch), batch["image_size"]
     canvas = images.shape[1:3]

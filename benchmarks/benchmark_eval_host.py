@@ -1,6 +1,6 @@
 """Host post-processing of an evaluation: images per second per core, at 100 detections per image.
 
-    .venv/bin/python scripts/benchmark_eval_host.py [--images 40] [--detections 100] [--workers N]
+    .venv/bin/python benchmarks/benchmark_eval_host.py [--images 40] [--detections 100] [--workers N]
 
 Each image is 480x640 (COCO's most common size) with `--detections` kept detections: boxes of
 log-uniform width and height from 8 to 400 px (about COCO's small/medium/large mix), 28x28 mask

@@ -1,7 +1,7 @@
 """End-to-end speed of our Mask R-CNN against torchvision's, same weights, same images, same threads.
 
-    python scripts/benchmark.py --task=inference --against=torchvision --size=800x1216 --output=FILE.json
-    python scripts/benchmark.py --task=train --against=torchvision --size=512x512 --batch=2 --output=FILE.json
+    python benchmarks/benchmark.py --task=inference --against=torchvision --size=800x1216 --output=FILE.json
+    python benchmarks/benchmark.py --task=train --against=torchvision --size=512x512 --batch=2 --output=FILE.json
 
 inference: a seeded confident random torchvision `maskrcnn_resnet50_fpn` (or, with
 --config configs/mask_rcnn_r50_fpn_v2_coco.py, `maskrcnn_resnet50_fpn_v2`) is converted to our
@@ -24,13 +24,13 @@ Writes {"jax_s", "torchvision_s", "ratio", "compile_s", "jax_peak_rss_mb", ...} 
 Both tasks also report our achieved GFLOP/s (XLA's cost analysis of the compiled programs over the
 median time) against a float32 2048x2048 matmul timed at the start of the same run, and (unless
 --noprofile) a per-stage profile after the timed runs: each stage jitted on the real outputs of the
-one before, median of 3 (maskrcnn_jax.benchmarking).
+one before, median of 3 (benchmarking.py).
 
 --against=none: our model alone on whatever device JAX has (the accelerator mode, no torch needed),
 random parameters, the config's model and dtype, noise images filling the --size canvas:
-    python scripts/benchmark.py --task=train --against=none --size=800x1344 --batch=16 \
+    python benchmarks/benchmark.py --task=train --against=none --size=800x1344 --batch=16 \
         --config.model.dtype=bfloat16 --output=train_gpu.json
-    python scripts/benchmark.py --task=inference --against=none --size=800x1344 --output=inference_gpu.json
+    python benchmarks/benchmark.py --task=inference --against=none --size=800x1344 --output=inference_gpu.json
 train: images/s of the jitted, donated training step (synthetic ground truth shaped as the config's
 pipeline makes it); inference: `predict` latency at batch 1 and throughput at --throughput_batch.
 """
@@ -51,7 +51,7 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
-from maskrcnn_jax import benchmarking
+import benchmarking
 from maskrcnn_jax.command_line import define_config_flag, run
 from maskrcnn_jax.convert_torchvision import convert_state_dict
 from maskrcnn_jax.data.image_io import load_image

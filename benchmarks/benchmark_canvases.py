@@ -1,11 +1,11 @@
 """GFLOP per image on one square canvas against a config's training canvases (e.g. one per
 orientation), over the image sizes of COCO-format folders (their annotations.json; no image is read).
 
-    python scripts/benchmark_canvases.py --config configs/mask_rcnn_r50_fpn_coco.py --square 1344 \
+    python benchmarks/benchmark_canvases.py --config configs/mask_rcnn_r50_fpn_coco.py --square 1344 \
         --data ../shared/data/coco_val2014_43 --data ../shared/data/coco_train2017_85
 
 XLA's cost analysis of the trainer's step and of predict, compiled at batch 1 on this machine
-(`maskrcnn_jax.canvas_flops`); each image counts its canvas's FLOP, padding included.
+(`canvas_flops.py`); each image counts its canvas's FLOP, padding included.
 """
 
 import json
@@ -13,7 +13,7 @@ import pathlib
 
 from absl import app, flags
 
-from maskrcnn_jax.canvas_flops import dataset_gflop_per_image, program_gflop
+from canvas_flops import dataset_gflop_per_image, program_gflop
 from maskrcnn_jax.command_line import define_config_flag
 from maskrcnn_jax.training.setup import training_canvases
 

@@ -1,8 +1,8 @@
 """Training input against training compute: images/s of the grain training pipeline beside the
 images/s the training step consumes, for one config, on this machine.
 
-    python scripts/benchmark_data.py --config configs/shapes_tiny.py
-    python scripts/benchmark_data.py --config configs/mask_rcnn_r50_fpn_coco.py --data ../shared/data/coco_train2017_85 \
+    python benchmarks/benchmark_data.py --config configs/shapes_tiny.py
+    python benchmarks/benchmark_data.py --config configs/mask_rcnn_r50_fpn_coco.py --data ../shared/data/coco_train2017_85 \
         --config.data.num_workers=2 --config.train.global_batch_size=8 --step_batch=1
 
 The pipeline is the trainer's (`training.data.training_source` + `training_iterator`: decode,
@@ -22,7 +22,7 @@ import time
 import numpy as np
 from absl import app, flags
 
-from maskrcnn_jax import benchmarking
+import benchmarking
 from maskrcnn_jax.command_line import define_config_flag
 from maskrcnn_jax.data import grouping, transforms
 from maskrcnn_jax.training.data import training_iterator, training_source

@@ -1,6 +1,6 @@
 """How far ops.mask_targets_from_crops is from torchvision's mask targets on real COCO masks.
 
-    .venv/bin/python scripts/measure_mask_targets.py [--data ../shared/data/coco_train2017_85] \
+    .venv/bin/python benchmarks/measure_mask_targets.py [--data ../shared/data/coco_train2017_85] \
         [--rois-per-gt 8] [--seed 0] [--native-scale] [--output F.json]
 
 Each image is resized as torchvision trains (short side 800, long side at most 1333; with
