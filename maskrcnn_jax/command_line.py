@@ -33,7 +33,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-CHECKPOINT_CONFIG_FILE = pathlib.Path(__file__).with_name("checkpoint_config.py")
+CHECKPOINT_CONFIG_FILE = pathlib.Path(__file__).parent / "checkpoint" / "config_file.py"
 USAGE_EXIT_CODE = 2
 FAILURE_EXIT_CODE = 1
 CACHE_DIR_ENVIRONMENT_VARIABLE = "MASKRCNN_JAX_CACHE_DIR"

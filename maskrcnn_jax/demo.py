@@ -23,6 +23,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from maskrcnn_jax.api import DEFAULT_SCORE_THRESHOLD
+from maskrcnn_jax.checkpoint import load_params
 from maskrcnn_jax.detector import make_predict_fn, spec_from_config
 from maskrcnn_jax.evaluation import (
     CocoScores,
@@ -35,7 +36,7 @@ from maskrcnn_jax.evaluation import (
 )
 from maskrcnn_jax.models import build_model
 from maskrcnn_jax.plots import image_grid, plot_training_curves, upscale
-from maskrcnn_jax.training import latest_params, train_and_evaluate
+from maskrcnn_jax.training import train_and_evaluate
 from maskrcnn_jax.training.data import evaluation_data
 from maskrcnn_jax.training.metric_writer import read_metrics
 from maskrcnn_jax.visualize import draw_instances
@@ -104,7 +105,7 @@ def run_demo(config: ml_collections.ConfigDict, output_dir: str | os.PathLike) -
         print(f"training stopped at step {int(state.step)} of {config.train.num_steps}; run the demo again to "
               "resume it")
         return None
-    params = latest_params(workdir)[0]
+    params = load_params(workdir)
 
     scores, results = evaluate_held_out(config, workdir, params)
     for iou_type, table in scores.tables.items():

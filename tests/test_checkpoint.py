@@ -9,6 +9,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from maskrcnn_jax.checkpoint import (
+    checkpoint_metadata,
     load_checkpoint,
     load_config,
     load_params,
@@ -17,7 +18,6 @@ from maskrcnn_jax.checkpoint import (
     save_metadata,
 )
 from maskrcnn_jax.command_line import load_config_file
-from maskrcnn_jax.training.checkpoints import checkpoint_metadata
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CLASS_NAMES = ("__background__", "circle", "square", "triangle", "star")

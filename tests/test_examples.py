@@ -9,11 +9,12 @@ import jax
 import numpy as np
 import pytest
 
+from maskrcnn_jax.checkpoint import latest_step
 from maskrcnn_jax.command_line import load_config_file
 from maskrcnn_jax.detector import spec_from_config
 from maskrcnn_jax.detector.losses import LOSS_NAMES, detector_losses
 from maskrcnn_jax.models import build_model
-from maskrcnn_jax.training import latest_step, train_and_evaluate
+from maskrcnn_jax.training import train_and_evaluate
 from maskrcnn_jax.training import data as data_lib
 from maskrcnn_jax.training.loss import loss_fn_from_config
 from maskrcnn_jax.training.metric_writer import read_metrics

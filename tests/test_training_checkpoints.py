@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from maskrcnn_jax import checkpoint as converted_checkpoint
+from maskrcnn_jax.checkpoint import checkpoint_metadata, latest_params, latest_step, save_checkpoint
 from maskrcnn_jax.training import checkpoints, initialization, mesh as mesh_lib
 from maskrcnn_jax.training.state import TrainState
 
@@ -43,7 +43,7 @@ def save_training_step(workdir, step: int, params: dict, iterator, config=None) 
                            mesh_lib.replicated(mesh))
     manager = checkpoints.checkpoint_manager(workdir, max_to_keep=2)
     checkpoints.save_checkpoint(manager, step, state, iterator,
-                                checkpoints.checkpoint_metadata(config or tiny_config(), CLASS_NAMES))
+                                checkpoint_metadata(config or tiny_config(), CLASS_NAMES))
     manager.wait_until_finished()
     manager.close()
 
@@ -58,7 +58,7 @@ def test_state_data_position_and_metadata_round_trip(tmp_path):
     expected_next = next(iterator)
     # max_to_keep=2 keeps 6 and 9; an unfinished write (Orbax's temporary name) is never listed.
     (tmp_path / "checkpoints" / "12.orbax-checkpoint-tmp").mkdir()
-    assert checkpoints.latest_step(tmp_path) == 9
+    assert latest_step(tmp_path) == 9
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["6", "9"]
 
     mesh = mesh_lib.make_mesh(jax.devices()[:1])
@@ -74,9 +74,9 @@ def test_state_data_position_and_metadata_round_trip(tmp_path):
     np.testing.assert_array_equal(state.opt_state["trace"]["backbone"]["conv1"]["kernel"],
                                   params["backbone"]["conv1"]["kernel"] + 9)
     np.testing.assert_array_equal(next(fresh_iterator), expected_next)  # the data goes on where it stopped
-    assert checkpoints.read_metadata(manager, 9) == checkpoints.checkpoint_metadata(tiny_config(), CLASS_NAMES)
+    assert checkpoints.read_metadata(manager, 9) == checkpoint_metadata(tiny_config(), CLASS_NAMES)
 
-    latest, config, class_names = checkpoints.latest_params(tmp_path)
+    latest, config, class_names = latest_params(tmp_path)
     assert class_names == list(CLASS_NAMES) and config["model"]["num_classes"] == 4
     assert config["model"]["anchor_sizes"] == [8, 16]
     assert isinstance(latest["backbone"]["conv1"]["kernel"], np.ndarray)
@@ -85,12 +85,12 @@ def test_state_data_position_and_metadata_round_trip(tmp_path):
 
 
 def test_latest_params_of_a_workdir_without_checkpoints_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no complete training checkpoint"):
-        checkpoints.latest_params(tmp_path)
+    with pytest.raises(FileNotFoundError, match="a training run that saved no step yet"):
+        latest_params(tmp_path)
 
 
 def test_incompatible_fields_name_every_model_difference_and_ignore_training_keys():
-    saved = checkpoints.checkpoint_metadata(tiny_config(4), CLASS_NAMES)["config"]
+    saved = checkpoint_metadata(tiny_config(4), CLASS_NAMES)["config"]
     other = tiny_config(5)
     other.model.backbone.stem_width = 16
     other.train.num_steps = 1000
@@ -143,8 +143,8 @@ def test_init_from_a_checkpoint_of_another_backbone_names_the_mismatches():
 def test_initial_params_read_a_converted_checkpoint_and_a_training_workdir(tmp_path):
     converted = model_like_params(91, seed=3)
     converted_config = tiny_config(91)
-    converted_checkpoint.save_checkpoint(tmp_path / "converted", converted, converted_config,
-                                         ["__background__"] + [f"class {i}" for i in range(1, 91)])
+    save_checkpoint(tmp_path / "converted", converted, converted_config,
+                    ["__background__"] + [f"class {i}" for i in range(1, 91)])
     trained = model_like_params(4, seed=4)
     save_training_step(tmp_path / "workdir", 5, trained, iter(grain.MapDataset.range(8).to_iter_dataset()))
     random = jax.device_put(model_like_params(4, seed=5))

@@ -19,10 +19,10 @@ import jax
 import numpy as np
 import pytest
 
-from maskrcnn_jax.checkpoint import load_metadata
+from maskrcnn_jax.checkpoint import latest_params, latest_step, load_metadata
 from maskrcnn_jax.evaluation import STAT_NAMES
 from maskrcnn_jax.models import platform_config
-from maskrcnn_jax.training import latest_params, latest_step, make_mesh
+from maskrcnn_jax.training import make_mesh
 from maskrcnn_jax.training import data as data_lib
 from maskrcnn_jax.training.evaluation import RESULTS_FILE, make_coco_evaluator
 from maskrcnn_jax.training.image_id_log import read_image_ids

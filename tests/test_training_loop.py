@@ -4,9 +4,10 @@ skipped step after step until config.train.max_consecutive_bad_steps stops the r
 import jax.numpy as jnp
 import pytest
 
+from maskrcnn_jax.checkpoint import latest_step
 from maskrcnn_jax.command_line import load_config_file
 from maskrcnn_jax.detector.inputs import model_images
-from maskrcnn_jax.training import NonFiniteLossError, latest_step, train_and_evaluate
+from maskrcnn_jax.training import NonFiniteLossError, train_and_evaluate
 from maskrcnn_jax.training.metric_writer import read_metrics
 
 

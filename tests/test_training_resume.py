@@ -24,8 +24,9 @@ import jax
 import numpy as np
 import pytest
 
+from maskrcnn_jax.checkpoint import latest_params, latest_step
 from maskrcnn_jax.command_line import load_config_file, report_error
-from maskrcnn_jax.training import latest_params, latest_step, train_and_evaluate
+from maskrcnn_jax.training import train_and_evaluate
 from maskrcnn_jax.training.checkpoints import NoRestorableCheckpointError
 from maskrcnn_jax.training.metric_writer import MetricWriter, read_metrics
 from maskrcnn_jax.training.write_failures import WriteFailedError

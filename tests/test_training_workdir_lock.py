@@ -12,8 +12,9 @@ import time
 
 import pytest
 
+from maskrcnn_jax.checkpoint import latest_step
 from maskrcnn_jax.command_line import load_config_file
-from maskrcnn_jax.training import latest_step, train_and_evaluate, workdir_lock
+from maskrcnn_jax.training import train_and_evaluate, workdir_lock
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

@@ -1,12 +1,7 @@
 """The trainer: train state, optax optimizer, jitted sharded step, Orbax checkpoints with exact
 resume, logs, and `train_and_evaluate(config, workdir)` that runs it all (see docs/training.md)."""
 
-from maskrcnn_jax.training.checkpoints import (
-    IncompatibleCheckpointError,
-    NoRestorableCheckpointError,
-    latest_params,
-    latest_step,
-)
+from maskrcnn_jax.training.checkpoints import IncompatibleCheckpointError, NoRestorableCheckpointError
 from maskrcnn_jax.training.loop import NonFiniteLossError, train_and_evaluate
 from maskrcnn_jax.training.mesh import make_mesh
 from maskrcnn_jax.training.processes import initialize_distributed
@@ -22,8 +17,6 @@ __all__ = [
     "WorkdirInUseError",
     "WriteFailedError",
     "initialize_distributed",
-    "latest_params",
-    "latest_step",
     "make_mesh",
     "train_and_evaluate",
 ]

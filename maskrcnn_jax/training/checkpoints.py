@@ -1,18 +1,22 @@
 """Training checkpoints: WORKDIR/checkpoints/<step>/, written with an Orbax CheckpointManager.
 
 Each step directory holds four items:
-  params          the parameter tree (what `latest_params` and prediction read)
+  params          the parameter tree (what `maskrcnn_jax.checkpoint`'s readers and prediction read)
   train_state     {"step", "opt_state", "key"}: the rest of the TrainState
   data_iterator   the grain iterator state of the batches consumed (one file per process)
-  metadata        json {"config": the run's config as a dict, "class_names": [K + 1 names]},
-                  so the checkpoint describes the model it holds
+  metadata        json {"config": the run's config as a dict, "class_names": [K + 1 names]}
+                  (`maskrcnn_jax.checkpoint.checkpoint_metadata`), so the checkpoint describes the
+                  model it holds
 Orbax writes a step into a temporary directory and renames it when every item (of every process)
 is complete, and only complete steps are listed: a half-written checkpoint is never restored (its
 temporary directory is removed when the next run starts). A complete step that cannot be restored
 (a damaged file) is moved to WORKDIR/damaged_checkpoints/ and the run resumes from the step before.
+
+This module is the trainer's save/restore pair and what resuming needs (the compatibility check,
+damaged steps moved aside); reading a workdir's parameters, metadata or latest step is
+`maskrcnn_jax.checkpoint`'s, which reads these step directories as checkpoint directories.
 """
 
-import contextlib
 import json
 import os
 import pathlib
@@ -25,13 +29,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from maskrcnn_jax.checkpoint import steps_directory
 from maskrcnn_jax.training.progress import say
 from maskrcnn_jax.training.state import TrainState
 from maskrcnn_jax.training.processes import wait_for_all_processes
 from maskrcnn_jax.training.write_failures import naming, reason
 from maskrcnn_jax.trees import flatten_dict
 
-CHECKPOINT_SUBDIR = "checkpoints"
 DAMAGED_SUBDIR = "damaged_checkpoints"
 # Fields of the config that fix the parameter tree and its meaning; a checkpoint of another value
 # cannot be resumed.
@@ -46,10 +50,6 @@ class NoRestorableCheckpointError(RuntimeError):
     """The workdir has checkpoints, and none of them can be restored (the message says why)."""
 
 
-def checkpoint_directory(workdir: str | os.PathLike) -> pathlib.Path:
-    return pathlib.Path(workdir).absolute() / CHECKPOINT_SUBDIR
-
-
 def checkpoint_manager(workdir: str | os.PathLike, *, max_to_keep: int | None = 3,
                        asynchronous: bool = True) -> ocp.CheckpointManager:
     """Manager of WORKDIR/checkpoints keeping the last `max_to_keep` steps (None keeps all).
@@ -61,21 +61,7 @@ def checkpoint_manager(workdir: str | os.PathLike, *, max_to_keep: int | None = 
     """
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=asynchronous,
                                            cleanup_tmp_directories=True)
-    return ocp.CheckpointManager(checkpoint_directory(workdir), options=options)
-
-
-def _reader(workdir: str | os.PathLike) -> ocp.CheckpointManager:
-    """A manager that reads an existing WORKDIR/checkpoints, knowing the handler of every item."""
-    return ocp.CheckpointManager(
-        checkpoint_directory(workdir), options=ocp.CheckpointManagerOptions(create=False),
-        item_handlers={"params": ocp.StandardCheckpointHandler(), "train_state": ocp.StandardCheckpointHandler(),
-                       "data_iterator": grain.checkpoint.CheckpointHandler(),
-                       "metadata": ocp.JsonCheckpointHandler()})
-
-
-def checkpoint_metadata(config: ml_collections.ConfigDict, class_names) -> dict:
-    """The metadata item: {"config": config as JSON types, "class_names": [names]}."""
-    return {"config": json.loads(config.to_json()), "class_names": [str(name) for name in class_names]}
+    return ocp.CheckpointManager(steps_directory(workdir), options=options)
 
 
 def save_checkpoint(manager: ocp.CheckpointManager, step: int, state: TrainState, data_iterator,
@@ -116,7 +102,7 @@ class CheckpointSaver:
     def close(self) -> None:
         """Waits for a save still in flight, then releases the manager. Called on the way out of a
         run that may be failing already, so a failure here is not raised over it: the directory
-        listing (`latest_step`) shows what was saved."""
+        listing (`maskrcnn_jax.checkpoint.latest_step`) shows what was saved."""
         try:
             self.manager.close()
         except Exception:  # noqa: BLE001 (the failed step is not listed as complete)
@@ -153,7 +139,7 @@ def _move_aside(workdir: pathlib.Path, step: int) -> pathlib.Path:
     destination = workdir / DAMAGED_SUBDIR / f"{step}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     if jax.process_index() == 0:
         destination.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(checkpoint_directory(workdir) / str(step), destination)
+        os.rename(steps_directory(workdir) / str(step), destination)
     return destination
 
 
@@ -166,7 +152,7 @@ def check_workdir_compatible(manager: ocp.CheckpointManager, workdir: pathlib.Pa
             saved_config = read_metadata(manager, step)["config"]
         except Exception:  # noqa: BLE001 (a damaged step: restore_newest_readable reports it)
             continue
-        check_compatible(saved_config, config, str(checkpoint_directory(workdir) / str(step)))
+        check_compatible(saved_config, config, str(steps_directory(workdir) / str(step)))
         return
 
 
@@ -190,7 +176,7 @@ def restore_newest_readable(manager: ocp.CheckpointManager, workdir: pathlib.Pat
             continue
         for damaged, failure in failures:
             moved_to = _move_aside(workdir, damaged)
-            say(f"checkpoint {checkpoint_directory(workdir) / str(damaged)} cannot be restored "
+            say(f"checkpoint {steps_directory(workdir) / str(damaged)} cannot be restored "
                 f"({reason(failure)}); moved to {moved_to}")
         if failures:
             wait_for_all_processes(f"damaged checkpoints moved aside before step {step}")
@@ -198,7 +184,7 @@ def restore_newest_readable(manager: ocp.CheckpointManager, workdir: pathlib.Pat
         return state, step
     if failures:
         raise NoRestorableCheckpointError(
-            f"no checkpoint in {checkpoint_directory(workdir)} can be restored ("
+            f"no checkpoint in {steps_directory(workdir)} can be restored ("
             + "; ".join(f"step {step}: {reason(error)}" for step, error in failures)
             + "); move that directory elsewhere to start again from step 0, or use another --workdir")
     return None
@@ -226,30 +212,3 @@ def check_compatible(saved_config: dict, config: ml_collections.ConfigDict, wher
             f"the checkpoint in {where} was trained with another model; differing fields:\n  "
             + "\n  ".join(differences)
             + "\nuse another --workdir, or start from it with config.init.checkpoint (fine-tuning)")
-
-
-def latest_step(workdir: str | os.PathLike) -> int | None:
-    """The last complete checkpoint step in WORKDIR/checkpoints, or None."""
-    if not checkpoint_directory(workdir).is_dir():
-        return None
-    with contextlib.closing(_reader(workdir)) as reader:
-        return reader.latest_step()
-
-
-def latest_params(workdir: str | os.PathLike) -> tuple[dict, dict, list[str]]:
-    """(params as numpy arrays, config dict, class names) of the last complete checkpoint of a training workdir.
-
-    Works on any machine: the parameters are read onto this process's first device, whatever mesh
-    wrote them. Raises FileNotFoundError when the workdir holds no complete checkpoint.
-    """
-    step = latest_step(workdir)
-    if step is None:
-        raise FileNotFoundError(f"no complete training checkpoint in {checkpoint_directory(workdir)}")
-    manager = _reader(workdir)
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
-                          manager.item_metadata(step)["params"])
-    restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target),
-                                                             metadata=ocp.args.JsonRestore()))
-    params = jax.tree.map(np.asarray, restored.params)
-    return params, restored.metadata["config"], list(restored.metadata["class_names"])

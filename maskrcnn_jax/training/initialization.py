@@ -13,7 +13,6 @@ when the input it expects is not what the pipeline feeds (`PIPELINE_INPUT`): tra
 weights were not trained for fails silently otherwise.
 """
 
-import os
 import pathlib
 
 import jax
@@ -21,12 +20,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from maskrcnn_jax import checkpoint as converted_checkpoint
-from maskrcnn_jax.checkpoint import describe_backbone, describe_input
+from maskrcnn_jax.checkpoint import describe_backbone, describe_input, load_backbone_description, load_params
 from maskrcnn_jax.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from maskrcnn_jax.models.build import backbone_stage_sizes
 from maskrcnn_jax.models.resnet import ARCHITECTURE, bottleneck_resnet_depth
-from maskrcnn_jax.training import checkpoints
 from maskrcnn_jax.training.progress import say
 from maskrcnn_jax.trees import flatten_dict, unflatten_dict
 
@@ -39,13 +36,6 @@ PREDICTOR_SUBTREES = ("box_predictor", "mask_predictor")
 PIPELINE_INPUT = {"channels": "RGB", "range": [0.0, 1.0], "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
 # Where to get ImageNet weights, for the message when config.init.checkpoint is missing.
 IMAGENET_RESNET50_URL = "https://download.pytorch.org/models/resnet50-0676ba61.pth"
-
-
-def read_params(path: str | os.PathLike) -> dict:
-    """Parameters (numpy) of a training workdir (its latest checkpoint) or of a converted checkpoint directory."""
-    if checkpoints.checkpoint_directory(path).is_dir():
-        return checkpoints.latest_params(path)[0]
-    return converted_checkpoint.load_params(path)
 
 
 def num_class_slots(params: dict) -> int:
@@ -148,13 +138,13 @@ def initial_params(random_params, init_checkpoint: str, mode: str, backbone: ml_
     if not init_checkpoint:
         raise ValueError(f"config.init.mode is {mode!r} but config.init.checkpoint is empty")
     path = pathlib.Path(init_checkpoint)
-    description = converted_checkpoint.load_backbone_description(path)
+    description = load_backbone_description(path)
     if description is not None and mode != "backbone":
         raise ValueError(f"config.init.checkpoint {path} is a backbone checkpoint ({describe_backbone(description)}), "
                          f"which starts the backbone only: set --config.init.mode=backbone, not {mode!r}")
     if description is not None:
         check_backbone_fits(description, backbone, path)
-    loaded = read_params(path)
+    loaded = load_params(path)  # a checkpoint directory or a training workdir's latest step
     host_random = jax.tree.map(lambda leaf: np.asarray(leaf.addressable_data(0)), random_params)
     merged = merge_initial_params(host_random, loaded, mode)
     if description is not None:

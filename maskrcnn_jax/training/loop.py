@@ -16,6 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from maskrcnn_jax.checkpoint import checkpoint_metadata, latest_step, steps_directory
 from maskrcnn_jax.data import global_batch
 from maskrcnn_jax.training import checkpoints, initialization, workdir_lock
 from maskrcnn_jax.training import data as data_lib
@@ -107,7 +108,7 @@ def _restore_or_initialize(config, workdir, manager, program, data_iterator, mes
     restored = checkpoints.restore_newest_readable(manager, workdir, program.abstract_state, data_iterator)
     if restored is not None:
         state, resume_step = restored
-        say(f"resuming from step {resume_step} ({checkpoints.checkpoint_directory(workdir) / str(resume_step)})")
+        say(f"resuming from step {resume_step} ({steps_directory(workdir) / str(resume_step)})")
         return state, resume_step
     state = create_train_state(program.initialize, config.train.seed, mesh)
     loaded = initialization.initial_params(state.params, config.init.checkpoint, config.init.mode,
@@ -137,7 +138,7 @@ def _naming_the_last_checkpoint(workdir: pathlib.Path):
     try:
         yield
     except WriteFailedError as error:
-        step = checkpoints.latest_step(workdir)
+        step = latest_step(workdir)
         last = f"step {step}" if step is not None else "none yet (a rerun starts at step 0)"
         raise WriteFailedError(f"{error}; the last complete checkpoint is {last}") from error
 
@@ -187,7 +188,7 @@ def _train(config, workdir, saver, mesh, loss_fn_factory, evaluate_fn_factory) -
     label_slots, class_names = data_lib.class_slots(config.model.num_classes, source)
     data_iterator = data_lib.training_iterator(config, source)
     program = training_program(config, mesh, loss_fn_factory)
-    metadata = checkpoints.checkpoint_metadata(config, class_names)
+    metadata = checkpoint_metadata(config, class_names)
 
     # Signals are caught from here on: one arriving during the set-up stops the run after its first step.
     with StopRequest() as stop:

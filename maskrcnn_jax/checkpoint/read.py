@@ -1,56 +1,27 @@
-"""Self-describing checkpoints: the parameters together with the model config and the class names.
-
-A checkpoint is a directory holding two entries:
-
-    DIR/metadata.json  {"config": the ml_collections config as JSON, "class_names": [K] names,
-                        index = label, index 0 "__background__"}
-    DIR/params/        the parameter tree (the model's `params` collection), an Orbax checkpoint
-                       written by ocp.StandardCheckpointer (or a CheckpointManager item named
-                       "params" saved with ocp.args.StandardSave)
-
-`save_checkpoint` writes one (the torchvision converter does). The trainer writes the same two
-entries into each step directory of an Orbax CheckpointManager, WORKDIR/checkpoints/<step>/: its
-items "params" and "metadata" (the same JSON, as Orbax's JSON item file metadata/metadata, written
-with the step, see `maskrcnn_jax.training.checkpoints`); Orbax lists a step only once every item is
-complete. A step directory with neither metadata file is never read. The readers (`load_checkpoint`, `load_params`, `load_metadata`) accept a checkpoint
-directory, a directory of numbered step directories, or a training workdir (its checkpoints/
-folder), and then read the latest step that has its metadata.json.
-
-A backbone checkpoint (`save_backbone_checkpoint`, written by scripts/convert_backbone.py from
-ImageNet classification weights) has the same two entries, but no detection heads and no class
-names: DIR/params/ holds {"backbone": ...} and DIR/metadata.json {"kind": "backbone", "backbone":
-{what the weights are: architecture, depth, stage_sizes, stem_width, bn_eps, source, input}}. It
-starts a training run (config.init.mode = "backbone"); the model readers refuse it with that advice.
-
-JSON has no tuples: the config's sequences come back as tuples (configs use tuples, not lists).
-
-Errors name the path and what to do: FileNotFoundError / NotADirectoryError for a path that holds
-no checkpoint (a torch file gets the converter's command), `CheckpointError` for one that cannot be
-read or does not fit the model.
-"""
+"""Reading checkpoints (the package docstring's layout): a checkpoint directory, a folder of numbered
+steps or a training workdir resolves to one step directory, whose metadata and parameters are read.
+Parameters come back as host numpy arrays, whatever mesh wrote them."""
 
 import json
 import os
 import pathlib
 import sys
-from typing import Sequence
 
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-METADATA_FILE = "metadata.json"
-# The same JSON as an Orbax CheckpointManager item named "metadata" (ocp.args.JsonSave) stores it.
-METADATA_ITEM_FILE = pathlib.Path("metadata") / "metadata"
-PARAMS_DIR = "params"
-STEPS_DIR = "checkpoints"  # in a training workdir
+from maskrcnn_jax.checkpoint.layout import (
+    BACKBONE_KIND,
+    METADATA_FILE,
+    METADATA_ITEM_FILE,
+    PARAMS_DIR,
+    CheckpointError,
+    steps_directory,
+)
+
 TORCH_SUFFIXES = (".pth", ".pt", ".pkl", ".bin")
-BACKBONE_KIND = "backbone"  # metadata.json's "kind" of a backbone checkpoint (a model checkpoint has none)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read (damaged files, bad metadata) or does not fit the model."""
 
 
 def _tuples(value):
@@ -60,46 +31,6 @@ def _tuples(value):
     if isinstance(value, list):
         return tuple(_tuples(item) for item in value)
     return value
-
-
-def save_metadata(directory: str | os.PathLike, config: ml_collections.ConfigDict, class_names: Sequence[str]) -> None:
-    """Writes DIR/metadata.json. class_names: [K] names, index = label, one per class slot of the model
-    (config.model.num_classes, background included)."""
-    class_names = [str(name) for name in class_names]
-    if len(class_names) != config.model.num_classes:
-        raise ValueError(
-            f"{len(class_names)} class names for a model with {config.model.num_classes} class slots "
-            "(give one name per slot, index 0 the background)"
-        )
-    metadata = {"config": json.loads(config.to_json()), "class_names": class_names}
-    pathlib.Path(directory, METADATA_FILE).write_text(json.dumps(metadata, indent=1) + "\n")
-
-
-def _save_params_then(directory: str | os.PathLike, params: dict, write_metadata) -> None:
-    """Writes DIR/params, then calls write_metadata(DIR); `directory` must not hold a checkpoint already."""
-    directory = pathlib.Path(directory).absolute()
-    if (directory / PARAMS_DIR).exists() or (directory / METADATA_FILE).exists():
-        raise FileExistsError(f"{directory} already holds a checkpoint")
-    directory.mkdir(parents=True, exist_ok=True)
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(directory / PARAMS_DIR, params)
-    checkpointer.wait_until_finished()
-    # Metadata last: a directory with metadata.json holds complete parameters.
-    write_metadata(directory)
-
-
-def save_checkpoint(
-    directory: str | os.PathLike, params: dict, config: ml_collections.ConfigDict, class_names: Sequence[str]
-) -> None:
-    """Writes a checkpoint directory (the module docstring's layout); `directory` must not hold one already."""
-    _save_params_then(directory, params, lambda path: save_metadata(path, config, class_names))
-
-
-def save_backbone_checkpoint(directory: str | os.PathLike, params: dict, description: dict) -> None:
-    """Writes a backbone checkpoint (module docstring): params {"backbone": the ResNet's tree} and
-    `description` (JSON-serialisable) as metadata.json's "backbone"; `directory` must not hold one already."""
-    metadata = json.dumps({"kind": BACKBONE_KIND, "backbone": description}, indent=1) + "\n"
-    _save_params_then(directory, params, lambda path: (path / METADATA_FILE).write_text(metadata))
 
 
 def _metadata_file(directory: pathlib.Path) -> pathlib.Path | None:
@@ -122,7 +53,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> pathlib.Path:
     path = pathlib.Path(path).absolute()
     if _metadata_file(path):
         return path
-    for folder in (path, path / STEPS_DIR):
+    for folder in (path, steps_directory(path)):
         if folder.is_dir():
             steps = _step_directories(folder)
             if steps:
@@ -215,12 +146,17 @@ def _quiet_closed_event_loop(unraisable) -> None:
 
 def load_params(path: str | os.PathLike) -> dict:
     """The parameter tree of the checkpoint at `path` (see `resolve_checkpoint`), as host numpy arrays.
-    Raises CheckpointError for damaged or truncated parameter files."""
+    Read onto this process's first device, whatever mesh wrote them. Raises CheckpointError for
+    damaged or truncated parameter files."""
     params_dir = resolve_checkpoint(path) / PARAMS_DIR
     if not params_dir.is_dir():
         raise CheckpointError(f"{params_dir} is missing: the checkpoint is incomplete; write or copy it again")
+    checkpointer = ocp.StandardCheckpointer()
     try:
-        restored = ocp.StandardCheckpointer().restore(params_dir)
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
+                              checkpointer.metadata(params_dir).item_metadata.tree)
+        restored = checkpointer.restore(params_dir, target)
     except Exception as error:  # Orbax and tensorstore raise many types for damaged files
         sys.unraisablehook = _quiet_closed_event_loop
         message = " ".join(str(error).split())[:300]
@@ -234,6 +170,22 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict, ml_collections.Confi
     directory = resolve_checkpoint(path)
     config, class_names = load_metadata(directory)
     return load_params(directory), config, class_names
+
+
+def latest_step(workdir: str | os.PathLike) -> int | None:
+    """The last complete step in WORKDIR/checkpoints (a step directory with its metadata), or None."""
+    folder = steps_directory(workdir)
+    steps = _step_directories(folder) if folder.is_dir() else []
+    return int(steps[-1].name) if steps else None
+
+
+def latest_params(workdir: str | os.PathLike) -> tuple[dict, dict, list[str]]:
+    """(params, config, class names) of the checkpoint at `workdir` (see `resolve_checkpoint`; a
+    training workdir's latest step) as the trainer wrote them: the config as JSON types (a dict,
+    lists for tuples), the class names as a list."""
+    directory = resolve_checkpoint(workdir)
+    metadata = _read_metadata(directory)
+    return load_params(directory), metadata["config"], list(metadata["class_names"])
 
 
 def check_params_fit(params: dict, expected: dict) -> None:

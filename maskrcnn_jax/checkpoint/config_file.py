@@ -1,6 +1,6 @@
 """A config file (for ml_collections config_flags) whose config is the one stored in a checkpoint:
 
-    --config=maskrcnn_jax/checkpoint_config.py:DIR
+    --config=maskrcnn_jax/checkpoint/config_file.py:DIR
 
 predict.py and evaluate.py use it by themselves when given --checkpoint DIR without --config
 (`maskrcnn_jax.command_line.checkpoint_config_default`).
@@ -8,7 +8,7 @@ predict.py and evaluate.py use it by themselves when given --checkpoint DIR with
 
 import ml_collections
 
-from maskrcnn_jax.checkpoint import load_config
+from maskrcnn_jax.checkpoint.read import load_config
 
 
 def get_config(checkpoint: str) -> ml_collections.ConfigDict:
