@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
 
 from maskrcnn_jax.checkpoint import save_backbone_checkpoint
 from maskrcnn_jax.convert_torchvision import (
@@ -44,7 +45,6 @@ from maskrcnn_jax.convert_torchvision import (
 from maskrcnn_jax.models import build_model
 from maskrcnn_jax.models.build import backbone_stage_sizes
 from maskrcnn_jax.models.resnet import ARCHITECTURE, bottleneck_resnet_depth, resnet_stage_sizes
-from maskrcnn_jax.trees import flatten_dict, unflatten_dict
 
 # What torchvision's and timm's ImageNet ResNets take (their evaluation transforms' ToTensor + Normalize).
 IMAGENET_INPUT = {"channels": "RGB", "range": [0.0, 1.0], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}

@@ -31,11 +31,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
 
 from maskrcnn_jax.checkpoint import save_checkpoint
 from maskrcnn_jax.coco_classes import COCO_CLASS_NAMES
 from maskrcnn_jax.models import build_model
-from maskrcnn_jax.trees import flatten_dict, unflatten_dict
 
 IGNORED_SUFFIXES = ("num_batches_tracked",)
 BATCHNORM2D_EPS = 1e-5  # torch.nn.BatchNorm2d's default

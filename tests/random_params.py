@@ -3,9 +3,9 @@ backbone as a classification ResNet state_dict."""
 
 import jax
 import numpy as np
+from flax.traverse_util import flatten_dict
 
 from maskrcnn_jax.models import init_params
-from maskrcnn_jax.trees import flatten_dict
 
 
 def random_params(model, seed: int = 0) -> dict:

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax.traverse_util import flatten_dict
 
 from maskrcnn_jax.checkpoint import CheckpointError, load_metadata, load_params
 from maskrcnn_jax.command_line import load_config_file
@@ -25,7 +26,6 @@ from maskrcnn_jax.convert_torchvision import ConversionError
 from maskrcnn_jax.models import build_model, frozen_parameter_mask
 from maskrcnn_jax.models.resnet import resnet_stage_sizes
 from maskrcnn_jax.training import initialization, train_and_evaluate
-from maskrcnn_jax.trees import flatten_dict
 from random_params import classification_resnet_state_dict, random_params
 
 torch = pytest.importorskip("torch")

@@ -1,6 +1,7 @@
 """The layer rule of docs/architecture.md, read from the package's own import statements: a room
 imports only rooms below it, so an arrow that runs back up (e.g. detector -> models, ops -> detector)
-fails here with the file that draws it."""
+fails here with the file that draws it; and only models/ imports Flax (elsewhere only
+flax.traverse_util, its plain nested-dict helpers, no modules)."""
 
 import ast
 import pathlib
@@ -11,7 +12,7 @@ PACKAGE = pathlib.Path(maskrcnn_jax.__file__).parent
 # Bottom to top; a room may import its own layer's rooms and any room of a layer below. Top-level
 # modules not named here (api, demo, checkpoint, ...) are the top layer.
 LAYERS = (
-    ("ops", "coco_classes", "trees"),
+    ("ops", "coco_classes"),
     ("data",),
     ("detector",),
     ("models",),
@@ -40,6 +41,29 @@ def imported_rooms(path: pathlib.Path) -> set[str]:
     return rooms
 
 
+def imported_modules(path: pathlib.Path) -> list[str]:
+    """Every module a file imports, at any depth ("from a.b import c" -> "a.b.c"; relative ones left out)."""
+    modules = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            modules += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            modules += [f"{node.module}.{alias.name}" for alias in node.names]
+    return modules
+
+
+def flax_outside_models(package: pathlib.Path) -> list[str]:
+    """'file: module' for each Flax import outside models/ other than flax.traverse_util's helpers."""
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        if room_of(path, package) == "models":
+            continue
+        for module in imported_modules(path):
+            if (module == "flax" or module.startswith("flax.")) and not module.startswith("flax.traverse_util"):
+                found.append(f"{path.relative_to(package.parent)}: {module}")
+    return found
+
+
 def upward_imports(package: pathlib.Path) -> list[str]:
     found = []
     for path in sorted(package.rglob("*.py")):
@@ -65,3 +89,21 @@ def test_an_upward_import_is_found(tmp_path):
     (package / "models" / "norm.py").write_text("from maskrcnn_jax.detector.spec import NORM_STATISTICS\n")
     assert upward_imports(package) == ["maskrcnn_jax/detector/losses.py: detector -> models",
                                        "maskrcnn_jax/ops/boxes.py: ops -> detector"]
+
+
+def test_only_models_imports_flax():
+    assert flax_outside_models(PACKAGE) == []
+
+
+def test_a_flax_import_outside_models_is_found(tmp_path):
+    """The check itself: flax.linen in detector/ and flax's struct in training/ are reported; traverse_util
+    (plain dict helpers) and anything in models/ are not."""
+    package = tmp_path / "maskrcnn_jax"
+    for room in ("detector", "training", "models"):
+        (package / room).mkdir(parents=True)
+    (package / "detector" / "losses.py").write_text(
+        "import flax.linen as nn\nfrom flax.traverse_util import flatten_dict\n")
+    (package / "training" / "state.py").write_text("from flax import struct, traverse_util\n")
+    (package / "models" / "fpn.py").write_text("from flax import linen as nn\n")
+    assert flax_outside_models(package) == ["maskrcnn_jax/detector/losses.py: flax.linen",
+                                            "maskrcnn_jax/training/state.py: flax.struct"]

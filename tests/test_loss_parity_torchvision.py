@@ -41,7 +41,7 @@ from maskrcnn_jax.ops import box_iou, match_boxes  # noqa: E402
 from maskrcnn_jax.training.setup import optimizer_from_config  # noqa: E402
 from maskrcnn_jax.training.state import TrainState  # noqa: E402
 from maskrcnn_jax.training.step import train_step_fn  # noqa: E402
-from maskrcnn_jax.trees import flatten_dict  # noqa: E402
+from flax.traverse_util import flatten_dict  # noqa: E402
 from torchvision_reference import trainable_torchvision_maskrcnn  # noqa: E402
 
 MIN_SIZE, MAX_SIZE = 320, 512

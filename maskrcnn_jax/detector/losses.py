@@ -19,6 +19,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+from flax.traverse_util import flatten_dict, unflatten_dict
 
 from maskrcnn_jax.detector.chunks import map_valid_chunks
 from maskrcnn_jax.detector.inputs import model_images
@@ -26,7 +27,6 @@ from maskrcnn_jax.detector.proposals import generate_proposals
 from maskrcnn_jax.detector.pyramid import flatten_rpn_outputs, pool_rois, pyramid_anchors
 from maskrcnn_jax.detector.spec import NORM_STATISTICS, DetectorSpec
 from maskrcnn_jax.detector.targets import crop_mask_targets, mask_slots, roi_targets, rpn_targets
-from maskrcnn_jax.trees import flatten_dict, unflatten_dict
 
 SMOOTH_L1_BETA = 1.0 / 9.0
 LOSS_NAMES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")

@@ -27,6 +27,7 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from flax.traverse_util import flatten_dict
 from jax.experimental import multihost_utils
 
 from maskrcnn_jax.checkpoint import steps_directory
@@ -34,7 +35,6 @@ from maskrcnn_jax.training.progress import say
 from maskrcnn_jax.training.state import TrainState
 from maskrcnn_jax.training.processes import wait_for_all_processes
 from maskrcnn_jax.training.write_failures import naming, reason
-from maskrcnn_jax.trees import flatten_dict
 
 DAMAGED_SUBDIR = "damaged_checkpoints"
 # Fields of the config that fix the parameter tree and its meaning; a checkpoint of another value
@@ -195,8 +195,7 @@ def incompatible_fields(saved_config: dict, config: ml_collections.ConfigDict) -
     current = json.loads(config.to_json())
     differences = []
     for section in COMPATIBILITY_FIELDS:
-        saved, now = ({".".join(path): value for path, value in flatten_dict(tree.get(section, {}), (section,)).items()}
-                      for tree in (saved_config, current))
+        saved, now = (flatten_dict({section: tree.get(section, {})}, sep=".") for tree in (saved_config, current))
         for field in sorted(set(saved) | set(now)):
             if saved.get(field, "<absent>") != now.get(field, "<absent>"):
                 differences.append(f"{field}: checkpoint {saved.get(field, '<absent>')}, "

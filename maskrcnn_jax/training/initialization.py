@@ -19,13 +19,13 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from flax.traverse_util import flatten_dict, unflatten_dict
 
 from maskrcnn_jax.checkpoint import describe_backbone, describe_input, load_backbone_description, load_params
 from maskrcnn_jax.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from maskrcnn_jax.models.build import backbone_stage_sizes
 from maskrcnn_jax.models.resnet import ARCHITECTURE, bottleneck_resnet_depth
 from maskrcnn_jax.training.progress import say
-from maskrcnn_jax.trees import flatten_dict, unflatten_dict
 
 MODES = ("none", "backbone", "all")
 BACKBONE_SUBTREES = ("backbone",)

@@ -15,11 +15,11 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import optax
+from flax.traverse_util import flatten_dict, unflatten_dict
 from jax.sharding import Mesh
 
 from maskrcnn_jax.detector.spec import NORM_STATISTICS
 from maskrcnn_jax.training import mesh as mesh_lib
-from maskrcnn_jax.trees import flatten_dict, unflatten_dict
 from maskrcnn_jax.training.optimizer import LearningRateFn
 from maskrcnn_jax.training.state import TrainState
 
