@@ -53,7 +53,7 @@ from PIL import Image
 
 import benchmarking
 from maskrcnn_jax.command_line import define_config_flag, run
-from maskrcnn_jax.convert_torchvision import convert_state_dict
+from maskrcnn_jax.convert.torchvision import convert_state_dict
 from maskrcnn_jax.data.image_io import load_image
 from maskrcnn_jax.detector import make_binary_mask_paster, make_predict_fn, spec_from_config
 from maskrcnn_jax.models import build_model

@@ -39,7 +39,7 @@ def convert(flag_values: flags.FlagValues, positional: list[str]) -> int:
         raise UsageError(f"--input {flag_values.input}: no such file")
     if pathlib.Path(flag_values.output).exists():
         raise UsageError(f"--output {flag_values.output} already exists; choose a new directory")
-    from maskrcnn_jax.convert_backbone import convert_backbone_checkpoint  # imports torch and the model
+    from maskrcnn_jax.convert.backbone import convert_backbone_checkpoint  # imports torch and the model
 
     done = convert_backbone_checkpoint(flag_values.input, flag_values.output, flag_values.config)
     print(f"wrote a backbone checkpoint of {done.num_parameters:,} parameters to {flag_values.output} "

@@ -47,7 +47,7 @@ def convert(flag_values: flags.FlagValues, positional: list[str]) -> int:
         raise UsageError(f"--input {flag_values.input}: no such file")
     if pathlib.Path(flag_values.output).exists():
         raise UsageError(f"--output {flag_values.output} already exists; choose a new directory")
-    from maskrcnn_jax.convert_torchvision import convert_torchvision_checkpoint  # imports torch and the model
+    from maskrcnn_jax.convert.torchvision import convert_torchvision_checkpoint  # imports torch and the model
 
     class_names = None if flag_values.class_names is None else ["__background__", *flag_values.class_names]
     done = convert_torchvision_checkpoint(flag_values.input, flag_values.output, flag_values.config, class_names,

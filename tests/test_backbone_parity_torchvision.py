@@ -27,7 +27,7 @@ from PIL import Image, ImageOps
 
 from conftest import shared_data_path
 from maskrcnn_jax.command_line import load_config_file
-from maskrcnn_jax.convert_backbone import classification_resnet_stages, convert_resnet_state_dict
+from maskrcnn_jax.convert.backbone import classification_resnet_stages, convert_resnet_state_dict
 from maskrcnn_jax.data.image_io import load_image
 from maskrcnn_jax.data.transforms import normalize_image
 from maskrcnn_jax.models import build_model

@@ -513,7 +513,7 @@ def test_results_naming_an_unknown_file_is_a_one_line_error(coco_files, capsys):
 
 def test_converter_names_only_the_absent_key_and_never_advises_unsafe_loading(tmp_path, capsys):
     torch = pytest.importorskip("torch")
-    from maskrcnn_jax.convert_torchvision import ConversionError, convert_state_dict
+    from maskrcnn_jax.convert.torchvision import ConversionError, convert_state_dict
 
     with pytest.raises(ConversionError) as error:
         convert_state_dict({"rpn.head.cls_logits.weight": np.zeros(3)}, {})

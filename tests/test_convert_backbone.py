@@ -1,4 +1,4 @@
-"""ImageNet-style backbone checkpoints (maskrcnn_jax.convert_backbone) and config.init.mode="backbone":
+"""ImageNet-style backbone checkpoints (maskrcnn_jax.convert.backbone) and config.init.mode="backbone":
 what the checkpoint holds and records, one-line errors for files that do not fit the config's
 backbone and for checkpoints that do not fit the model or the pipeline, and a few training steps on
 the shapes from a converted backbone.
@@ -21,8 +21,8 @@ from flax.traverse_util import flatten_dict
 
 from maskrcnn_jax.checkpoint import CheckpointError, load_metadata, load_params
 from maskrcnn_jax.command_line import load_config_file
-from maskrcnn_jax.convert_backbone import IMAGENET_INPUT, classification_resnet_stages, convert_backbone_checkpoint
-from maskrcnn_jax.convert_torchvision import ConversionError
+from maskrcnn_jax.convert.backbone import IMAGENET_INPUT, classification_resnet_stages, convert_backbone_checkpoint
+from maskrcnn_jax.convert.torchvision import ConversionError
 from maskrcnn_jax.models import build_model, frozen_parameter_mask
 from maskrcnn_jax.models.resnet import resnet_stage_sizes
 from maskrcnn_jax.training import initialization, train_and_evaluate

@@ -13,7 +13,7 @@ import pytest
 from maskrcnn_jax.checkpoint import load_checkpoint, save_checkpoint
 from maskrcnn_jax.coco_classes import COCO_CLASS_NAMES
 from maskrcnn_jax.command_line import load_config_file
-from maskrcnn_jax.convert_torchvision import (
+from maskrcnn_jax.convert.torchvision import (
     ConversionError,
     batchnorm_eps,
     convert_state_dict,

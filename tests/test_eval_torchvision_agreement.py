@@ -20,7 +20,7 @@ from pycocotools.coco import COCO
 
 from conftest import shared_data_path
 from maskrcnn_jax.command_line import load_config_file
-from maskrcnn_jax.convert_torchvision import convert_state_dict
+from maskrcnn_jax.convert.torchvision import convert_state_dict
 from maskrcnn_jax.data.coco import CocoSource
 from maskrcnn_jax.data.pipeline import evaluation_dataset
 from maskrcnn_jax.data.transforms import resized_shape

@@ -29,7 +29,7 @@ import optax  # noqa: E402
 
 from conftest import shared_data_path  # noqa: E402
 from maskrcnn_jax.command_line import load_config_file  # noqa: E402
-from maskrcnn_jax.convert_torchvision import convert_state_dict  # noqa: E402
+from maskrcnn_jax.convert.torchvision import convert_state_dict  # noqa: E402
 from maskrcnn_jax.data.coco import CocoSource  # noqa: E402
 from maskrcnn_jax.data.transforms import crop_masks_to_boxes, resize_image, resized_shape  # noqa: E402
 from maskrcnn_jax.detector import DetectorSpec, pyramid_anchors  # noqa: E402

@@ -14,7 +14,7 @@ import pytest
 from conftest import shared_data_path
 from detection_matching import allowed_differences, matched_pairs, pasted_mask_overlap
 from maskrcnn_jax.command_line import load_config_file
-from maskrcnn_jax.convert_torchvision import convert_state_dict
+from maskrcnn_jax.convert.torchvision import convert_state_dict
 from maskrcnn_jax.data.image_io import load_image
 from maskrcnn_jax.detector import predict_with_intermediates, spec_from_config
 from maskrcnn_jax.models import build_model

@@ -16,7 +16,7 @@ import pytest
 from conftest import shared_data_path
 from detection_matching import allowed_differences, matched_pairs, pasted_mask_overlap
 from maskrcnn_jax.command_line import load_config_file
-from maskrcnn_jax.convert_torchvision import batchnorm_eps, convert_state_dict, state_dict_architecture
+from maskrcnn_jax.convert.torchvision import batchnorm_eps, convert_state_dict, state_dict_architecture
 from maskrcnn_jax.data.image_io import load_image
 from maskrcnn_jax.detector import predict_with_intermediates, spec_from_config
 from maskrcnn_jax.models import build_model

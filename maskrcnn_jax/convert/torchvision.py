@@ -7,7 +7,7 @@ flattening -> HWC, transposed-conv kernel flipped), and its shape checked. Both 
 names and the older ones that torchvision's own loader upgrades (e.g. `rpn.head.conv.weight`,
 `mask_head.mask_fcn1.weight`) are accepted. Only `read_state_dict` needs torch (imported when it runs).
 The name mapping (`torchvision_names`, whose ResNet names without the "backbone.body." prefix are a
-classification ResNet's) and the lookup (`convert_leaves`) also serve `convert_backbone`.
+classification ResNet's) and the lookup (`convert_leaves`) also serve `backbone.py`.
 
 The architecture is read from the keys (`state_dict_architecture`: v2's box head is
 FastRCNNConvFCHead, `roi_heads.box_head.0.0.weight`, where v1 has `roi_heads.box_head.fc6.weight`)

@@ -32,7 +32,7 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from maskrcnn_jax.checkpoint import save_backbone_checkpoint
-from maskrcnn_jax.convert_torchvision import (
+from maskrcnn_jax.convert.torchvision import (
     BATCHNORM2D_EPS,
     CLASSIFICATION_RESNET_KEY,
     MASK_RCNN_BODY_PREFIX,
