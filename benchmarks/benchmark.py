@@ -58,7 +58,7 @@ from maskrcnn_jax.data.image_io import load_image
 from maskrcnn_jax.detector import make_binary_mask_paster, make_predict_fn, spec_from_config
 from maskrcnn_jax.models import build_model
 from maskrcnn_jax.models.build import compute_dtype
-from maskrcnn_jax.preprocess import preprocess_batch
+from maskrcnn_jax.inference.preprocess import preprocess_batch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the reference model is a test helper (imported where used: torch)

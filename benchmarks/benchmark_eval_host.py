@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from maskrcnn_jax.detector.paste import paste_mask_windows
+from maskrcnn_jax.inference.mask_windows import paste_mask_windows
 from maskrcnn_jax.evaluation.coco_results import encode_mask_windows, image_detections_to_coco
 
 HEIGHT, WIDTH, MASK_SIZE = 480, 640, 28

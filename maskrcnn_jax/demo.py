@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from maskrcnn_jax.api import DEFAULT_SCORE_THRESHOLD
+from maskrcnn_jax.inference.detector import DEFAULT_SCORE_THRESHOLD
 from maskrcnn_jax.checkpoint import load_params
 from maskrcnn_jax.detector import make_predict_fn, spec_from_config
 from maskrcnn_jax.evaluation import (

@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from maskrcnn_jax.detector.paste import MaskWindow
+from maskrcnn_jax.inference.mask_windows import MaskWindow
 
 MASK_ALPHA = 0.5
 

@@ -82,7 +82,7 @@ def _predict_model(flag_values: flags.FlagValues, coco_gt) -> tuple:
     after the compile; prints what it runs on."""
     import jax
 
-    from maskrcnn_jax.api import check_prediction_config
+    from maskrcnn_jax.inference.predictor import check_prediction_config
     from maskrcnn_jax.checkpoint import check_params_fit, load_checkpoint
     from maskrcnn_jax.data.coco import CocoSource
     from maskrcnn_jax.detector import make_predict_fn, spec_from_config

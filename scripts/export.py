@@ -64,7 +64,7 @@ def export(flag_values: flags.FlagValues, positional: list[str]) -> int:
         raise UsageError(f"--platforms {','.join(flag_values.platforms)}: choose from {', '.join(PLATFORMS)}")
     canvases = [parse_canvas(text) for text in flag_values.canvas]
 
-    from maskrcnn_jax.api import check_prediction_config  # imports JAX and the model
+    from maskrcnn_jax.inference.predictor import check_prediction_config  # imports JAX and the model
     from maskrcnn_jax.checkpoint import load_checkpoint
     from maskrcnn_jax.export import default_canvases, export_detector, write_artifact
 

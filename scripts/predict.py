@@ -136,7 +136,8 @@ def predict(flag_values: flags.FlagValues, positional: list[str]) -> int:
     paths, missing = existing_distinct_images(positional[1:])
     names = output_names(paths)
 
-    from maskrcnn_jax.api import Detector, as_rgb_image, check_prediction_config  # imports JAX and the model
+    from maskrcnn_jax.inference.detector import Detector, as_rgb_image  # imports JAX and the model
+    from maskrcnn_jax.inference.predictor import check_prediction_config
 
     try:
         check_prediction_config(flag_values.config)

@@ -290,7 +290,7 @@ def test_every_format_gives_masks_of_the_upright_size(format_run):
 
 def test_an_image_that_fails_mid_run_loses_nothing(tmp_path, checkpoint, photos, capsys, monkeypatch):
     """Out of memory on the second of three images: the first and third are written, one line says why."""
-    from maskrcnn_jax.api import Detector
+    from maskrcnn_jax.inference.detector import Detector
 
     original = Detector.detect_with_mask_windows
     calls = []

@@ -16,7 +16,7 @@ import benchmarking  # benchmarks/, on the tests' path (pyproject.toml)
 from maskrcnn_jax.command_line import load_config_file
 from maskrcnn_jax.detector import spec_from_config
 from maskrcnn_jax.models import build_model, frozen_parameter_mask, init_params
-from maskrcnn_jax.preprocess import preprocess_batch
+from maskrcnn_jax.inference.preprocess import preprocess_batch
 from maskrcnn_jax.training.optimizer import sgd_without_learning_rate
 from maskrcnn_jax.training.state import TrainState
 

@@ -12,6 +12,7 @@ from PIL import Image
 from maskrcnn_jax import Detector
 from maskrcnn_jax.checkpoint import save_checkpoint
 from maskrcnn_jax.command_line import load_config_file
+from maskrcnn_jax.inference.predictor import make_predictor
 from maskrcnn_jax.models import build_model
 from random_params import random_params
 
@@ -79,7 +80,7 @@ def test_score_threshold_and_one_compile_per_padded_size(detector):
 def test_class_names_must_fit_the_model(checkpoint):
     config = load_config_file(ROOT / "configs" / "mask_rcnn_tiny.py")
     with pytest.raises(ValueError, match="3 class names for a model with 5 class slots"):
-        Detector(config, {}, CLASS_NAMES[:3])
+        make_predictor(config, {}, CLASS_NAMES[:3])
 
 
 def test_grey_rgba_float_pil_and_path_images_give_the_detections_of_their_rgb(detector, tmp_path):

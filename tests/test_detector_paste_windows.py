@@ -5,7 +5,7 @@ memory is its box's, not the image's."""
 import numpy as np
 import pytest
 
-from maskrcnn_jax.detector.paste import masks_from_windows, paste_mask_window, paste_mask_windows
+from maskrcnn_jax.inference.mask_windows import masks_from_windows, paste_mask_window, paste_mask_windows
 
 torch = pytest.importorskip("torch")
 roi_heads = pytest.importorskip("torchvision.models.detection.roi_heads")

@@ -4,15 +4,22 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from maskrcnn_jax.detector.paste import MaskWindow, masks_from_windows
 from maskrcnn_jax.evaluation.coco_metrics import evaluate_results, load_coco_ground_truth
-from maskrcnn_jax.evaluation.coco_results import (
-    encode_binary_masks,
-    encode_mask_windows,
-    image_detections_to_coco,
-    xyxy_to_xywh,
-)
+from maskrcnn_jax.evaluation.coco_results import encode_mask_windows, image_detections_to_coco, xyxy_to_xywh
+from maskrcnn_jax.inference.mask_windows import MaskWindow, masks_from_windows
 from conftest import shared_data_path
+
+
+def encode_binary_masks(binary_masks: np.ndarray) -> list:
+    """[D,H,W] bool/uint8 full-image masks -> D compressed RLE dicts {"size": [H, W], "counts": str}:
+    pycocotools' encoding of whole masks, the reference for `encode_mask_windows`."""
+    if len(binary_masks) == 0:
+        return []
+    # pycocotools encodes column-major [H,W,D] uint8 in one C call.
+    rles = mask_utils.encode(np.asfortranarray(np.transpose(binary_masks, (1, 2, 0)), dtype=np.uint8))
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("ascii")  # str so the entry is json-serialisable
+    return rles
 
 
 def test_xyxy_to_xywh_hand_values():

@@ -28,7 +28,7 @@ from maskrcnn_jax.detector import make_predict_fn, spec_from_config
 from maskrcnn_jax.evaluation.coco_metrics import STAT_NAMES, evaluate_results
 from maskrcnn_jax.evaluation.evaluator import evaluate_model
 from maskrcnn_jax.models import build_model
-from maskrcnn_jax.preprocess import padded_canvas_size
+from maskrcnn_jax.inference.preprocess import padded_canvas_size
 
 torch = pytest.importorskip("torch")
 torchvision_reference = pytest.importorskip("torchvision_reference")

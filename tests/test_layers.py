@@ -10,13 +10,16 @@ import maskrcnn_jax
 
 PACKAGE = pathlib.Path(maskrcnn_jax.__file__).parent
 # Bottom to top; a room may import its own layer's rooms and any room of a layer below. Top-level
-# modules not named here (api, demo, checkpoint, ...) are the top layer.
+# modules not named here (demo, the converters, ...) are the top layer. Host-side prediction
+# (inference) shares a layer with evaluation, which pastes and encodes its mask windows, with the
+# drawing that `Detector.draw` calls and that tints those windows, and with export, whose
+# ExportedDetector is what `Detector.from_exported` returns.
 LAYERS = (
     ("ops", "coco_classes"),
     ("data",),
     ("detector",),
     ("models",),
-    ("evaluation", "checkpoint"),
+    ("evaluation", "checkpoint", "inference", "visualize", "export"),
     ("training",),
 )
 TOP = len(LAYERS)

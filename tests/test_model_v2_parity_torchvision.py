@@ -20,7 +20,7 @@ from maskrcnn_jax.convert.torchvision import batchnorm_eps, convert_state_dict, 
 from maskrcnn_jax.data.image_io import load_image
 from maskrcnn_jax.detector import predict_with_intermediates, spec_from_config
 from maskrcnn_jax.models import build_model
-from maskrcnn_jax.preprocess import preprocess_batch
+from maskrcnn_jax.inference.preprocess import preprocess_batch
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")

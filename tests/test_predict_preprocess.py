@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from maskrcnn_jax.preprocess import padded_canvas_size, preprocess_batch
+from maskrcnn_jax.inference.preprocess import padded_canvas_size, preprocess_batch
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")

@@ -11,7 +11,6 @@ from maskrcnn_jax.evaluation.coco_metrics import (
     write_scores,
 )
 from maskrcnn_jax.evaluation.coco_results import (
-    encode_binary_masks,
     encode_mask_windows,
     image_detections_to_coco,
     image_results,
@@ -31,7 +30,6 @@ __all__ = [
     "STAT_NAMES",
     "assign_image_ids",
     "default_host_workers",
-    "encode_binary_masks",
     "encode_mask_windows",
     "evaluate_model",
     "evaluate_results",

@@ -8,24 +8,13 @@ import time
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from maskrcnn_jax.detector.paste import MaskWindow, paste_mask_windows
+from maskrcnn_jax.inference.mask_windows import MaskWindow, paste_mask_windows
 
 
 def xyxy_to_xywh(boxes_xyxy: np.ndarray) -> np.ndarray:
     """[D,4] (x1, y1, x2, y2) -> [D,4] (x, y, width, height), COCO's box format."""
     boxes_xyxy = np.asarray(boxes_xyxy, dtype=np.float64)
     return np.concatenate([boxes_xyxy[:, :2], boxes_xyxy[:, 2:] - boxes_xyxy[:, :2]], axis=1)
-
-
-def encode_binary_masks(binary_masks: np.ndarray) -> list:
-    """[D,H,W] bool/uint8 full-image masks -> D compressed RLE dicts {"size": [H, W], "counts": str}."""
-    if len(binary_masks) == 0:
-        return []
-    # pycocotools encodes column-major [H,W,D] uint8 in one C call.
-    rles = mask_utils.encode(np.asfortranarray(np.transpose(binary_masks, (1, 2, 0)), dtype=np.uint8))
-    for rle in rles:
-        rle["counts"] = rle["counts"].decode("ascii")  # str so the entry is json-serialisable
-    return rles
 
 
 def encode_mask_windows(windows: list[MaskWindow], height: int, width: int) -> list:
@@ -80,8 +69,8 @@ def image_detections_to_coco(
     """COCO results entries for the detections of one image (only the real ones: drop padding first).
 
     boxes_xyxy: [D,4] original-image pixels; scores: [D]; labels: [D] contiguous 1..K;
-    segmentations: D compressed RLE dicts at the original resolution (`encode_mask_windows`,
-    `encode_binary_masks`), or None for box-only results.
+    segmentations: D compressed RLE dicts at the original resolution (`encode_mask_windows`), or
+    None for box-only results.
     """
     boxes_xywh = xyxy_to_xywh(boxes_xyxy)
     entries = []

@@ -8,8 +8,9 @@ import os
 
 import numpy as np
 
-from maskrcnn_jax.api import Detector, _check_range, as_rgb_image
 from maskrcnn_jax.export.exported_model import ExportedModel
+from maskrcnn_jax.inference.detector import Detector, as_rgb_image
+from maskrcnn_jax.inference.predictor import check_range
 
 
 class ExportedDetector(Detector):
@@ -25,7 +26,7 @@ class ExportedDetector(Detector):
     """
 
     def __init__(self, path: str | os.PathLike, score_threshold: float):
-        _check_range("score_threshold", score_threshold, 0.0, 1.0)
+        check_range("score_threshold", score_threshold, 0.0, 1.0)
         self.exported = ExportedModel.load(path)
         self.class_names = self.exported.class_names
         self.score_threshold = score_threshold

@@ -27,7 +27,7 @@ def preprocess_image(
 ) -> tuple[np.ndarray, tuple[int, int]]:
     """Normalise, resize (min/max size, bilinear as torch), zero-pad bottom/right.
 
-    image uint8 [H, W, 3] RGB (or float in [0, 255]: `maskrcnn_jax.api.as_rgb_image` of a float
+    image uint8 [H, W, 3] RGB (or float in [0, 255]: `maskrcnn_jax.inference.detector.as_rgb_image` of a float
     [0, 1] photo). canvas_size (Hc, Wc) from the config for fixed-shape batches, or None
     for torchvision parity (pad to the next multiple of size_divisible, one compile per such size).
     Returns (float32 [Hc, Wc, 3], resized (h, w)).

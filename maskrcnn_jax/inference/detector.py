@@ -25,34 +25,13 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from maskrcnn_jax.checkpoint import check_params_fit, load_checkpoint
 from maskrcnn_jax.data.image_io import load_image
-from maskrcnn_jax.detector import make_predict_fn, spec_from_config
-from maskrcnn_jax.detector.paste import masks_from_windows, paste_mask_windows
-from maskrcnn_jax.models import build_model, init_params
-from maskrcnn_jax.preprocess import preprocess_batch
+from maskrcnn_jax.inference.mask_windows import masks_from_windows, paste_mask_windows
+from maskrcnn_jax.inference.predictor import Predictor, check_range, load_predictor
+from maskrcnn_jax.inference.preprocess import preprocess_batch
 from maskrcnn_jax.visualize import draw_instances
 
 DEFAULT_SCORE_THRESHOLD = 0.5  # as matterport's DETECTION_MIN_CONFIDENCE; evaluation keeps config.test's 0.05
-
-
-def _check_range(name: str, value, low, high=math.inf) -> None:
-    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high):
-        bounds = f"in [{low}, {high}]" if high != math.inf else f"at least {low}"
-        raise ValueError(f"{name} = {value!r}: must be a number {bounds}")
-
-
-def check_prediction_config(config: ml_collections.ConfigDict) -> None:
-    """Raises ValueError naming the first config field that prediction cannot use (sizes, thresholds, counts)."""
-    _check_range("config.input.min_size", config.input.min_size, 1)
-    _check_range("config.input.max_size", config.input.max_size, 1)
-    _check_range("config.input.size_divisible", config.input.size_divisible, 1)
-    canvas = config.input.canvas_size
-    if not (isinstance(canvas, tuple) and len(canvas) == 2 and all(isinstance(v, int) and v > 0 for v in canvas)):
-        raise ValueError(f"config.input.canvas_size = {canvas!r}: must be two positive integers, e.g. '(800,1344)'")
-    _check_range("config.test.score_threshold", config.test.score_threshold, 0.0, 1.0)
-    _check_range("config.test.nms_threshold", config.test.nms_threshold, 0.0, 1.0)
-    _check_range("config.test.detections_per_image", config.test.detections_per_image, 1)
 
 
 def as_rgb_image(image) -> np.ndarray:
@@ -98,29 +77,17 @@ def _as_uint8(image: np.ndarray) -> np.ndarray:
 class Detector:
     """A model, its parameters (on the device, put there once) and its class names, ready to detect."""
 
-    def __init__(
-        self,
-        config: ml_collections.ConfigDict,
-        params: dict,
-        class_names: Sequence[str],
-        score_threshold: float = DEFAULT_SCORE_THRESHOLD,
-    ):
-        """config: the model config (config.model, config.input, config.test); params: its parameter
-        tree; class_names: [K] names, index = label, index 0 the background. Detections scoring below
-        score_threshold are dropped (the model itself keeps those above config.test.score_threshold).
-        Raises ValueError (CheckpointError for parameters that do not fit the config's model)."""
-        if len(class_names) != config.model.num_classes:
-            raise ValueError(f"{len(class_names)} class names for a model with {config.model.num_classes} class slots")
-        _check_range("score_threshold", score_threshold, 0.0, 1.0)
-        check_prediction_config(config)
-        self.config = config
-        self.class_names = tuple(class_names)
+    def __init__(self, predictor: Predictor, score_threshold: float = DEFAULT_SCORE_THRESHOLD):
+        """predictor: the model, its parameters and class names (`inference.predictor.make_predictor`
+        or `load_predictor`). Detections scoring below score_threshold are dropped (the model itself
+        keeps those above config.test.score_threshold). Raises ValueError for a threshold outside [0, 1]."""
+        check_range("score_threshold", score_threshold, 0.0, 1.0)
+        self.config = predictor.config
+        self.class_names = predictor.class_names
+        self.spec = predictor.spec
+        self.params = predictor.params
+        self._predict = predictor.predict
         self.score_threshold = score_threshold
-        self.spec = spec_from_config(config, self.class_names)  # slots without a name never detected
-        self.model = build_model(config)
-        check_params_fit(params, jax.eval_shape(lambda: init_params(self.model, jax.random.key(0))))
-        self.params = jax.device_put(params)
-        self._predict = make_predict_fn(self.model, self.spec)
 
     @classmethod
     def from_checkpoint(
@@ -133,11 +100,9 @@ class Detector:
     ) -> "Detector":
         """The detector saved at `path` (a checkpoint directory or a training workdir, see
         `maskrcnn_jax.checkpoint`). config: replaces the stored config; overrides: config fields by
-        dotted name, e.g. `Detector.from_checkpoint(path, **{"input.min_size": 600})`."""
-        params, stored_config, class_names = load_checkpoint(path)
-        config = (config if config is not None else stored_config).copy_and_resolve_references()
-        config.update_from_flattened_dict(overrides)
-        return cls(config, params, class_names, score_threshold)
+        dotted name, e.g. `Detector.from_checkpoint(path, **{"input.min_size": 600})`. Raises
+        ValueError (CheckpointError for parameters that do not fit the config's model)."""
+        return cls(load_predictor(path, config, overrides=overrides), score_threshold)
 
     @classmethod
     def from_exported(cls, path: str, *, score_threshold: float = DEFAULT_SCORE_THRESHOLD) -> "Detector":
