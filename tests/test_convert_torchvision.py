@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from maskrcnn_jax.checkpoint import load_checkpoint, save_checkpoint
-from maskrcnn_jax.coco_classes import COCO_CLASS_NAMES
 from maskrcnn_jax.command_line import load_config_file
 from maskrcnn_jax.convert.torchvision import (
     ConversionError,
@@ -20,6 +19,7 @@ from maskrcnn_jax.convert.torchvision import (
     convert_torchvision_checkpoint,
     state_dict_architecture,
 )
+from maskrcnn_jax.detector.coco_classes import COCO_CLASS_NAMES
 from maskrcnn_jax.models import build_model
 
 torch = pytest.importorskip("torch")

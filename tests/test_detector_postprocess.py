@@ -8,8 +8,8 @@ import pathlib
 import jax
 import numpy as np
 
-from maskrcnn_jax.coco_classes import COCO_CLASS_NAMES
 from maskrcnn_jax.command_line import load_config_file
+from maskrcnn_jax.detector.coco_classes import COCO_CLASS_NAMES
 from maskrcnn_jax.detector.postprocess import postprocess_detections
 from maskrcnn_jax.detector.spec import DetectorSpec, labels_without_class, spec_from_config
 

@@ -15,7 +15,7 @@ PACKAGE = pathlib.Path(maskrcnn_jax.__file__).parent
 # drawing that `Detector.draw` calls and that tints those windows, and with export, whose
 # ExportedDetector is what `Detector.from_exported` returns.
 LAYERS = (
-    ("ops", "coco_classes"),
+    ("ops",),
     ("data",),
     ("detector",),
     ("models",),

@@ -23,9 +23,9 @@ from conftest import shared_data_path
 from detection_matching import allowed_differences
 from maskrcnn_jax import Detector
 from maskrcnn_jax.checkpoint import load_config, save_checkpoint
-from maskrcnn_jax.coco_classes import COCO_CLASS_NAMES
 from maskrcnn_jax.command_line import load_config_file
 from maskrcnn_jax.data.image_io import load_image
+from maskrcnn_jax.detector.coco_classes import COCO_CLASS_NAMES
 from maskrcnn_jax.models import build_model
 from random_params import random_params
 

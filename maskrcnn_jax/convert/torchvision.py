@@ -34,7 +34,7 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from maskrcnn_jax.checkpoint import save_checkpoint
-from maskrcnn_jax.coco_classes import COCO_CLASS_NAMES
+from maskrcnn_jax.detector.coco_classes import COCO_CLASS_NAMES
 from maskrcnn_jax.models import build_model
 
 IGNORED_SUFFIXES = ("num_batches_tracked",)

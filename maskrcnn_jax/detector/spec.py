@@ -10,7 +10,7 @@ import dataclasses
 import jax
 import ml_collections
 
-from maskrcnn_jax.coco_classes import NO_CLASS_NAME
+from maskrcnn_jax.detector.coco_classes import NO_CLASS_NAME
 
 # The one name of BatchNorm's running statistics in train mode: the variable collection the model's
 # norm layers write them into (models/norm.py) and the key under which the loss's metrics carry them

@@ -1,5 +1,5 @@
-"""The trainer's data, from config.data: the record sources, the model's class slots for their
-labels, and the endless iterator of training batches.
+"""The trainer's data, from config.data: the record sources and the endless iterator of training
+batches. (The model's class slots for their labels: `evaluation.class_slots`, shared with the scoring.)
 
 config.data.source picks where records come from:
   "shapes"  synthetic shapes, written into WORKDIR/shapes/{train,eval} on first use (config.data.shapes)
@@ -15,12 +15,9 @@ import uuid
 
 import grain
 import ml_collections
-import numpy as np
 
-from maskrcnn_jax.coco_classes import COCO_CLASS_NAMES
 from maskrcnn_jax.data import CocoSource, training_dataset
 from maskrcnn_jax.data import shapes
-from maskrcnn_jax.evaluation import model_label_to_category_id
 from maskrcnn_jax.training.setup import training_canvases
 
 SOURCES = ("shapes", "coco", "tfds")
@@ -90,21 +87,6 @@ def evaluation_data(config: ml_collections.ConfigDict, workdir: str | os.PathLik
     if data.source == "coco" and data.eval_annotations:
         return EvaluationData(CocoSource(data.eval_annotations, data.eval_images), pathlib.Path(data.eval_annotations))
     return None
-
-
-def class_slots(num_model_classes: int, source) -> tuple[np.ndarray, tuple[str, ...]]:
-    """(slot of each dataset label: int32 [K + 1], slot 0 for background; the model's class names).
-
-    A head with one slot per dataset class uses the labels as they are; torchvision's 91-slot COCO
-    head has slot = COCO category id (names from coco_classes). Other counts raise ValueError.
-    """
-    if num_model_classes == source.num_classes:
-        return np.arange(source.num_classes, dtype=np.int32), tuple(source.class_names)
-    model_label_to_category_id(num_model_classes, source.label_to_category_id)  # raises when nothing fits
-    slots = np.zeros(source.num_classes, np.int32)
-    for label, category_id in source.label_to_category_id.items():
-        slots[label] = category_id
-    return slots, COCO_CLASS_NAMES
 
 
 def training_iterator(config: ml_collections.ConfigDict, source, shard_index: int | None = None,
