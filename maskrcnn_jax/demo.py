@@ -22,19 +22,9 @@ import ml_collections
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from maskrcnn_jax.inference.detector import DEFAULT_SCORE_THRESHOLD
 from maskrcnn_jax.checkpoint import load_params
-from maskrcnn_jax.detector import make_predict_fn, spec_from_config
-from maskrcnn_jax.evaluation import (
-    CocoScores,
-    evaluate_results,
-    evaluation_batches,
-    load_coco_ground_truth,
-    model_label_to_category_id,
-    predict_coco_results,
-    write_scores,
-)
-from maskrcnn_jax.models import build_model
+from maskrcnn_jax.evaluation import CocoEvaluator, CocoScores, Evaluation, write_scores
+from maskrcnn_jax.inference.detector import DEFAULT_SCORE_THRESHOLD
 from maskrcnn_jax.plots import image_grid, plot_training_curves, upscale
 from maskrcnn_jax.training import train_and_evaluate
 from maskrcnn_jax.training.data import evaluation_data
@@ -50,20 +40,19 @@ PICTURE_COLUMNS = 4
 PICTURE_SIDE = 256  # held-out images are upscaled by a whole factor to about this side
 
 
-def evaluate_held_out(config: ml_collections.ConfigDict, workdir: str | os.PathLike, params) -> tuple[CocoScores, list]:
-    """(COCO scores, COCO results) of `params` on the evaluation split of config.data (every image,
-    every detection above config.test.score_threshold), as scripts/evaluate.py scores a checkpoint."""
+def evaluate_held_out(config: ml_collections.ConfigDict, workdir: str | os.PathLike, params,
+                      results_file: str | os.PathLike) -> Evaluation:
+    """The scores and COCO results of `params` on the evaluation split of config.data (every
+    detection above config.test.score_threshold), as scripts/evaluate.py scores a checkpoint; the
+    results are written to `results_file`."""
     data = evaluation_data(config, workdir)
     if data is None:
         raise ValueError(f"config.data.source {config.data.source!r} has no evaluation split to score the demo on")
-    coco_gt = load_coco_ground_truth(data.annotation_file)
-    label_to_category_id = model_label_to_category_id(config.model.num_classes, data.source.label_to_category_id)
-    predict = make_predict_fn(build_model(config), spec_from_config(config))
-    batches, _ = evaluation_batches(data.source, coco_gt, batch_size=config.eval.batch_size,
-                                    canvas_size=tuple(config.input.canvas_size), min_size=config.input.min_size,
-                                    max_size=config.input.max_size)
-    results, image_ids = predict_coco_results(predict, params, batches, label_to_category_id)
-    return evaluate_results(coco_gt, results, iou_types=("bbox", "segm"), image_ids=image_ids), results
+    evaluator = CocoEvaluator(config, data.source, data.annotation_file, results_file=results_file)
+    try:
+        return evaluator.evaluate(params)
+    finally:
+        evaluator.close()
 
 
 def draw_results(records: Sequence[dict], results: list, category_names: dict,
@@ -105,13 +94,11 @@ def run_demo(config: ml_collections.ConfigDict, output_dir: str | os.PathLike) -
         print(f"training stopped at step {int(state.step)} of {config.train.num_steps}; run the demo again to "
               "resume it")
         return None
-    params = load_params(workdir)
-
-    scores, results = evaluate_held_out(config, workdir, params)
+    evaluation = evaluate_held_out(config, workdir, load_params(workdir), output_dir / RESULTS_FILE)
+    scores, results = evaluation.scores, evaluation.results
     for iou_type, table in scores.tables.items():
         print(f"held-out {iou_type}:\n{table}")
     write_scores(scores, output_dir)
-    (output_dir / RESULTS_FILE).write_text(json.dumps(results))
 
     held_out = evaluation_data(config, workdir)
     records = [held_out.source[index] for index in range(min(NUM_PICTURES, len(held_out.source)))]

@@ -19,10 +19,8 @@ Both files are checked before scoring: what would be scored wrongly is an error 
 what is scored but looks wrong is a counted warning.
 """
 
-import json
 import pathlib
 import sys
-import time
 
 from absl import flags
 
@@ -65,111 +63,74 @@ def _check_arguments(flag_values: flags.FlagValues, positional: list[str]) -> No
         raise UsageError(f"--output {flag_values.output} is a file; give a directory (it is created if missing)")
 
 
-def _report(scores, output_dir: pathlib.Path, per_category: bool) -> None:
+def _report(scores, warnings: list, output_dir: pathlib.Path, per_category: bool) -> None:
+    from maskrcnn_jax.evaluation import write_scores
+
+    for warning in warnings + scores.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     for iou_type, table in scores.tables.items():
         print(f"IoU metric: {iou_type}\n{table}")
         if per_category:
             for name, ap in scores.per_category_ap[iou_type].items():
                 print(f"  {iou_type} AP {name:>20s}: {ap:.4f}")
-    from maskrcnn_jax.evaluation import write_scores
-
     write_scores(scores, output_dir)
     print(f"wrote {output_dir / 'metrics.json'}")
 
 
-def _predict_model(flag_values: flags.FlagValues, coco_gt) -> tuple:
-    """(COCO results, evaluated image ids, timings, seconds, worker count) of the model, its seconds
-    after the compile; prints what it runs on."""
-    import jax
+def _score_results(flag_values: flags.FlagValues) -> tuple:
+    """(scores, warnings) of the results files."""
+    from maskrcnn_jax.evaluation import assign_image_ids, evaluate_results, load_coco_ground_truth, read_results_files
 
-    from maskrcnn_jax.inference.predictor import check_prediction_config
-    from maskrcnn_jax.checkpoint import check_params_fit, load_checkpoint
+    warnings = []
+    coco_gt = load_coco_ground_truth(flag_values.annotations, warnings)
+    print("evaluation: process 0 of 1 scores the results files (no model, no device)")
+    results = assign_image_ids(coco_gt, read_results_files(flag_values.results))
+    if not results:
+        warnings.append("the results hold no detections: every AP and AR is 0 (-1 where no GT)")
+    return evaluate_results(coco_gt, results), warnings
+
+
+def _score_model(flag_values: flags.FlagValues, output_dir: pathlib.Path) -> tuple:
+    """(scores, warnings) of the checkpoint's model, on every device of this process."""
     from maskrcnn_jax.data.coco import CocoSource
-    from maskrcnn_jax.detector import make_predict_fn, spec_from_config
-    from maskrcnn_jax.evaluation import (
-        default_host_workers,
-        evaluation_batches,
-        make_worker_pool,
-        model_label_to_category_id,
-        predict_coco_results,
-        warm_up,
-    )
-    from maskrcnn_jax.evaluation.evaluator import describe_run
-    from maskrcnn_jax.models import build_model, init_params
+    from maskrcnn_jax.evaluation import CocoEvaluator
+    from maskrcnn_jax.inference.predictor import check_prediction_config, load_predictor
     from maskrcnn_jax.training.mesh import make_mesh, replicated
 
-    config = flag_values.config
+    config = flag_values.config.copy_and_resolve_references()
     try:
         check_prediction_config(config)
     except ValueError as error:
         raise UsageError(str(error)) from None
     mesh = make_mesh()
-    batch_size = flag_values.batch_size or 2 * mesh.size
-    if batch_size % mesh.size:
-        raise UsageError(f"--batch_size {batch_size} does not split over the {mesh.size} devices: give a multiple")
-    model = build_model(config)
-    params, _, class_names = load_checkpoint(flag_values.checkpoint)  # the config: flag_values.config
-    check_params_fit(params, jax.eval_shape(lambda: init_params(model, jax.random.key(0))))
-    params = jax.device_put(params, replicated(mesh))
-    predict = make_predict_fn(model, spec_from_config(config, class_names))
-    source = CocoSource(flag_values.annotations, flag_values.images)
-    label_to_category_id = model_label_to_category_id(config.model.num_classes, source.label_to_category_id)
-    batches, num_images = evaluation_batches(
-        source, coco_gt, batch_size=batch_size, canvas_size=config.input.canvas_size,
-        min_size=config.input.min_size, max_size=config.input.max_size, max_images=flag_values.max_images,
-    )
-    workers = default_host_workers() if flag_values.host_workers is None else flag_values.host_workers
-    pool = make_worker_pool(workers)  # its workers start while the model compiles
-    start = time.perf_counter()
-    warm_up(predict, params, batches, mesh)
-    compile_seconds = time.perf_counter() - start
-
-    print(describe_run(mesh.size, workers))
-    timings = {}
-    start = time.perf_counter()
+    config.eval.batch_size = flag_values.batch_size or 2 * mesh.size
+    if config.eval.batch_size % mesh.size:
+        raise UsageError(f"--batch_size {config.eval.batch_size} does not split over the {mesh.size} devices: "
+                         "give a multiple")
+    config.eval.max_images = flag_values.max_images or 0
+    config.eval.host_workers = -1 if flag_values.host_workers is None else flag_values.host_workers
+    predictor = load_predictor(flag_values.checkpoint, config, sharding=replicated(mesh))
+    evaluator = CocoEvaluator(predictor.config, CocoSource(flag_values.annotations, flag_values.images),
+                              flag_values.annotations, predict_fn=predictor.predict,
+                              results_file=output_dir / "coco_results.json")
     try:
-        results, image_ids = predict_coco_results(predict, params, batches, label_to_category_id, True, timings, pool,
-                                                  mesh)
+        evaluation = evaluator.evaluate(predictor.params)
     finally:
-        if pool is not None:
-            pool.shutdown()
-    seconds = time.perf_counter() - start
-    print(f"{num_images} images, batch {batch_size}, canvas {tuple(config.input.canvas_size)}, "
-          f"backend {jax.default_backend()}; compile + first batch {compile_seconds:.1f} s")
-    if len(image_ids) < num_images:
-        print(f"warning: {num_images - len(image_ids)} of {num_images} images could not be read (logged above) "
-              f"and are left out of the scores", file=sys.stderr)
-    return results, image_ids, timings, seconds, workers
+        evaluator.close()
+    warnings = list(evaluator.warnings)
+    if not evaluation.results:
+        warnings.append("the results hold no detections: every AP and AR is 0 (-1 where no GT)")
+    return evaluation.scores, warnings
 
 
 def evaluate(flag_values: flags.FlagValues, positional: list[str]) -> int:
     _check_arguments(flag_values, positional)
-    from maskrcnn_jax.evaluation import assign_image_ids, evaluate_results, load_coco_ground_truth, read_results_files
-
-    warnings = []
-    coco_gt = load_coco_ground_truth(flag_values.annotations, warnings)
     output_dir = pathlib.Path(flag_values.output)
     if flag_values.results:
-        print("evaluation: process 0 of 1 scores the results files (no model, no device)")
-        results, image_ids = assign_image_ids(coco_gt, read_results_files(flag_values.results)), None
+        scores, warnings = _score_results(flag_values)
     else:
-        results, image_ids, timings, seconds, workers = _predict_model(flag_values, coco_gt)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "coco_results.json").write_text(json.dumps(results))
-    if not results:
-        warnings.append("the results hold no detections: every AP and AR is 0 (-1 where no GT)")
-    start = time.perf_counter()
-    scores = evaluate_results(coco_gt, results, iou_types=None if flag_values.results else ("bbox", "segm"),
-                              image_ids=image_ids)
-    cocoeval_seconds = time.perf_counter() - start
-    for warning in warnings + scores.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    _report(scores, output_dir, flag_values.per_category)
-    if image_ids:
-        from maskrcnn_jax.evaluation.evaluator import describe_timings
-
-        timings["cocoeval"] = cocoeval_seconds
-        print(describe_timings(len(image_ids), timings, seconds + cocoeval_seconds, workers))
+        scores, warnings = _score_model(flag_values, output_dir)
+    _report(scores, warnings, output_dir, flag_values.per_category)
     return 0
 
 

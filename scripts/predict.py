@@ -19,7 +19,6 @@ goes on (exit code 1 at the end). Memory: the model plus a few image-sized array
 photo's size (masks are pasted and encoded one detection at a time, within its box).
 """
 
-import json
 import os
 import pathlib
 import sys
@@ -28,6 +27,7 @@ import tempfile
 from absl import flags
 
 from maskrcnn_jax.command_line import UsageError, one_line_message, run_script
+from maskrcnn_jax.inference.detections_file import JsonListFile, coco_entries, output_names
 
 RESULTS_FILE = "detections.json"
 
@@ -43,43 +43,6 @@ def define_flags(flag_values: flags.FlagValues) -> None:
                              flag_values=flag_values)
     flags.DEFINE_bool("overwrite", False, "write into an --output that holds an earlier run's results",
                       flag_values=flag_values)
-
-
-class JsonListFile:
-    """A JSON list on disk that is complete after every `extend`: entries go in before the closing bracket."""
-
-    def __init__(self, path: pathlib.Path):
-        self.path = path
-        self._file = open(path, "wb")
-        self._file.write(b"[")
-        self._end = self._file.tell()
-        self._count = 0
-        self._write_tail()
-
-    def _write_tail(self) -> None:
-        self._file.write(b"\n]\n")
-        self._file.truncate()
-        self._file.flush()
-
-    def extend(self, entries: list[dict]) -> None:
-        if not entries:
-            return
-        self._file.seek(self._end)
-        separator = b",\n" if self._count else b"\n"
-        self._file.write(separator + ",\n".join(json.dumps(entry) for entry in entries).encode())
-        self._end = self._file.tell()
-        self._count += len(entries)
-        self._write_tail()
-
-    def close(self) -> None:
-        self._file.close()
-
-
-def output_names(paths: list[pathlib.Path]) -> list[str]:
-    """Each image's path relative to the folder holding them all (posix, extension kept)."""
-    parents = [os.path.dirname(os.path.abspath(path)) for path in paths]
-    common = os.path.commonpath(parents)
-    return [pathlib.Path(os.path.relpath(os.path.abspath(path), common)).as_posix() for path in paths]
 
 
 def existing_distinct_images(arguments: list[str]) -> tuple[list[pathlib.Path], int]:
@@ -116,25 +79,12 @@ def prepare_output(output: pathlib.Path, overwrite: bool) -> None:
         raise UsageError(f"--output {output}: cannot write there ({error.strerror or error})") from None
 
 
-def coco_entries(image_id: int, file_name: str, detections: dict) -> list[dict]:
-    """COCO-style results entries of one image's detections (with file name and class names)."""
-    from maskrcnn_jax.evaluation.coco_results import encode_mask_windows, image_detections_to_coco
-
-    height, width = detections["image_size"]
-    rles = encode_mask_windows(detections["mask_windows"], height, width)
-    label_to_category_id = {int(label): int(label) for label in detections["classes"]}
-    entries = image_detections_to_coco(image_id, detections["boxes"], detections["scores"], detections["classes"],
-                                       label_to_category_id, rles)
-    return [dict(entry, file_name=file_name, class_name=name) for entry, name in zip(entries, detections["class_names"])]
-
-
 def predict(flag_values: flags.FlagValues, positional: list[str]) -> int:
     if len(positional) < 2:
         raise UsageError("give one or more image files after the flags")
     output = pathlib.Path(flag_values.output)
     prepare_output(output, flag_values.overwrite)
     paths, missing = existing_distinct_images(positional[1:])
-    names = output_names(paths)
 
     from maskrcnn_jax.inference.detector import Detector, as_rgb_image  # imports JAX and the model
     from maskrcnn_jax.inference.predictor import check_prediction_config
@@ -145,6 +95,7 @@ def predict(flag_values: flags.FlagValues, positional: list[str]) -> int:
         raise UsageError(str(error)) from None
     detector = Detector.from_checkpoint(flag_values.checkpoint, config=flag_values.config,
                                         score_threshold=flag_values.score_threshold)
+    names = output_names(paths)
     results = JsonListFile(output / RESULTS_FILE)
     written, failed = 0, missing
     for image_id, (path, name) in enumerate(zip(paths, names), start=1):

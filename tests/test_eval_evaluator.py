@@ -6,6 +6,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from pycocotools import mask as mask_utils
 
 from conftest import shared_data_path
 from maskrcnn_jax.checkpoint import save_checkpoint
+from maskrcnn_jax.coco_classes import COCO_CLASS_NAMES
 from maskrcnn_jax.command_line import load_config_file
 from maskrcnn_jax.data.coco import CocoSource
 from maskrcnn_jax.data.pipeline import evaluation_dataset
@@ -21,8 +23,8 @@ from maskrcnn_jax.evaluation import (
     evaluate_model,
     evaluate_results,
     load_coco_ground_truth,
+    class_slots,
     make_worker_pool,
-    model_label_to_category_id,
 )
 from maskrcnn_jax.models import build_model
 from random_params import random_params
@@ -142,10 +144,16 @@ def test_evaluate_model_equals_torchvision_paste_and_pycocotools():
 
 def test_label_mapping_for_torchvision_coco_head():
     coco_ids = {label: cat for label, cat in enumerate([1, 2, 3, 5, 90], start=1)}
-    assert model_label_to_category_id(6, coco_ids) == coco_ids  # one slot per dataset class
-    assert model_label_to_category_id(91, coco_ids) == {1: 1, 2: 2, 3: 3, 5: 5, 90: 90}  # torchvision's COCO head
+    names = ("__background__", "a", "b", "c", "e", "z")
+    source = types.SimpleNamespace(num_classes=6, class_names=names, label_to_category_id=coco_ids)
+    same = class_slots(6, source)  # one slot per dataset class
+    assert same.category_ids == coco_ids and same.class_names == names
+    np.testing.assert_array_equal(same.label_slots, [0, 1, 2, 3, 4, 5])
+    coco_head = class_slots(91, source)  # torchvision's COCO head
+    assert coco_head.category_ids == {1: 1, 2: 2, 3: 3, 5: 5, 90: 90} and coco_head.class_names == COCO_CLASS_NAMES
+    np.testing.assert_array_equal(coco_head.label_slots, [0, 1, 2, 3, 5, 90])
     with pytest.raises(ValueError, match="no label mapping fits"):
-        model_label_to_category_id(10, coco_ids)
+        class_slots(10, source)
 
 
 def run_evaluate_script(*args: str, devices: int = 1) -> str:

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from maskrcnn_jax.checkpoint import latest_params, latest_step, load_metadata
-from maskrcnn_jax.evaluation import STAT_NAMES
+from maskrcnn_jax.evaluation import STAT_NAMES, class_slots
 from maskrcnn_jax.models import platform_config
 from maskrcnn_jax.training import make_mesh
 from maskrcnn_jax.training import data as data_lib
@@ -148,7 +148,7 @@ def check_image_ids_and_losses(workdir, logged: dict, params_before: dict):
     config, _ = load_metadata(workdir)
     config = platform_config(config, "cpu")
     source = data_lib.training_source(config, workdir)
-    label_slots, _ = data_lib.class_slots(config.model.num_classes, source)
+    label_slots = class_slots(config.model.num_classes, source).label_slots
     iterators = [data_lib.training_iterator(config, source, shard_index=index, shard_count=2) for index in range(2)]
     batches = {step: [next(iterator) for iterator in iterators] for step in range(1, max(params_before) + 1)}
     for step, pair in batches.items():

@@ -1,5 +1,8 @@
-"""COCO box and mask AP: scoring COCO results with pycocotools, and evaluating a model over batches."""
+"""COCO box and mask AP: scoring COCO results with pycocotools, and evaluating a model over batches
+(`CocoEvaluator`: the one way the trainer, the demo and scripts/evaluate.py score a model)."""
 
+from maskrcnn_jax.evaluation.class_slots import ClassSlots, class_slots
+from maskrcnn_jax.evaluation.coco_evaluator import CocoEvaluator
 from maskrcnn_jax.evaluation.coco_metrics import (
     STAT_NAMES,
     CocoScores,
@@ -16,31 +19,28 @@ from maskrcnn_jax.evaluation.coco_results import (
     image_results,
     xyxy_to_xywh,
 )
-from maskrcnn_jax.evaluation.evaluator import (
-    evaluate_model,
-    evaluation_batches,
-    model_label_to_category_id,
-    predict_coco_results,
-    warm_up,
-)
+from maskrcnn_jax.evaluation.evaluator import Evaluation, evaluate_model, predict_coco_results, score_model, warm_up
 from maskrcnn_jax.evaluation.host_workers import default_host_workers, make_worker_pool
 
 __all__ = [
+    "ClassSlots",
+    "CocoEvaluator",
     "CocoScores",
+    "Evaluation",
     "STAT_NAMES",
     "assign_image_ids",
+    "class_slots",
     "default_host_workers",
     "encode_mask_windows",
     "evaluate_model",
     "evaluate_results",
-    "evaluation_batches",
     "image_detections_to_coco",
     "image_results",
     "load_coco_ground_truth",
     "make_worker_pool",
-    "model_label_to_category_id",
     "predict_coco_results",
     "read_results_files",
+    "score_model",
     "validate_results",
     "warm_up",
     "write_scores",

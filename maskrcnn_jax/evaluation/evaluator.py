@@ -6,23 +6,22 @@ Shapes: B batch, Hc Wc the input canvas, D detections per image, S mask size (28
 """
 
 import collections
+import dataclasses
 import functools
 import itertools
 import json
 import pathlib
 import time
 
-import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec
 
-from maskrcnn_jax.data.pipeline import evaluation_dataset
 from maskrcnn_jax.data.sharding import global_batch
 from maskrcnn_jax.detector import prediction_inputs
-from maskrcnn_jax.evaluation.coco_metrics import evaluate_results
+from maskrcnn_jax.evaluation.coco_metrics import CocoScores, evaluate_results
 from maskrcnn_jax.evaluation.host_workers import ResultsEncoder
 
 # Evaluations so far in this process: names each one's barrier (the coordination service wants
@@ -36,51 +35,13 @@ BARRIER_TIMEOUT_SECONDS = 3 * 3600  # one process may take much longer than anot
 TIMING_STAGES = ("data", "model", "paste", "rle", "wait", "gather", "cocoeval")
 
 
-def model_label_to_category_id(num_model_classes: int, dataset_label_to_category_id: dict) -> dict:
-    """Which dataset category each label of the model's class head stands for.
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """What one evaluation scored: the scores, the COCO results and the evaluated image ids."""
 
-    A head with one slot per dataset class (num_model_classes = K + 1) uses the dataset's contiguous
-    labels. A 91-slot head on a COCO-numbered dataset is torchvision's COCO head, where label i is
-    category id i; only the slots whose id the dataset has are mapped.
-    """
-    if num_model_classes == len(dataset_label_to_category_id) + 1:
-        return dict(dataset_label_to_category_id)
-    category_ids = set(dataset_label_to_category_id.values())
-    if num_model_classes == 91 and category_ids <= set(range(1, 91)):
-        return {category_id: category_id for category_id in sorted(category_ids)}
-    raise ValueError(
-        f"the model has {num_model_classes} class slots but the dataset {len(category_ids)} categories "
-        f"(ids {sorted(category_ids)[:10]}...): no label mapping fits"
-    )
-
-
-def evaluation_batches(
-    source,
-    coco_gt,
-    *,
-    batch_size: int,
-    canvas_size: tuple[int, int],
-    min_size: int,
-    max_size: int,
-    max_images: int | None = None,
-):
-    """(grain dataset of fixed-shape evaluation batches, number of images) over `source` (or its first
-    max_images). Batches carry the predict schema ("image", "image_size", "original_size") plus
-    "image_id" and "valid"; canvas_size, min_size and max_size as config.input."""
-    if max_images is not None:
-        source = grain.MapDataset.source(source)[:max_images]
-    # COCOeval reads the GT from the annotation file, but the pipeline pads it too: room for every
-    # instance means none is dropped (and logged as dropped).
-    max_instances = max([len(annotations) for annotations in coco_gt.imgToAnns.values()] + [1])
-    dataset = evaluation_dataset(
-        source,
-        global_batch_size=batch_size,
-        canvas_size=tuple(canvas_size),
-        min_size=min_size,
-        max_size=max_size,
-        max_instances=max_instances,
-    )
-    return dataset, len(source)
+    scores: CocoScores
+    results: list
+    image_ids: list
 
 
 def _add_time(timings: dict, stage: str, start: float) -> float:
@@ -225,7 +186,7 @@ def gather_results(results: list, image_ids: list, batch_of_image: list) -> tupl
     return [entry for *_, entries in images for entry in entries], [image_id for _, _, image_id, _ in images]
 
 
-def evaluate_model(
+def score_model(
     predict_fn,
     params,
     batches,
@@ -236,17 +197,17 @@ def evaluate_model(
     pool=None,
     mesh=None,
     results_file=None,
-) -> dict | None:
-    """COCO metrics {"bbox": {AP, AP50, ...}, "segm": {...}} of a model on the images in `batches`.
+) -> Evaluation | None:
+    """COCO scores {"bbox", "segm"} of a model on the images in `batches`, with the results scored.
 
-    A plain function for the trainer to call every N steps (see `predict_coco_results` for the
-    arguments). Only the images in `batches` are scored, so a subset of `coco_gt` may be evaluated.
-    A model that detects nothing scores 0. timings: if given, seconds are added per stage (TIMING_STAGES).
-    pool: worker processes for the mask paste and RLE; mesh: the devices the batch is split over
-      (`predict_coco_results`); results_file: where process 0 writes the COCO results json scored.
+    See `predict_coco_results` for the arguments. Only the images in `batches` are scored, so a
+    subset of `coco_gt` may be evaluated. A model that detects nothing scores 0. timings: if given,
+    seconds are added per stage (TIMING_STAGES). pool: worker processes for the mask paste and RLE;
+    mesh: the devices the batch is split over (`predict_coco_results`); results_file: where process
+    0 writes the COCO results json scored, before scoring them.
     Several processes: each passes the batches of its own shard of the set and all call this at
-    once; process 0 gathers every process's results, scores them once and returns the metrics, the
-    others return None. The metrics are those of one process on one device.
+    once; process 0 gathers every process's results, scores them once and returns them, the
+    others return None. The scores are those of one process on one device.
     """
     timings = {} if timings is None else timings
     batch_of_image = []
@@ -264,5 +225,12 @@ def evaluate_model(
     start = time.perf_counter()
     iou_types = ("bbox", "segm") if with_masks else ("bbox",)
     scores = evaluate_results(coco_gt, results, iou_types=iou_types, image_ids=image_ids)
-    timings["cocoeval"] = timings.get("cocoeval", 0.0) + time.perf_counter() - start
-    return scores.metrics
+    _add_time(timings, "cocoeval", start)
+    return Evaluation(scores, results, image_ids)
+
+
+def evaluate_model(*args, **kwargs) -> dict | None:
+    """The metrics {"bbox": {AP, AP50, ...}, "segm": {...}} of `score_model` (same arguments) on
+    process 0, None on the others."""
+    evaluation = score_model(*args, **kwargs)
+    return None if evaluation is None else evaluation.scores.metrics

@@ -18,6 +18,7 @@ import numpy as np
 
 from maskrcnn_jax.checkpoint import checkpoint_metadata, latest_step, steps_directory
 from maskrcnn_jax.data import global_batch
+from maskrcnn_jax.evaluation import class_slots
 from maskrcnn_jax.training import checkpoints, initialization, workdir_lock
 from maskrcnn_jax.training import data as data_lib
 from maskrcnn_jax.training import mesh as mesh_lib
@@ -185,10 +186,10 @@ def _train(config, workdir, saver, mesh, loss_fn_factory, evaluate_fn_factory) -
     if manager.latest_step() is None:  # a fresh run: a missing config.init.checkpoint stops it before the data loads
         initialization.check_init_checkpoint(config.init.checkpoint, config.init.mode)
     source = data_lib.training_source(config, workdir)
-    label_slots, class_names = data_lib.class_slots(config.model.num_classes, source)
+    slots = class_slots(config.model.num_classes, source)
     data_iterator = data_lib.training_iterator(config, source)
     program = training_program(config, mesh, loss_fn_factory)
-    metadata = checkpoint_metadata(config, class_names)
+    metadata = checkpoint_metadata(config, slots.class_names)
 
     # Signals are caught from here on: one arriving during the set-up stops the run after its first step.
     with StopRequest() as stop:
@@ -209,7 +210,7 @@ def _train(config, workdir, saver, mesh, loss_fn_factory, evaluate_fn_factory) -
                 host_batch = next(data_iterator)
                 if image_ids is not None:
                     image_ids.write(step + 1, host_batch)
-                host_batch["gt_classes"] = label_slots[host_batch["gt_classes"]]
+                host_batch["gt_classes"] = slots.label_slots[host_batch["gt_classes"]]
                 batch = global_batch(host_batch, mesh)
                 state, metrics = compiled_steps[batch["image"].shape[1:3]](state, batch)
                 step += 1
