@@ -14,10 +14,10 @@ from pycocotools import mask as mask_utils
 
 from conftest import shared_data_path
 from maskrcnn_jax.checkpoint import save_checkpoint
-from maskrcnn_jax.coco_classes import COCO_CLASS_NAMES
 from maskrcnn_jax.command_line import load_config_file
 from maskrcnn_jax.data.coco import CocoSource
 from maskrcnn_jax.data.pipeline import evaluation_dataset
+from maskrcnn_jax.detector.coco_classes import COCO_CLASS_NAMES
 from maskrcnn_jax.evaluation import (
     STAT_NAMES,
     evaluate_model,

@@ -12,7 +12,7 @@ import dataclasses
 
 import numpy as np
 
-from maskrcnn_jax.coco_classes import COCO_CLASS_NAMES
+from maskrcnn_jax.detector.coco_classes import COCO_CLASS_NAMES
 
 
 @dataclasses.dataclass(frozen=True)
