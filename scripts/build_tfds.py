@@ -1,8 +1,8 @@
 r"""Writes COCO-format splits (json + image folder) as a TFDS ArrayRecord dataset with instance masks (no TF).
 
-  python scripts/build_tfds.py --data-dir /shared/tfds/balloon \
-      --split train ../shared/data/balloon/annotations_train.json ../shared/data/balloon/images \
-      --split val ../shared/data/balloon/annotations_val.json ../shared/data/balloon/images
+  python scripts/build_tfds.py --data_dir /shared/tfds/balloon \
+      --split train,../shared/data/balloon/annotations_train.json,../shared/data/balloon/images \
+      --split val,../shared/data/balloon/annotations_val.json,../shared/data/balloon/images
 
 Read it back with `maskrcnn_jax.data.tfds_source.TfdsSource(DATA_DIR, "train")`. Broken images are
 left out and listed; skipped annotations are counted per reason. Exits 1 on a broken annotation file
@@ -12,21 +12,27 @@ or when the dataset exists already (unless --overwrite), 2 for a usage problem.
 import pathlib
 import sys
 
-from maskrcnn_jax.command_line import ArgumentParser, UsageError, run_argparse
+from absl import flags
+
+from maskrcnn_jax.command_line import UsageError, run_script
 
 
-def make_parser() -> ArgumentParser:
-    parser = ArgumentParser(__doc__)
-    parser.add_argument("--data-dir", required=True, help="TFDS data_dir to write to (local path or gs://...)")
-    parser.add_argument("--split", nargs=3, action="append", required=True,
-                        metavar=("NAME", "ANNOTATIONS", "IMAGES"), help="a split: name, COCO json, image folder")
-    parser.add_argument("--overwrite", action="store_true", help="rebuild a dataset that already exists")
-    return parser
+def define_flags(flag_values: flags.FlagValues) -> None:
+    flags.DEFINE_string("data_dir", None, "TFDS data_dir to write to (local path or gs://...)", required=True,
+                        flag_values=flag_values)
+    flags.DEFINE_multi_string("split", None, "a split NAME,ANNOTATIONS,IMAGES: its name, COCO json and image "
+                              "folder (repeat for more)", required=True, flag_values=flag_values)
+    flags.DEFINE_bool("overwrite", False, "rebuild a dataset that already exists", flag_values=flag_values)
 
 
-def build(args) -> int:
+def build(args: flags.FlagValues, positional: list[str]) -> int:
+    if len(positional) > 1:
+        raise UsageError(f"unexpected arguments: {' '.join(positional[1:])}")
     splits = {}
-    for name, annotations, images in args.split:
+    for split in args.split:
+        if split.count(",") != 2:
+            raise UsageError(f"--split {split}: give NAME,ANNOTATIONS,IMAGES")
+        name, annotations, images = split.split(",")
         if name in splits:
             raise UsageError(f"--split {name} is given twice")
         if not pathlib.Path(annotations).is_file():
@@ -58,7 +64,7 @@ def build(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_argparse(build, make_parser(), argv)
+    return run_script(build, define_flags, argv, doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -8,21 +8,24 @@ import json
 import pathlib
 import sys
 
-from maskrcnn_jax.command_line import ArgumentParser, UsageError, run_argparse
+from absl import flags
+
+from maskrcnn_jax.command_line import UsageError, run_script
 
 
-def make_parser() -> ArgumentParser:
-    parser = ArgumentParser(__doc__)
-    parser.add_argument("--via", required=True, help="VIA json (export or VIA 2 project file)")
-    parser.add_argument("--images", required=True, help="folder with the images (their sizes are read from them)")
-    parser.add_argument("--output", required=True, help="COCO json to write")
-    parser.add_argument("--category", default="object", help="category of regions that name none")
-    parser.add_argument("--category-attribute", default=None,
-                        help="region attribute that holds each region's category name")
-    return parser
+def define_flags(flag_values: flags.FlagValues) -> None:
+    flags.DEFINE_string("via", None, "VIA json (export or VIA 2 project file)", required=True, flag_values=flag_values)
+    flags.DEFINE_string("images", None, "folder with the images (their sizes are read from them)", required=True,
+                        flag_values=flag_values)
+    flags.DEFINE_string("output", None, "COCO json to write", required=True, flag_values=flag_values)
+    flags.DEFINE_string("category", "object", "category of regions that name none", flag_values=flag_values)
+    flags.DEFINE_string("category_attribute", None, "region attribute that holds each region's category name",
+                        flag_values=flag_values)
 
 
-def convert(args) -> int:
+def convert(args: flags.FlagValues, positional: list[str]) -> int:
+    if len(positional) > 1:
+        raise UsageError(f"unexpected arguments: {' '.join(positional[1:])}")
     if not pathlib.Path(args.via).is_file():
         raise UsageError(f"--via {args.via}: no such file")
     if not pathlib.Path(args.images).is_dir():
@@ -47,7 +50,7 @@ def convert(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_argparse(convert, make_parser(), argv)
+    return run_script(convert, define_flags, argv, doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,9 @@ import pathlib
 import sys
 
 import tqdm
+from absl import flags
 
-from maskrcnn_jax.command_line import ArgumentParser, UsageError, run_argparse
+from maskrcnn_jax.command_line import UsageError, run_script
 from maskrcnn_jax.data import coco
 from maskrcnn_jax.data import image_io
 from maskrcnn_jax.data import validation
@@ -51,18 +52,19 @@ def print_summary(source: coco.CocoSource) -> None:
         print("duplicate annotation ids: none")
 
 
-def make_parser() -> ArgumentParser:
-    parser = ArgumentParser(__doc__)
-    parser.add_argument("--annotations", required=True, help="COCO instances json")
-    parser.add_argument("--images", required=True, help="folder the json's file_name entries are relative to")
-    parser.add_argument("--output", default=None, help="folder for PNGs with the ground truth drawn")
-    parser.add_argument("--num-drawn", type=int, default=4, help="how many images to draw (those with instances)")
-    parser.add_argument("--max-checked", type=int, default=0,
-                        help="decode only the first N images to look for broken ones (default 0: all)")
-    return parser
+def define_flags(flag_values: flags.FlagValues) -> None:
+    flags.DEFINE_string("annotations", None, "COCO instances json", required=True, flag_values=flag_values)
+    flags.DEFINE_string("images", None, "folder the json's file_name entries are relative to", required=True,
+                        flag_values=flag_values)
+    flags.DEFINE_string("output", None, "folder for PNGs with the ground truth drawn", flag_values=flag_values)
+    flags.DEFINE_integer("num_drawn", 4, "how many images to draw (those with instances)", flag_values=flag_values)
+    flags.DEFINE_integer("max_checked", 0, "decode only the first N images to look for broken ones (default 0: all)",
+                         flag_values=flag_values)
 
 
-def inspect(args) -> int:
+def inspect(args: flags.FlagValues, positional: list[str]) -> int:
+    if len(positional) > 1:
+        raise UsageError(f"unexpected arguments: {' '.join(positional[1:])}")
     if not pathlib.Path(args.annotations).is_file():
         raise UsageError(f"--annotations {args.annotations}: no such file")
     if not pathlib.Path(args.images).is_dir():
@@ -70,7 +72,7 @@ def inspect(args) -> int:
     if args.output and pathlib.Path(args.output).is_file():
         raise UsageError(f"--output {args.output} is a file; give a folder for the drawings")
     if args.num_drawn < 0 or args.max_checked < 0:
-        raise UsageError("--num-drawn and --max-checked take numbers >= 0")
+        raise UsageError("--num_drawn and --max_checked take numbers >= 0")
     source = coco.CocoSource(args.annotations, args.images)
     print_summary(source)
 
@@ -102,7 +104,7 @@ def inspect(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_argparse(inspect, make_parser(), argv)
+    return run_script(inspect, define_flags, argv, doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -538,7 +538,7 @@ def test_inspect_dataset_reports_duplicate_annotation_ids(tmp_path, capsys):
     dataset["annotations"][3]["id"] = dataset["annotations"][2]["id"]
     (tmp_path / "a.json").write_text(json.dumps(dataset))
     code, out, _ = call(inspect_dataset, "--annotations", tmp_path / "a.json", "--images",
-                        shared_data_path("labelme_voc3", "images"), "--num-drawn", "0", capsys=capsys)
+                        shared_data_path("labelme_voc3", "images"), "--num_drawn", "0", capsys=capsys)
     assert code == 0
     assert f"duplicate annotation ids: 1, e.g. {dataset['annotations'][2]['id']} (2 times)" in out
     one_error(inspect_dataset, "--annotations", tmp_path / "absent.json", "--images", tmp_path, code=2,
@@ -546,10 +546,10 @@ def test_inspect_dataset_reports_duplicate_annotation_ids(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("arguments, match", [
-    (["--num-images", "-3"], "--num-images -3: give at least 1"),
-    (["--num-images", "0"], "--num-images 0: give at least 1"),
-    (["--num-images", "three"], "argument --num-images: invalid int value: 'three'"),
-    (["--num-images", "2", "--image-size", "4"], "--image-size takes one side or MIN MAX, each at least 8"),
+    (["--num_images", "-3"], "--num_images -3: give at least 1"),
+    (["--num_images", "0"], "--num_images 0: give at least 1"),
+    (["--num_images", "three"], "flag --num_images=three: invalid literal for int() with base 10: 'three'"),
+    (["--num_images", "2", "--image_size", "4"], "--image_size takes one side or MIN,MAX, each at least 8"),
 ])
 def test_make_shapes_dataset_checks_ranges(tmp_path, capsys, arguments, match):
     one_error(make_shapes_dataset, "--output", tmp_path / "shapes", *arguments, code=2, match=match, capsys=capsys)

@@ -84,7 +84,7 @@ def test_corrupt_image_and_two_point_polygon_are_reported_without_crashing(tmp_p
     copy = tmp_path / "annotations.json"
     copy.write_text(json.dumps(dataset))
 
-    result = _inspect("--annotations", copy, "--images", images, "--output", tmp_path / "drawn", "--num-drawn", "2")
+    result = _inspect("--annotations", copy, "--images", images, "--output", tmp_path / "drawn", "--num_drawn", "2")
     assert result.returncode == 0, result.stderr
     assert "skipped annotations: polygon_fewer_than_3_points: 1" in result.stdout
     assert f"broken images: 1 of {len(dataset['images'])} checked" in result.stdout

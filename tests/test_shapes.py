@@ -98,7 +98,7 @@ def test_written_dataset_masks_are_exact_and_read_back_through_pycocotools(writt
 def test_script_writes_dataset(tmp_path):
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "scripts" / "make_shapes_dataset.py"), "--output", str(tmp_path),
-         "--num-images", "3", "--seed", "1", "--image-size", "48"],
+         "--num_images", "3", "--seed", "1", "--image_size", "48"],
         capture_output=True, text=True, timeout=120, check=True)
     assert "wrote 3 images" in result.stdout
     dataset = json.loads((tmp_path / "annotations.json").read_text())

@@ -29,8 +29,8 @@ def built(tmp_path_factory):
     shapes_file.write_text(json.dumps(dataset))
     broken = root / "shapes" / "images" / "000003.png"
     broken.write_bytes(broken.read_bytes()[:100])
-    command = [sys.executable, str(REPO_ROOT / "scripts" / "build_tfds.py"), "--data-dir", str(root / "tfds"),
-               "--split", "train", str(shapes_file), str(root / "shapes" / "images")]
+    command = [sys.executable, str(REPO_ROOT / "scripts" / "build_tfds.py"), "--data_dir", str(root / "tfds"),
+               "--split", f"train,{shapes_file},{root / 'shapes' / 'images'}"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
     return root, shapes_file, result.stdout
 
@@ -99,16 +99,16 @@ def test_images_without_annotations_can_be_skipped(built):
 def test_broken_annotation_file_exits_1_naming_it(tmp_path):
     path = tmp_path / "bad.json"
     path.write_text("[]")
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "build_tfds.py"), "--data-dir",
-                             str(tmp_path / "t"), "--split", "train", str(path), str(tmp_path)],
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "build_tfds.py"), "--data_dir",
+                             str(tmp_path / "t"), "--split", f"train,{path},{tmp_path}"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and str(path) in result.stderr and "top level is a JSON list" in result.stderr
 
 
 def test_existing_dataset_is_rebuilt_only_with_overwrite(tmp_path):
     annotation_file = shapes.write_shapes_dataset(tmp_path / "shapes", 3, seed=0, min_size=32, max_size=32)
-    command = [sys.executable, str(REPO_ROOT / "scripts" / "build_tfds.py"), "--data-dir", str(tmp_path / "t"),
-               "--split", "train", str(annotation_file), str(tmp_path / "shapes" / "images")]
+    command = [sys.executable, str(REPO_ROOT / "scripts" / "build_tfds.py"), "--data_dir", str(tmp_path / "t"),
+               "--split", f"train,{annotation_file},{tmp_path / 'shapes' / 'images'}"]
     subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
     dataset = json.loads(annotation_file.read_text())
     dataset["annotations"] = [a for a in dataset["annotations"] if a["image_id"] != 1]
