@@ -23,13 +23,12 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from maskrcnn_jax.checkpoint import load_params
+from maskrcnn_jax.drawing import draw_instances, image_grid, plot_training_curves, upscale
 from maskrcnn_jax.evaluation import CocoEvaluator, CocoScores, Evaluation, write_scores
 from maskrcnn_jax.inference.detector import DEFAULT_SCORE_THRESHOLD
-from maskrcnn_jax.plots import image_grid, plot_training_curves, upscale
 from maskrcnn_jax.training import train_and_evaluate
 from maskrcnn_jax.training.data import evaluation_data
 from maskrcnn_jax.training.metric_writer import read_metrics
-from maskrcnn_jax.visualize import draw_instances
 
 WORKDIR = "workdir"
 PREDICTIONS_FILE = "predictions.png"

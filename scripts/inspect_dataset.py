@@ -19,7 +19,7 @@ from maskrcnn_jax.command_line import UsageError, run_script
 from maskrcnn_jax.data import coco
 from maskrcnn_jax.data import image_io
 from maskrcnn_jax.data import validation
-from maskrcnn_jax.visualize import draw_instances
+from maskrcnn_jax.drawing import draw_instances
 
 
 def print_summary(source: coco.CocoSource) -> None:

@@ -1,6 +1,6 @@
 """The demo (`make demo` -> scripts/demo.py -> maskrcnn_jax.demo.run_demo) on a few steps: its scores
 equal pycocotools' own scoring of the results it wrote, its pictures have the expected layout, and
-the curves it plots come from metrics.jsonl; plots.py's pieces on hand-made inputs."""
+the curves it plots come from metrics.jsonl; drawing.py's pieces on hand-made inputs."""
 
 import contextlib
 import io
@@ -17,7 +17,7 @@ from pycocotools.cocoeval import COCOeval
 from maskrcnn_jax.command_line import load_config_file
 from maskrcnn_jax.demo import PICTURE_COLUMNS, PICTURE_SIDE, draw_results, run_demo
 from maskrcnn_jax.evaluation import STAT_NAMES
-from maskrcnn_jax.plots import image_grid, training_curves, upscale
+from maskrcnn_jax.drawing import image_grid, training_curves, upscale
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,7 @@ LAYERS = (
     ("data",),
     ("detector",),
     ("models",),
-    ("evaluation", "checkpoint", "inference", "visualize", "export"),
+    ("evaluation", "checkpoint", "inference", "drawing", "export"),
     ("training",),
 )
 TOP = len(LAYERS)

@@ -29,7 +29,7 @@ from maskrcnn_jax.data.image_io import load_image
 from maskrcnn_jax.inference.mask_windows import masks_from_windows, paste_mask_windows
 from maskrcnn_jax.inference.predictor import Predictor, check_range, load_predictor
 from maskrcnn_jax.inference.preprocess import preprocess_batch
-from maskrcnn_jax.visualize import draw_instances
+from maskrcnn_jax.drawing import draw_instances
 
 DEFAULT_SCORE_THRESHOLD = 0.5  # as matterport's DETECTION_MIN_CONFIDENCE; evaluation keeps config.test's 0.05
 
