@@ -2,7 +2,7 @@
 
 The data pipeline sends the resized photos as uint8 (a quarter of float32's bytes from the host to
 the device and between grain's worker processes); the loss and predict normalise them here.
-Float images are taken as already normalised (`maskrcnn_jax.preprocess`, the torchvision-parity
+Float images are taken as already normalised (`maskrcnn_jax.inference.preprocess`, the torchvision-parity
 path, normalises on the host before resizing, as torchvision does).
 
 Legend: B batch, Hc Wc canvas.

@@ -1,6 +1,6 @@
 """Mask R-CNN prediction as one pure function: a padded batch in, fixed-shape detections out.
 
-The batch is the data pipeline's schema, produced for single images by `maskrcnn_jax.preprocess`:
+The batch is the data pipeline's schema, produced for single images by `maskrcnn_jax.inference.preprocess`:
 {"image": uint8 [B, Hc, Wc, 3] resized photos zero-padded (normalised here,
 `inputs.model_images`) or float32 normalised on the host, "image_size": int32 [B, 2] resized
 (h, w) before padding, "original_size": int32 [B, 2] (H, W)}; other keys are ignored.
