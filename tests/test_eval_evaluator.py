@@ -1,6 +1,7 @@
 """evaluate_model's wiring (batches with padding, host paste of each detection at the original size,
 label mapping, image ids) against torchvision's paste + pycocotools, and the script's model mode from a checkpoint."""
 
+import collections
 import json
 import os
 import pathlib
@@ -19,6 +20,7 @@ from maskrcnn_jax.data.coco import CocoSource
 from maskrcnn_jax.data.pipeline import evaluation_dataset
 from maskrcnn_jax.detector.coco_classes import COCO_CLASS_NAMES
 from maskrcnn_jax.evaluation import (
+    CocoEvaluator,
     STAT_NAMES,
     evaluate_model,
     evaluate_results,
@@ -163,6 +165,23 @@ def run_evaluate_script(*args: str, devices: int = 1) -> str:
                             timeout=600, env=environment)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
+
+
+def test_coco_evaluator_pads_every_images_ground_truth_and_maps_the_labels():
+    """The one max_instances rule: the batches have room for the most instances of any image of the
+    annotation file (counted here from the json), whatever config.data.max_instances says, so no
+    ground truth is dropped; config.eval.max_images takes the first images; one slot per class
+    keeps the dataset's labels."""
+    folder = shared_data_path("coco_val2014_43")
+    source = CocoSource(folder / "annotations.json", folder / "images")
+    config = load_config_file(ROOT / "configs" / "mask_rcnn_tiny.py")
+    config.model.num_classes = source.num_classes
+    config.data.max_instances, config.eval.max_images, config.eval.host_workers = 1, 2, 0
+    evaluator = CocoEvaluator(config, source, folder / "annotations.json", predict_fn=lambda params, batch: None)
+    annotations = json.loads((folder / "annotations.json").read_text())["annotations"]
+    assert evaluator.max_instances == max(collections.Counter(a["image_id"] for a in annotations).values()) > 1
+    assert [record["image_id"] for record in evaluator.source] == [source[0]["image_id"], source[1]["image_id"]]
+    assert evaluator.slots.category_ids == source.label_to_category_id
 
 
 def test_script_model_mode_agrees_with_results_mode(tmp_path):
