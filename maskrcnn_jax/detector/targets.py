@@ -34,15 +34,22 @@ def rpn_targets(anchors, gt_boxes, gt_valid, image_size, key, sampler: SamplerSp
     "box_targets": [S_rpn, 4] (zero except for positives)}.
     """
     anchors = jnp.asarray(anchors)
-    inside = anchors_inside(anchors, image_size)
-    iou = jnp.where(inside[None, :], box_iou(gt_boxes, anchors), -1.0)
-    matched_gt, labels = match_boxes(iou, gt_valid, sampler.foreground_iou, sampler.background_iou,
-                                     sampler.allow_low_quality_matches)
-    labels = jnp.where(inside, labels, IGNORED)
+    matched_gt, labels = rpn_labels(anchors, gt_boxes, gt_valid, image_size, sampler)
     index, positive, valid = sample_balanced(key, labels, sampler.batch_size_per_image, sampler.positive_fraction)
     positive = positive & valid
     box_targets = _matched_box_targets(gt_boxes, matched_gt[index], anchors[index], positive, box_weights)
     return {"index": index, "positive": positive, "valid": valid, "box_targets": box_targets}
+
+
+def rpn_labels(anchors, gt_boxes, gt_valid, image_size, sampler: SamplerSpec) -> tuple[jax.Array, jax.Array]:
+    """Every anchor's match before sampling: anchors [A, 4], gt_boxes [M, 4], gt_valid bool [M],
+    image_size [2] (h, w) -> (matched GT int32 [A], label int32 [A]: 1 foreground, 0 background,
+    -1 ignored, which every anchor centred outside the photo is)."""
+    inside = anchors_inside(anchors, image_size)
+    iou = jnp.where(inside[None, :], box_iou(gt_boxes, anchors), -1.0)
+    matched_gt, labels = match_boxes(iou, gt_valid, sampler.foreground_iou, sampler.background_iou,
+                                     sampler.allow_low_quality_matches)
+    return matched_gt, jnp.where(inside, labels, IGNORED)
 
 
 def anchors_inside(anchors, image_size) -> jax.Array:
@@ -65,11 +72,7 @@ def roi_targets(proposals, proposal_valid, gt_boxes, gt_classes, gt_valid, key, 
     candidate index (proposal p is p, GT m is P + m)}.
     """
     candidates = jnp.concatenate([proposals, gt_boxes])
-    candidate_valid = jnp.concatenate([proposal_valid, gt_valid])
-    iou = box_iou(gt_boxes, candidates)
-    matched_gt, labels = match_boxes(iou, gt_valid, sampler.foreground_iou, sampler.background_iou,
-                                     sampler.allow_low_quality_matches)
-    labels = jnp.where(candidate_valid, labels, -1)
+    matched_gt, labels, iou = roi_labels(proposals, proposal_valid, gt_boxes, gt_valid, sampler)
     index, positive, valid = sample_balanced(key, labels, sampler.batch_size_per_image, sampler.positive_fraction)
     positive = positive & valid
     boxes = candidates[index]
@@ -84,6 +87,17 @@ def roi_targets(proposals, proposal_valid, gt_boxes, gt_classes, gt_valid, key, 
         "iou": jnp.where(valid, jnp.max(iou, axis=0)[index], 0.0),
         "index": index,
     }
+
+
+def roi_labels(proposals, proposal_valid, gt_boxes, gt_valid, sampler: SamplerSpec):
+    """Every RoI candidate's match before sampling: the proposals [P, 4] (valid bool [P]) with the GT
+    boxes [M, 4] (valid bool [M]) appended, N = P + M. Returns (matched GT int32 [N], label int32 [N]:
+    1 foreground, 0 background, -1 ignored or padding, IoU [M, N] of each GT with each candidate)."""
+    candidates = jnp.concatenate([proposals, gt_boxes])
+    iou = box_iou(gt_boxes, candidates)
+    matched_gt, labels = match_boxes(iou, gt_valid, sampler.foreground_iou, sampler.background_iou,
+                                     sampler.allow_low_quality_matches)
+    return matched_gt, jnp.where(jnp.concatenate([proposal_valid, gt_valid]), labels, IGNORED), iou
 
 
 def mask_slots(rois: dict, num_slots: int) -> dict:
