@@ -70,3 +70,12 @@ def test_the_holder_refreshes_its_heartbeat_and_leaves_a_lock_taken_over_from_it
         assert time.time() - path.stat().st_mtime < 1
         write_lock(tmp_path, "another-host", 1)
     assert json.loads(path.read_text())["host"] == "another-host"
+
+
+def test_an_object_store_workdir_is_refused_in_one_line(tmp_path, monkeypatch):
+    """gs://bucket/run would otherwise be the local folder ./gs:/bucket/run: nothing is written there."""
+    monkeypatch.chdir(tmp_path)
+    config = load_config_file(REPO / "configs" / "shapes_tiny.py")
+    with pytest.raises(ValueError, match="object-store workdirs are not supported yet"):
+        train_and_evaluate(config, "gs://bucket/run")
+    assert list(tmp_path.iterdir()) == []

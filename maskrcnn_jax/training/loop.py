@@ -166,6 +166,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     process at once (process 0's metrics are logged). mesh: default every device of every process on
     the data axis.
     """
+    if "://" in str(workdir):
+        # pathlib would read gs://bucket/run as the local folder ./gs:/bucket/run and train there.
+        raise ValueError(f"workdir {workdir}: object-store workdirs are not supported yet; use a local or "
+                         "mounted path (e.g. a gcsfuse mount)")
     workdir = pathlib.Path(workdir).absolute()
     train = config.train
     mesh = mesh_lib.make_mesh() if mesh is None else mesh
