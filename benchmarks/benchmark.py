@@ -48,11 +48,11 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 from PIL import Image
 
 import benchmarking
-from maskrcnn_jax.command_line import define_config_flag, run
+from maskrcnn_jax.command_line import UsageError, run_script
 from maskrcnn_jax.convert.torchvision import convert_state_dict
 from maskrcnn_jax.data.image_io import load_image
 from maskrcnn_jax.detector import make_binary_mask_paster, make_predict_fn, spec_from_config
@@ -66,18 +66,21 @@ sys.path.insert(0, str(ROOT / "tests"))  # the reference model is a test helper 
 DEFAULT_CONFIG = ROOT / "configs" / "mask_rcnn_r50_fpn_coco.py"
 DEFAULT_IMAGE = ROOT / ".." / "shared" / "data" / "coco_val2014_43" / "images" / "000000000042.jpg"
 
-_CONFIG = define_config_flag("model config file", default=str(DEFAULT_CONFIG))
-_TASK = flags.DEFINE_enum("task", None, ["inference", "train"], "what to time", required=True)
-_AGAINST = flags.DEFINE_enum("against", "torchvision", ["torchvision", "none"],
-                             "the reference implementation; none: ours alone on the default device")
-_SIZE = flags.DEFINE_string("size", "800x1216", "HxW of the image fed to both models")
-_IMAGE = flags.DEFINE_string("image", str(DEFAULT_IMAGE), "photo resized to --size (default: a COCO val photo)")
-_BATCH = flags.DEFINE_integer("batch", 2, "images per training step (task train)")
-_RUNS = flags.DEFINE_integer("runs", 5, "timed runs per system after one warm-up")
-_THREADS = flags.DEFINE_integer("threads", os.cpu_count(), "torch threads; XLA:CPU uses all cores")
-_OUTPUT = flags.DEFINE_string("output", None, "JSON file for the figures", required=True)
-_PROFILE = flags.DEFINE_bool("profile", True, "also time each stage on its own (benchmarking.py)")
-_THROUGHPUT_BATCH = flags.DEFINE_integer("throughput_batch", 16, "inference batch for throughput (--against=none)")
+
+def define_flags(flag_values: flags.FlagValues) -> None:
+    flags.DEFINE_enum("task", None, ["inference", "train"], "what to time", required=True, flag_values=flag_values)
+    flags.DEFINE_enum("against", "torchvision", ["torchvision", "none"],
+                      "the reference implementation; none: ours alone on the default device", flag_values=flag_values)
+    flags.DEFINE_string("size", "800x1216", "HxW of the image fed to both models", flag_values=flag_values)
+    flags.DEFINE_string("image", str(DEFAULT_IMAGE), "photo resized to --size (default: a COCO val photo)",
+                        flag_values=flag_values)
+    flags.DEFINE_integer("batch", 2, "images per training step (task train)", flag_values=flag_values)
+    flags.DEFINE_integer("runs", 5, "timed runs per system after one warm-up", flag_values=flag_values)
+    flags.DEFINE_integer("threads", os.cpu_count(), "torch threads; XLA:CPU uses all cores", flag_values=flag_values)
+    flags.DEFINE_string("output", None, "JSON file for the figures", required=True, flag_values=flag_values)
+    flags.DEFINE_bool("profile", True, "also time each stage on its own (benchmarking.py)", flag_values=flag_values)
+    flags.DEFINE_integer("throughput_batch", 16, "inference batch for throughput (--against=none)",
+                         flag_values=flag_values)
 
 
 def benchmark_inference(config, size: str, image_path: str, runs: int, threads: int, profile: bool) -> dict:
@@ -398,28 +401,32 @@ def print_table(result: dict) -> None:
         print(f"{name:<{width}}  {value}")
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+def benchmark(args: flags.FlagValues, positional: list[str]) -> None:
+    if len(positional) > 1:
+        raise UsageError(f"unexpected arguments: {' '.join(positional[1:])}")
     ceiling = benchmarking.matmul_ceiling()
     print(f"matmul ceiling: {ceiling['size']}x{ceiling['size']} float32 in {ceiling['seconds'] * 1000:.1f} ms "
           f"= {ceiling['gflops']:.1f} GFLOP/s ({jax.devices()[0].device_kind})")
-    if _AGAINST.value == "none":
-        result = benchmark_ours(_CONFIG.value, _TASK.value, _SIZE.value, _BATCH.value, _RUNS.value,
-                                _THROUGHPUT_BATCH.value, _PROFILE.value)
+    if args.against == "none":
+        result = benchmark_ours(args.config, args.task, args.size, args.batch, args.runs, args.throughput_batch,
+                                args.profile)
         print_ours(result)
-    elif _TASK.value == "train":
-        result = benchmark_train(_CONFIG.value, _SIZE.value, _BATCH.value, _RUNS.value, _THREADS.value, _PROFILE.value)
+    elif args.task == "train":
+        result = benchmark_train(args.config, args.size, args.batch, args.runs, args.threads, args.profile)
         print_table(result)
     else:
-        result = benchmark_inference(_CONFIG.value, _SIZE.value, _IMAGE.value, _RUNS.value, _THREADS.value,
-                                     _PROFILE.value)
+        result = benchmark_inference(args.config, args.size, args.image, args.runs, args.threads, args.profile)
         print_table(result)
     result["matmul_ceiling"] = ceiling
     if result.get("profile"):
         print(benchmarking.format_profile(result["profile"], ceiling["gflops"]))
-    pathlib.Path(_OUTPUT.value).write_text(json.dumps(result, indent=2) + "\n")
+    pathlib.Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_script(benchmark, define_flags, argv, doc=__doc__, config_help="model config file",
+                      config_default=str(DEFAULT_CONFIG))
 
 
 if __name__ == "__main__":
-    run(main)
+    sys.exit(main())

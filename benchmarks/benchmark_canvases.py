@@ -10,29 +10,34 @@ XLA's cost analysis of the trainer's step and of predict, compiled at batch 1 on
 
 import json
 import pathlib
+import sys
 
-from absl import app, flags
+from absl import flags
 
 from canvas_flops import dataset_gflop_per_image, program_gflop
-from maskrcnn_jax.command_line import define_config_flag
+from maskrcnn_jax.command_line import UsageError, run_script
 from maskrcnn_jax.training.setup import training_canvases
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-_CONFIG = define_config_flag("training config", default=str(ROOT / "configs" / "mask_rcnn_r50_fpn_coco.py"))
-_SQUARE = flags.DEFINE_integer("square", 1344, "side of the square canvas compared against")
-_DATA = flags.DEFINE_multi_string("data", [], "COCO-format folder whose annotations.json sizes are averaged over")
+DEFAULT_CONFIG = ROOT / "configs" / "mask_rcnn_r50_fpn_coco.py"
 
 
-def main(argv):
-    del argv
-    config = _CONFIG.value
-    square, canvases = (_SQUARE.value, _SQUARE.value), training_canvases(config)
+def define_flags(flag_values: flags.FlagValues) -> None:
+    flags.DEFINE_integer("square", 1344, "side of the square canvas compared against", flag_values=flag_values)
+    flags.DEFINE_multi_string("data", [], "COCO-format folder whose annotations.json sizes are averaged over",
+                              flag_values=flag_values)
+
+
+def compare(args: flags.FlagValues, positional: list[str]) -> None:
+    if len(positional) > 1:
+        raise UsageError(f"unexpected arguments: {' '.join(positional[1:])}")
+    config = args.config
+    square, canvases = (args.square, args.square), training_canvases(config)
     gflop = program_gflop(config, [square, *canvases])
     for canvas, row in gflop.items():
         print(f"canvas {canvas[0]}x{canvas[1]}: train step {row['train']:.1f} GFLOP per image, "
               f"predict {row['predict']:.1f}")
-    for folder in _DATA.value:
+    for folder in args.data:
         images = json.loads((pathlib.Path(folder) / "annotations.json").read_text())["images"]
         sizes = [(image["height"], image["width"]) for image in images]
         before = dataset_gflop_per_image(sizes, [square], gflop)
@@ -43,5 +48,10 @@ def main(argv):
                   f"({1 - after[name] / before[name]:.1%} less)")
 
 
+def main(argv: list[str] | None = None) -> int:
+    return run_script(compare, define_flags, argv, doc=__doc__, config_help="training config",
+                      config_default=str(DEFAULT_CONFIG))
+
+
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(main())

@@ -7,18 +7,21 @@ Each scores the same results (evaluate + accumulate + summarize, best of --repea
 times and the largest difference between their 12 stats.
 """
 
-import argparse
 import contextlib
 import copy
 import io
 import json
+import sys
 import time
 
 import numpy as np
+from absl import flags
 from faster_coco_eval import COCO as FasterCOCO
 from faster_coco_eval import COCOeval_faster
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+
+from maskrcnn_jax.command_line import UsageError, run_script
 
 
 def score(coco_class, eval_class, annotations: str, results: list, iou_type: str, repeats: int) -> tuple:
@@ -36,13 +39,16 @@ def score(coco_class, eval_class, annotations: str, results: list, iou_type: str
     return min(times), np.array(evaluator.stats[:12])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--annotations", required=True)
-    parser.add_argument("--results", required=True)
-    parser.add_argument("--iou_type", choices=("bbox", "segm"), default="segm")
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+def define_flags(flag_values: flags.FlagValues) -> None:
+    flags.DEFINE_string("annotations", None, "COCO ground truth json", required=True, flag_values=flag_values)
+    flags.DEFINE_string("results", None, "COCO results json", required=True, flag_values=flag_values)
+    flags.DEFINE_enum("iou_type", "segm", ["bbox", "segm"], "what is scored", flag_values=flag_values)
+    flags.DEFINE_integer("repeats", 3, "timed runs of each; the best is reported", flag_values=flag_values)
+
+
+def compare(args: flags.FlagValues, positional: list[str]) -> None:
+    if len(positional) > 1:
+        raise UsageError(f"unexpected arguments: {' '.join(positional[1:])}")
     results = json.loads(open(args.results).read())
     if args.iou_type == "segm":  # mask areas size the detections, as evaluate.py scores them
         results = [{key: value for key, value in r.items() if key != "bbox"} for r in results]
@@ -53,5 +59,9 @@ def main() -> None:
           f"AP {reference_stats[0]:.4f}")
 
 
+def main(argv: list[str] | None = None) -> int:
+    return run_script(compare, define_flags, argv, doc=__doc__)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

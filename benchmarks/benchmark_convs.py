@@ -12,15 +12,17 @@ gradient as one matmul per kernel tap); the 2x2 stride-2 transposed conv "plain"
 (conv_transpose_matmul). The last column says which one the model runs on CPU (conv.conv_fast).
 """
 
-import argparse
 import json
 import statistics
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
+from maskrcnn_jax.command_line import UsageError, run_script
 from maskrcnn_jax.models import conv
 
 BATCH = 2
@@ -124,12 +126,15 @@ def time_layer(layer: dict, repeats: int, rng: np.random.Generator) -> dict:
     return {f"{name} {mode}": statistics.median(samples) for (name, mode), samples in times.items()}
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--only", default="", help="run only layers whose description contains this text")
-    parser.add_argument("--output", default="")
-    args = parser.parse_args()
+def define_flags(flag_values: flags.FlagValues) -> None:
+    flags.DEFINE_integer("repeats", 5, "timed runs of each layer", flag_values=flag_values)
+    flags.DEFINE_string("only", "", "run only layers whose description contains this text", flag_values=flag_values)
+    flags.DEFINE_string("output", "", "write the figures to this JSON file", flag_values=flag_values)
+
+
+def compare(args: flags.FlagValues, positional: list[str]) -> None:
+    if len(positional) > 1:
+        raise UsageError(f"unexpected arguments: {' '.join(positional[1:])}")
     rng = np.random.default_rng(0)
     results = []
     totals = {"plain": 0.0, "fast": 0.0, "model": 0.0}  # weighted forward+backward seconds per step
@@ -163,5 +168,9 @@ def main():
                       file, indent=1)
 
 
+def main(argv: list[str] | None = None) -> int:
+    return run_script(compare, define_flags, argv, doc=__doc__)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -17,38 +17,45 @@ absent it says so and stops. "shapes" writes its synthetic dataset into --workdi
 """
 
 import pathlib
+import sys
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 import benchmarking
-from maskrcnn_jax.command_line import define_config_flag
+from maskrcnn_jax.command_line import UsageError, run_script
 from maskrcnn_jax.data import grouping, transforms
 from maskrcnn_jax.training.data import training_iterator, training_source
 from maskrcnn_jax.training.setup import training_canvases
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-_CONFIG = define_config_flag("training config", default=str(ROOT / "configs" / "mask_rcnn_r50_fpn_coco.py"))
-_DATA = flags.DEFINE_string("data", str(ROOT / ".." / "shared" / "data" / "coco_train2017_85"),
-                            "COCO-format folder (annotations.json, images/) for a config with data.source coco")
-_WORKDIR = flags.DEFINE_string("workdir", "/tmp/benchmark_data", "where data.source shapes writes its images")
-_BATCHES = flags.DEFINE_integer("batches", 20, "timed batches after the first")
-_STEP_BATCH = flags.DEFINE_integer("step_batch", None, "images per timed training step (default: the config's batch)")
-_STEP_RUNS = flags.DEFINE_integer("step_runs", 2, "timed training steps after a warm-up; 0: no step")
+DEFAULT_CONFIG = ROOT / "configs" / "mask_rcnn_r50_fpn_coco.py"
 
 
-def main(argv):
-    del argv
-    config = _CONFIG.value
+def define_flags(flag_values: flags.FlagValues) -> None:
+    flags.DEFINE_string("data", str(ROOT / ".." / "shared" / "data" / "coco_train2017_85"),
+                        "COCO-format folder (annotations.json, images/) for a config with data.source coco",
+                        flag_values=flag_values)
+    flags.DEFINE_string("workdir", "/tmp/benchmark_data", "where data.source shapes writes its images",
+                        flag_values=flag_values)
+    flags.DEFINE_integer("batches", 20, "timed batches after the first", flag_values=flag_values)
+    flags.DEFINE_integer("step_batch", None, "images per timed training step (default: the config's batch)",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("step_runs", 2, "timed training steps after a warm-up; 0: no step", flag_values=flag_values)
+
+
+def measure(args: flags.FlagValues, positional: list[str]) -> None:
+    if len(positional) > 1:
+        raise UsageError(f"unexpected arguments: {' '.join(positional[1:])}")
+    config = args.config
     if config.data.source == "coco":
-        data = pathlib.Path(_DATA.value)
+        data = pathlib.Path(args.data)
         if not (data / "annotations.json").is_file():
             print(f"skipped: no COCO data at {data} (annotations.json + images/); pass --data FOLDER")
             return
         config.data.train_annotations, config.data.train_images = str(data / "annotations.json"), str(data / "images")
-    source = training_source(config, _WORKDIR.value)
+    source = training_source(config, args.workdir)
     batch_size = config.train.global_batch_size
     canvases = training_canvases(config)
     iterator = training_iterator(config, source)
@@ -56,23 +63,23 @@ def main(argv):
     first_batch = next(iterator)
     first = time.perf_counter() - start
     start = time.perf_counter()
-    for _ in range(_BATCHES.value):
+    for _ in range(args.batches):
         next(iterator)
     elapsed = time.perf_counter() - start
     if hasattr(iterator, "close"):
         iterator.close()
-    pipeline_images_per_s = _BATCHES.value * batch_size / elapsed
+    pipeline_images_per_s = args.batches * batch_size / elapsed
     print(f"pipeline: {len(source)} records, workers={config.data.num_workers} canvases={canvases} batch={batch_size} "
           f"lsj={config.data.large_scale_jitter} jitter={tuple(config.data.jitter_range)}: first batch {first:.2f} s, "
-          f"{_BATCHES.value * batch_size} images in {elapsed:.2f} s = {pipeline_images_per_s:.1f} images/s")
+          f"{args.batches * batch_size} images in {elapsed:.2f} s = {pipeline_images_per_s:.1f} images/s")
     batch_bytes = sum(value.nbytes for value in first_batch.values())
     print(f"host -> device per image: {batch_bytes / batch_size / 1e6:.2f} MB, of which the image "
           f"({first_batch['image'].dtype}) {first_batch['image'].nbytes / batch_size / 1e6:.2f} MB")
     read_ms, transform_ms = per_image_milliseconds(config, source, num_images=min(20, len(source)))
     print(f"in this process, per image: read {read_ms:.1f} ms, transforms {transform_ms:.1f} ms")
-    if _STEP_RUNS.value:
-        step_batch = _STEP_BATCH.value or batch_size
-        step = benchmarking.train_speed(config, canvases[0], step_batch, _STEP_RUNS.value)
+    if args.step_runs:
+        step_batch = args.step_batch or batch_size
+        step = benchmarking.train_speed(config, canvases[0], step_batch, args.step_runs)
         print(f"train step ({step['device']}, {step['dtype']}): batch {step_batch} in {step['step_s']:.3f} s = "
               f"{step['images_per_s']:.2f} images/s (compile {step['compile_s']:.1f} s); "
               f"pipeline / step = {pipeline_images_per_s / step['images_per_s']:.1f}")
@@ -100,5 +107,10 @@ def per_image_milliseconds(config, source, num_images: int) -> tuple[float, floa
     return 1000 * min(read_times) / num_images, 1000 * min(transform_times) / num_images
 
 
+def main(argv: list[str] | None = None) -> int:
+    return run_script(measure, define_flags, argv, doc=__doc__, config_help="training config",
+                      config_default=str(DEFAULT_CONFIG))
+
+
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(main())

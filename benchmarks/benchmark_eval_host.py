@@ -13,11 +13,13 @@ three functions are used without --workers, so the same command times an older c
 (PYTHONPATH=that checkout).
 """
 
-import argparse
+import sys
 import time
 
 import numpy as np
+from absl import flags
 
+from maskrcnn_jax.command_line import UsageError, run_script
 from maskrcnn_jax.inference.mask_windows import paste_mask_windows
 from maskrcnn_jax.evaluation.coco_results import encode_mask_windows, image_detections_to_coco
 
@@ -45,13 +47,16 @@ def encode_image(image_id: int, detections: dict, label_to_category_id: dict) ->
                                     label_to_category_id, rles)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=40)
-    parser.add_argument("--detections", type=int, default=100)
-    parser.add_argument("--repeats", type=int, default=3, help="passes over the images; the best is reported")
-    parser.add_argument("--workers", type=int, default=0)
-    args = parser.parse_args()
+def define_flags(flag_values: flags.FlagValues) -> None:
+    flags.DEFINE_integer("images", 40, "synthetic images", flag_values=flag_values)
+    flags.DEFINE_integer("detections", 100, "detections per image", flag_values=flag_values)
+    flags.DEFINE_integer("repeats", 3, "passes over the images; the best is reported", flag_values=flag_values)
+    flags.DEFINE_integer("workers", 0, "also time this many worker processes (0: none)", flag_values=flag_values)
+
+
+def measure(args: flags.FlagValues, positional: list[str]) -> None:
+    if len(positional) > 1:
+        raise UsageError(f"unexpected arguments: {' '.join(positional[1:])}")
     rng = np.random.default_rng(0)
     images = [synthetic_detections(rng, args.detections) for _ in range(args.images)]
     labels = {label: label for label in range(1, 91)}
@@ -82,5 +87,9 @@ def main() -> None:
               f"({1000 * worker_seconds / args.images:.2f} ms of worker time per image)")
 
 
+def main(argv: list[str] | None = None) -> int:
+    return run_script(measure, define_flags, argv, doc=__doc__)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

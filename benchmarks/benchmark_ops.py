@@ -8,10 +8,10 @@ pasting (100 masks of 28x28 into an 800x1216 image). JAX and torchvision runs ar
 after a warm-up so that load from other processes hits both alike; median and min are reported.
 """
 
-import argparse
 import functools
 import json
 import os
+import sys
 import time
 from collections import OrderedDict
 
@@ -20,8 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 import torchvision
+from absl import flags
 from torchvision.models.detection.roi_heads import paste_masks_in_image as torchvision_paste
 
+from maskrcnn_jax.command_line import UsageError, run_script
 from maskrcnn_jax.ops import multilevel_roi_align, nms, paste_masks_in_image, roi_align, roi_levels
 
 IMAGE_HEIGHT, IMAGE_WIDTH = 800, 1216
@@ -154,13 +156,16 @@ def time_interleaved(functions, repeats):
     return times
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads; XLA:CPU uses all cores")
-    parser.add_argument("--boxes-per-step", type=int, default=2, help="multilevel_roi_align boxes_per_step")
-    parser.add_argument("--output", help="write the figures to this JSON file")
-    args = parser.parse_args()
+def define_flags(flag_values: flags.FlagValues) -> None:
+    flags.DEFINE_integer("repeats", 7, "timed runs of each implementation, interleaved", flag_values=flag_values)
+    flags.DEFINE_integer("threads", os.cpu_count(), "torch threads; XLA:CPU uses all cores", flag_values=flag_values)
+    flags.DEFINE_integer("boxes_per_step", 2, "multilevel_roi_align boxes_per_step", flag_values=flag_values)
+    flags.DEFINE_string("output", None, "write the figures to this JSON file", flag_values=flag_values)
+
+
+def compare(args: flags.FlagValues, positional: list[str]) -> None:
+    if len(positional) > 1:
+        raise UsageError(f"unexpected arguments: {' '.join(positional[1:])}")
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     results = []
@@ -189,5 +194,9 @@ def main():
             json.dump({"threads": args.threads, "repeats": args.repeats, "results": results}, file, indent=2)
 
 
+def main(argv: list[str] | None = None) -> int:
+    return run_script(compare, define_flags, argv, doc=__doc__)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

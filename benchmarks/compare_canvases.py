@@ -8,24 +8,32 @@ large-canvas detection is matched when the other run has one of its class with b
 (`canvas_parity.py`). Prints the matched share and where the unmatched ones are.
 """
 
+import sys
+
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from canvas_parity import detections_by_image, matched
 from maskrcnn_jax.checkpoint import load_checkpoint
+from maskrcnn_jax.command_line import UsageError, run_script
 from maskrcnn_jax.data import CocoSource
 from maskrcnn_jax.training.setup import training_canvases
 
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "converted or trained checkpoint directory", required=True)
-_DATA = flags.DEFINE_string("data", None, "COCO-format folder (annotations.json, images/)", required=True)
-_BORDER = flags.DEFINE_float("border", 32.0,
-                             "resized pixels from the photo's bottom / right edge that count as the border")
+
+def define_flags(flag_values: flags.FlagValues) -> None:
+    flags.DEFINE_string("checkpoint", None, "converted or trained checkpoint directory", required=True,
+                        flag_values=flag_values)
+    flags.DEFINE_string("data", None, "COCO-format folder (annotations.json, images/)", required=True,
+                        flag_values=flag_values)
+    flags.DEFINE_float("border", 32.0, "resized pixels from the photo's bottom / right edge that count as the border",
+                       flag_values=flag_values)
 
 
-def main(argv):
-    del argv
-    params, config, _ = load_checkpoint(_CHECKPOINT.value)
-    source = CocoSource(f"{_DATA.value}/annotations.json", f"{_DATA.value}/images")
+def compare(args: flags.FlagValues, positional: list[str]) -> None:
+    if len(positional) > 1:
+        raise UsageError(f"unexpected arguments: {' '.join(positional[1:])}")
+    params, config, _ = load_checkpoint(args.checkpoint)
+    source = CocoSource(f"{args.data}/annotations.json", f"{args.data}/images")
     large = [tuple(config.input.canvas_size)]
     canvases = training_canvases(config)
     reference = detections_by_image(config, params, source, large)
@@ -46,12 +54,17 @@ def main(argv):
           f"matched ({(total - len(unmatched)) / max(total, 1):.2%}) at IoU >= 0.99 and the same class")
     if unmatched:
         scores, gaps, sides = map(np.array, zip(*unmatched))
-        border = gaps < _BORDER.value
+        border = gaps < args.border
         large = ~border & (sides >= 256)
         low = ~border & ~large & (scores < 0.1)
-        print(f"unmatched {len(unmatched)}: within {_BORDER.value:g} resized px of the bottom/right edge "
+        print(f"unmatched {len(unmatched)}: within {args.border:g} resized px of the bottom/right edge "
               f"{border.sum()}; else box side >= 256 px (P5/P6 sizes) {large.sum()}; else score < 0.1 {low.sum()}; "
               f"else {len(unmatched) - border.sum() - large.sum() - low.sum()}; median score {np.median(scores):.3f}")
 
+
+def main(argv: list[str] | None = None) -> int:
+    return run_script(compare, define_flags, argv, doc=__doc__)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(main())

@@ -1,10 +1,10 @@
 """How far ops.mask_targets_from_crops is from torchvision's mask targets on real COCO masks.
 
     .venv/bin/python benchmarks/measure_mask_targets.py [--data ../shared/data/coco_train2017_85] \
-        [--rois-per-gt 8] [--seed 0] [--native-scale] [--output F.json]
+        [--rois_per_gt 8] [--seed 0] [--native_scale] [--output F.json]
 
 Each image is resized as torchvision trains (short side 800, long side at most 1333; with
---native-scale not at all). Ours: the pipeline's 112x112 box crops (data.transforms.
+--native_scale not at all). Ours: the pipeline's 112x112 box crops (data.transforms.
 crop_masks_to_boxes of the original-resolution masks) resampled to 28x28 per RoI. torchvision's:
 the GT masks resized to the training scale as GeneralizedRCNNTransform does (legacy nearest), then
 roi_align(mask, roi, 28, 1.0, sampling_ratio=-1, aligned=False). RoIs: each GT box itself
@@ -17,19 +17,22 @@ torchvision's own target with a fixed sampling_ratio=2 instead of the adaptive o
 roi_align gives from full-image masks).
 """
 
-import argparse
 import json
 import pathlib
+import sys
 
 import jax
 import numpy as np
 import torch
 import torchvision
+from absl import flags
 
+from maskrcnn_jax.command_line import UsageError, run_script
 from maskrcnn_jax.data import CocoSource
 from maskrcnn_jax.data import transforms
 from maskrcnn_jax.ops import mask_targets_from_crops
 
+DEFAULT_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_train2017_85"
 MIN_SIZE, MAX_SIZE = 800, 1333
 CROP_SIZE, OUTPUT_SIZE = 112, 28
 SIZE_BUCKETS = {"small": (0, 32**2), "medium": (32**2, 96**2), "large": (96**2, np.inf)}
@@ -125,17 +128,21 @@ def measure(data_dir, rois_per_gt, seed, native_scale=False):
     return summaries
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    default_data = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_train2017_85"
-    parser.add_argument("--data", type=pathlib.Path, default=default_data)
-    parser.add_argument("--rois-per-gt", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--native-scale", action="store_true",
-                        help="no resize: compare at each image's own size (torchvision's mask resize does nothing)")
-    parser.add_argument("--output", type=pathlib.Path)
-    args = parser.parse_args()
-    summaries = measure(args.data, args.rois_per_gt, args.seed, args.native_scale)
+def define_flags(flag_values: flags.FlagValues) -> None:
+    flags.DEFINE_string("data", str(DEFAULT_DATA), "COCO-format folder (annotations.json, images/)",
+                        flag_values=flag_values)
+    flags.DEFINE_integer("rois_per_gt", 8, "RoIs per GT box: the box itself and jittered ones with IoU >= 0.5",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("seed", 0, "random seed of the jittered RoIs", flag_values=flag_values)
+    flags.DEFINE_bool("native_scale", False, "no resize: compare at each image's own size (torchvision's mask resize "
+                      "does nothing)", flag_values=flag_values)
+    flags.DEFINE_string("output", None, "write the figures to this JSON file", flag_values=flag_values)
+
+
+def compare(args: flags.FlagValues, positional: list[str]) -> None:
+    if len(positional) > 1:
+        raise UsageError(f"unexpected arguments: {' '.join(positional[1:])}")
+    summaries = measure(pathlib.Path(args.data), args.rois_per_gt, args.seed, args.native_scale)
     for name, buckets in summaries.items():
         print(f"\n{name}, against torchvision's roi_align(sampling_ratio=-1, aligned=False)")
         print(f"{'GT size':8} {'RoIs':>6} {'mean |diff|':>12} {'p99 |diff|':>11} {'max |diff|':>11} {'IoU@0.5':>8}")
@@ -144,8 +151,12 @@ def main():
                   f"{summary['p99_abs_difference']:11.4f} {summary['max_abs_difference']:11.4f} "
                   f"{summary['mean_iou_at_0.5']:8.4f}")
     if args.output:
-        args.output.write_text(json.dumps(summaries, indent=2) + "\n")
+        pathlib.Path(args.output).write_text(json.dumps(summaries, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_script(compare, define_flags, argv, doc=__doc__)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -8,16 +8,20 @@ targets), and the trainer is the library's too: the variant is passed as `loss_f
 """
 
 import pathlib
+import sys
 
 import jax
 import jax.numpy as jnp
 from absl import flags
 
-from maskrcnn_jax.command_line import define_config_flag, run
+from maskrcnn_jax.command_line import run_script
 from maskrcnn_jax.detector import spec_from_config
 from maskrcnn_jax.detector.losses import detector_losses, loss_metrics
 from maskrcnn_jax.models import build_model
 from maskrcnn_jax.training import train_and_evaluate
+
+SHAPES_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "shapes_tiny.py"
+
 
 def dice_loss(mask_logits, mask_targets, valid, smooth: float = 1.0):
     """Mean over the valid mask slots of 1 - soft Dice (Milletari et al., 2016).
@@ -44,7 +48,13 @@ def make_dice_loss_fn(config):
     return loss_fn
 
 
-if __name__ == "__main__":  # flags defined here only, so that tests can import the variant
-    config_flag = define_config_flag("config file", str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "shapes_tiny.py"))
-    workdir_flag = flags.DEFINE_string("workdir", None, "training directory", required=True)
-    run(lambda argv: train_and_evaluate(config_flag.value, workdir_flag.value, loss_fn_factory=make_dice_loss_fn))
+def define_flags(flag_values: flags.FlagValues) -> None:
+    flags.DEFINE_string("workdir", None, "training directory", required=True, flag_values=flag_values)
+
+
+def train(flag_values: flags.FlagValues, positional: list[str]) -> None:
+    train_and_evaluate(flag_values.config, flag_values.workdir, loss_fn_factory=make_dice_loss_fn)
+
+
+if __name__ == "__main__":
+    sys.exit(run_script(train, define_flags, doc=__doc__, config_help="config file", config_default=str(SHAPES_CONFIG)))

@@ -13,13 +13,12 @@ that exists but cannot be used, an image that fails). `--verbose` adds the trace
 Orbax's background threads and coroutines print about a failure it also raises in the script
 (without it that is dropped: `_quiet_background_failures`).
 
-The user-facing scripts start with `sys.exit(main())`, where `main(argv=None)` calls `run_script`
-(absl flags) or `run_argparse`: both parse into fresh flags on every call, so tests call the
-scripts' `main([...])` in one process. `run(main)` is absl's app.run on its global flags (train.py,
-benchmark.py), with the same one-line errors.
+Every script (scripts/, benchmarks/, examples/; not examples/serve_exported.py, which runs without
+this package) ends with `sys.exit(main())`, where `main(argv=None)` is `run_script(function,
+define_flags, argv, ...)`: absl flags, spelt with underscores, parsed into fresh FlagValues on every
+call, so tests call the scripts' `main([...])` in one process.
 """
 
-import argparse
 import importlib.util
 import logging as python_logging
 import os
@@ -57,10 +56,10 @@ def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
 
 
 def define_config_flag(
-    help_string: str, default: str | None = None, flag_values: flags.FlagValues = flags.FLAGS, argv=None
+    help_string: str, default: str | None, flag_values: flags.FlagValues, argv: Sequence[str]
 ) -> flags.FlagHolder:
-    """Defines `--config FILE` with `--config.key=value` overrides (locked config); argv: the
-    command line the overrides are read from (default sys.argv)."""
+    """Defines `--config FILE` with `--config.key=value` overrides (locked config) on flag_values;
+    argv: the command line the overrides are read from."""
     return config_flags.DEFINE_config_file(
         "config", default, help_string, flag_values=flag_values, lock_config=True, sys_argv=argv
     )
@@ -90,22 +89,6 @@ def checkpoint_config_default(argv: Sequence[str]) -> str | None:
     except (FileNotFoundError, NotADirectoryError) as error:
         raise UsageError(f"--checkpoint: {error}") from None
     return f"{CHECKPOINT_CONFIG_FILE}:{checkpoint}"
-
-
-def _parse_global_flags(argv: list[str], config_from_checkpoint: bool) -> list[str]:
-    """An `app.run` flags_parser on absl's global flags: with config_from_checkpoint, the
-    `checkpoint_config_default`; a problem ends as one `error:` line (exit 2). Returns the
-    positional arguments (argv[0] first)."""
-    try:
-        default = checkpoint_config_default(argv) if config_from_checkpoint else None
-        if default:
-            # The overrides are read from sys.argv when the default is parsed, as for --config itself.
-            flags.FLAGS.set_default("config", default)
-        return flags.FLAGS(argv)
-    except UsageError as error:
-        sys.exit(report_error(error, verbose=False))
-    except Exception as error:  # absl's flag errors, and whatever loading the config file raised
-        sys.exit(report_error(UsageError(_usage_message(error, argv)), verbose=False))
 
 
 def enable_compilation_cache(directory: str | None = None) -> str | None:
@@ -278,55 +261,3 @@ def run_script(
         return 0 if code is None else int(code)
     except (Exception, KeyboardInterrupt) as error:
         return report_error(error, flag_values.verbose)
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse for the scripts: adds `--verbose`, and a usage problem raises UsageError (one
-    `error:` line, exit 2, from `run_argparse`) instead of printing the usage text."""
-
-    def __init__(self, doc: str, **kwargs):
-        super().__init__(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
-        self.add_argument("--verbose", action="store_true", help="print the traceback of an error")
-
-    def error(self, message: str):
-        raise UsageError(f"{message} (see --help)")
-
-
-def run_argparse(
-    main: Callable[[argparse.Namespace], int | None], parser: ArgumentParser, argv: Sequence[str] | None = None
-) -> int:
-    """Parses argv (default sys.argv, the program name first) with `parser` and returns the exit code
-    of `main(arguments)`; problems end as one `error:` line (module docstring)."""
-    argv = list(sys.argv if argv is None else argv)
-    try:
-        arguments = parser.parse_args(argv[1:])
-    except UsageError as error:
-        return report_error(error, _wants_verbose(argv))
-    except SystemExit as exit_:  # --help
-        return exit_.code or 0
-    try:
-        code = main(arguments)
-        return 0 if code is None else int(code)
-    except (Exception, KeyboardInterrupt) as error:
-        return report_error(error, arguments.verbose)
-
-
-def run(main: Callable[[list[str]], int | None], config_from_checkpoint: bool = False) -> None:
-    """`app.run(main)` on absl's global flags (train.py, benchmark.py), with `--verbose` added;
-    config_from_checkpoint: the `--config` default is `checkpoint_config_default`. Log verbosity
-    stays WARNING unless -v/--verbosity is given; problems end as one `error:` line (module
-    docstring; --verbose or -v 1 adds the traceback), SystemExit passes through."""
-    if "verbose" not in flags.FLAGS:
-        flags.DEFINE_bool("verbose", False, "print the traceback of an error")
-
-    def main_with_one_line_errors(argv: list[str]) -> int | None:
-        if not flags.FLAGS["verbosity"].present:
-            logging.set_verbosity(logging.WARNING)
-        verbose = flags.FLAGS.verbose or flags.FLAGS["verbosity"].value >= 1
-        _quiet_background_failures(verbose)
-        try:
-            return main(argv)
-        except (Exception, KeyboardInterrupt) as error:
-            return report_error(error, verbose=verbose)
-
-    app.run(main_with_one_line_errors, flags_parser=lambda argv: _parse_global_flags(argv, config_from_checkpoint))

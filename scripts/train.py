@@ -10,9 +10,11 @@ Compiled programs are kept in JAX's persistent cache ($MASKRCNN_JAX_CACHE_DIR, d
 One run per workdir: a second one refuses while WORKDIR/train.lock names a live run. See docs/training.md.
 """
 
+import sys
+
 from absl import flags
 
-from maskrcnn_jax.command_line import define_config_flag, enable_compilation_cache, run
+from maskrcnn_jax.command_line import UsageError, run_script
 from maskrcnn_jax.training import (
     IncompatibleCheckpointError,
     NonFiniteLossError,
@@ -21,29 +23,37 @@ from maskrcnn_jax.training import (
 )
 from maskrcnn_jax.training.workdir_lock import DEFAULT_STALE_AFTER_SECONDS
 
-_CONFIG = define_config_flag("config file with get_config(), e.g. configs/shapes_tiny.py")
-_WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints/, metrics.jsonl and tensorboard/",
-                               required=True)
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "multi-host: process 0's host:port")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "multi-host: number of processes")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "multi-host: this process's index, 0 to num_processes - 1")
-_LOCK_STALE_SECONDS = flags.DEFINE_float(
-    "workdir_lock_stale_seconds", DEFAULT_STALE_AFTER_SECONDS,
-    "a WORKDIR/train.lock not refreshed for this long is taken over (its run refreshes it 4 times as often; "
-    "a lock whose process is gone on this host is taken over at once)", lower_bound=1)
-flags.mark_flags_as_required(["config"])
+
+def define_flags(flag_values: flags.FlagValues) -> None:
+    flags.DEFINE_string("workdir", None, "directory for checkpoints/, metrics.jsonl and tensorboard/", required=True,
+                        flag_values=flag_values)
+    flags.DEFINE_string("coordinator_address", None, "multi-host: process 0's host:port", flag_values=flag_values)
+    flags.DEFINE_integer("num_processes", None, "multi-host: number of processes", flag_values=flag_values)
+    flags.DEFINE_integer("process_id", None, "multi-host: this process's index, 0 to num_processes - 1",
+                         flag_values=flag_values)
+    flags.DEFINE_float(
+        "workdir_lock_stale_seconds", DEFAULT_STALE_AFTER_SECONDS,
+        "a WORKDIR/train.lock not refreshed for this long is taken over (its run refreshes it 4 times as often; "
+        "a lock whose process is gone on this host is taken over at once)", lower_bound=1, flag_values=flag_values)
 
 
-def main(argv) -> None:
-    if len(argv) > 1:
-        raise SystemExit(f"error: unexpected arguments {argv[1:]}")
-    enable_compilation_cache()
-    initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+def train(flag_values: flags.FlagValues, positional: list[str]) -> None:
+    if len(positional) > 1:
+        raise UsageError(f"unexpected arguments: {' '.join(positional[1:])}")
+    if flag_values.config is None:
+        raise UsageError("--config is required (see --help)")
+    initialize_distributed(flag_values.coordinator_address, flag_values.num_processes, flag_values.process_id)
     try:
-        train_and_evaluate(_CONFIG.value, _WORKDIR.value, workdir_lock_stale_seconds=_LOCK_STALE_SECONDS.value)
+        train_and_evaluate(flag_values.config, flag_values.workdir,
+                           workdir_lock_stale_seconds=flag_values.workdir_lock_stale_seconds)
     except (IncompatibleCheckpointError, NonFiniteLossError) as error:
         raise SystemExit(f"error: {error}")
 
 
+def main(argv: list[str] | None = None) -> int:
+    return run_script(train, define_flags, argv, doc=__doc__, compilation_cache=True,
+                      config_help="config file with get_config(), e.g. configs/shapes_tiny.py")
+
+
 if __name__ == "__main__":
-    run(main)
+    sys.exit(main())
