@@ -16,8 +16,8 @@ from pycocotools.cocoeval import COCOeval
 
 from maskrcnn_jax.command_line import load_config_file
 from maskrcnn_jax.demo import PICTURE_COLUMNS, PICTURE_SIDE, draw_results, run_demo
-from maskrcnn_jax.evaluation import STAT_NAMES
 from maskrcnn_jax.drawing import image_grid, training_curves, upscale
+from maskrcnn_jax.evaluation import STAT_NAMES
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
