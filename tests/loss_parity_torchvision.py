@@ -628,10 +628,10 @@ def test_parity_training_steps_equal_torchvision_sgd_with_warmup(parity):
     After every step: the learning rates equal; every leaf torchvision does not train (frozen stages,
     FrozenBatchNorm) is bit-identical to its initial value on both sides; every trainable leaf within
     UPDATE_TOLERANCE of torchvision's, relative to torchvision's update so far; v2's running
-    statistics within the one-step statistics test's tolerance. And exactly: torch.optim.SGD (same recipe, float64) applied to our parameters with our
-    gradients gives our parameters (within float32 rounding) and our momentum traces (within 1e-5):
-    weight decay on each leaf, v2's norm scale and bias included, is far below the parity noise of
-    the model's gradients, but not of this.
+    statistics within the one-step statistics test's tolerance. And exactly: torch.optim.SGD (same
+    recipe, float64) applied to our parameters with our gradients gives our parameters (within float32
+    rounding) and our momentum traces (within 1e-5): weight decay on each leaf, v2's norm scale and
+    bias included, is far below the parity noise of the model's gradients, but not of this.
     """
     architecture, model, spec, examples = parity["architecture"], parity["model"], parity["spec"], parity["examples"]
     params = parity["params"]
