@@ -1,7 +1,7 @@
 """A seeded, randomly initialised torchvision Mask R-CNN that makes confident detections, and a
 classification ResNet with BatchNorm statistics of the size of its activations.
 
-A test helper (also used by scripts/benchmark.py): the reference for the parity tests and the
+A test helper (also used by benchmarks/benchmark.py): the reference for the parity tests and the
 convert-then-predict walkthrough. Needs torch and torchvision (the `test` extra); they are imported
 only when the function runs.
 """
