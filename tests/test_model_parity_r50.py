@@ -86,7 +86,7 @@ def test_fpn_features_within_1e4_relative(outputs):
 
 
 # Proposals per image that may differ between the two implementations (as in
-# loss_parity_torchvision): float32 rounding moves objectness scores by ~1e-6 relative, so a box
+# test_loss_parity_torchvision): float32 rounding moves objectness scores by ~1e-6 relative, so a box
 # tied within that at the per-level top-1000 cut, at NMS's IoU 0.7 or at the post-NMS top-1000 cut
 # can go either way, and which way depends on the CPU kind (issue 26). A real bug moves far more: a
 # wrong NMS threshold, top-n, clip or decode changes hundreds of boxes, or every box.

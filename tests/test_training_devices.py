@@ -166,7 +166,7 @@ def test_eight_devices_give_the_losses_and_parameters_of_one_device(device_run):
             np.testing.assert_allclose(update_eight, update_one, rtol=0, atol=max(1e-4 * scale, rounding), err_msg=name)
     else:
         # v2's gradients are ill-conditioned: training-mode BatchNorm amplifies float32 rounding
-        # (tests/loss_parity_torchvision.py: float32 gradients percents from float64 deep in the
+        # (tests/test_loss_parity_torchvision.py: float32 gradients percents from float64 deep in the
         # backbone), and the 8-device step rounds differently (its BatchNorm sums run per device,
         # then across). Measured, norm of the update difference / norm of the update: 2.9e-4 (Intel
         # Xeon, 2026-12-04), 5.5e-4 (the machine of 2026-12-03). A bug is of order one: gradients of
