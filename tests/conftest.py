@@ -5,10 +5,16 @@ tests build new jitted functions around the same small models (and run scripts i
 which inherit JAX_COMPILATION_CACHE_DIR), so a program compiled once is loaded, not compiled again.
 Fresh per session, so no test depends on an earlier run; the pytest-xdist workers of one run share
 it (named after the run's id). Tests that need their own cache set it.
+
+Scheduling for `make test` (`-n 2 --dist loadscope`): each module runs whole on one worker, so its
+module fixtures are computed once. Two additions keep both workers busy to the end: the loss-parity
+module's v1 and v2 halves are two scopes (each has its own fixture instance, so nothing is computed
+twice), and the slowest scopes start first (longest first; the rest keep their order).
 """
 
 import os
 import pathlib
+import re
 import tempfile
 
 import jax
@@ -31,3 +37,51 @@ def shared_data_path(*parts: str) -> pathlib.Path:
     if not path.exists():
         pytest.skip(f"real test data not found at {path} (../shared/data is not beside this checkout)")
     return path
+
+
+# Modules whose module fixture is parametrized by architecture: one scope per architecture.
+SPLIT_BY_ARCHITECTURE = ("tests/test_loss_parity_torchvision.py",)
+
+# The slowest scopes, slowest first (seconds on one worker in the fresh-clone CI of 2026-12-05, both
+# workers busy): they are handed out before the rest so no worker is left alone with one at the end.
+SLOWEST_SCOPES = (
+    "tests/test_loss_parity_torchvision.py[v2]",  # ~380: fixture 275 (three torchvision passes)
+    "tests/test_loss_parity_torchvision.py[v1]",  # ~340: fixture 108, three training steps 186
+    "tests/test_training_resume.py",  # ~200
+    "tests/test_training_distributed.py",  # ~140
+    "tests/test_training_devices.py",  # ~120
+    "tests/test_model_v2_parity_torchvision.py",  # ~90
+    "tests/test_compile_report.py",  # ~80
+    "tests/test_model_remat.py",  # ~65
+)
+
+
+def test_scope(nodeid: str) -> str:
+    """The xdist scope of a test: its module (as loadscope), plus [v1]/[v2] in SPLIT_BY_ARCHITECTURE."""
+    module = nodeid.split("::", 1)[0]
+    if module in SPLIT_BY_ARCHITECTURE:
+        architecture = re.search(r"\[(v1|v2)\b", nodeid)
+        if architecture:
+            return f"{module}[{architecture.group(1)}]"
+    return module
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own grouping of tests by fixture
+def pytest_collection_modifyitems(items):
+    """Slowest scopes first (stable: every module's own order is kept)."""
+    rank = {scope: index for index, scope in enumerate(SLOWEST_SCOPES)}
+    items.sort(key=lambda item: rank.get(test_scope(item.nodeid), len(rank)))
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    config.option.loadscopereorder = False  # xdist would order scopes by their number of tests instead
+
+    class ArchitectureScopeScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return test_scope(nodeid)
+
+    return ArchitectureScopeScheduling(config, log)
