@@ -58,7 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.input.min_size = 800
     config.input.max_size = 1333
     config.input.size_divisible = 32  # torchvision-parity prediction pads to this multiple, no more
-    config.input.canvas_size = (1344, 1344)  # fixed canvas for batched evaluation (training: data.canvases)
+    config.input.canvas_size = (1344, 1344)  # one canvas for every photo (evaluation: eval.canvases, training: data.canvases)
 
     config.test = ml_collections.ConfigDict()
     config.test.rpn_pre_nms_top_n = 1000  # per level
@@ -138,6 +138,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval = ml_collections.ConfigDict()
     config.eval.batch_size = 8
     config.eval.max_images = 0
+    # Evaluation canvases, batches grouped by them as in training (the resize is the same: short side
+    # 800, long <= 1333). Empty: (config.input.canvas_size,).
+    config.eval.canvases = ((800, 1344), (1344, 800))
     config.eval.host_workers = -1  # mask paste + RLE processes per host; -1: one per core but one (0 on CPU)
     config.eval.write_results = False  # True: WORKDIR/evaluation/coco_results.json, the last detections scored
 

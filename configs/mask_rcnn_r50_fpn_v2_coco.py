@@ -40,7 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.targets.mask_head_chunk_size = 0
 
     steps_per_epoch = TRAIN_IMAGES // GLOBAL_BATCH  # 1832
-    config.data.canvases = ((800, 800),)  # one square canvas; evaluation keeps v1's canvas and sizes
+    config.data.canvases = ((800, 800),)  # one square canvas; evaluation keeps v1's canvases and sizes
     config.data.large_scale_jitter = True
     config.data.jitter_range = (0.1, 2.0)
     config.train.global_batch_size = GLOBAL_BATCH

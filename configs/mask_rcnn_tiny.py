@@ -28,6 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.input.max_size = 128
     config.input.canvas_size = (128, 128)
     config.data.canvases = ()  # train on the one square canvas above
+    config.eval.canvases = ()  # and evaluate on it
     config.test.rpn_pre_nms_top_n = 200
     config.test.rpn_post_nms_top_n = 100
     config.test.detections_per_image = 20

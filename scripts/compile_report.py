@@ -5,8 +5,8 @@
         [--output report.json]
 
 One report per canvas the task compiles for (the trainer compiles one step per training canvas,
-config.data.canvases; predict, config.input.canvas_size), or for --canvas alone. --output writes
-them as a JSON list.
+config.data.canvases; predict one per evaluation canvas, config.eval.canvases), or for --canvas
+alone. --output writes them as a JSON list.
 
 --topology: a TPU topology (v4, v5e, v5p or v6e with its shape, e.g. v5e:2x2; needs libtpu:
 pip install -e '.[tpu]', no TPU) or cpu:N (N CPU devices, nothing to install). The train step is the
@@ -31,7 +31,7 @@ def define_flags(flag_values) -> None:
     flags.DEFINE_integer("per_chip_batch", None, "images per chip", lower_bound=1, flag_values=flag_values,
                          required=True)
     flags.DEFINE_enum("task", "train", ["train", "predict"], "the trainer's step or predict", flag_values=flag_values)
-    flags.DEFINE_string("canvas", None, "HxW (default: each training canvas of the config, or predict's canvas)", flag_values=flag_values)
+    flags.DEFINE_string("canvas", None, "HxW (default: each training canvas of the config, or each evaluation canvas)", flag_values=flag_values)
     flags.DEFINE_bool("stages", True, "also compile each stage alone for the per-stage breakdown",
                       flag_values=flag_values)
     flags.DEFINE_string("output", None, "write the report as JSON here", flag_values=flag_values)

@@ -5,7 +5,8 @@ prints the throughput with its breakdown per stage):
   python scripts/evaluate.py --checkpoint DIR --annotations A.json --images IMAGE_DIR --output OUT \
       [--batch_size=N] [--max_images=N] [--host_workers=N] [--per_category] [--config FILE] [--config.key=value ...]
 The checkpoint brings its config (`--config` replaces it, `--config.key=value` changes a field);
-detections scoring above config.test.score_threshold (0.05) are scored, on config.input.canvas_size.
+detections scoring above config.test.score_threshold (0.05) are scored, batches on the config's
+evaluation canvases (config.eval.canvases, one per orientation; empty: config.input.canvas_size).
 Each batch is split over every device of this process (--batch_size: a multiple of them; default 2
 per device); a multi-host evaluation runs inside the trainer (config.eval).
 Compiled programs are kept in JAX's persistent cache (--compilation_cache_dir). Masks are pasted and

@@ -184,6 +184,79 @@ def test_coco_evaluator_pads_every_images_ground_truth_and_maps_the_labels():
     assert evaluator.slots.category_ids == source.label_to_category_id
 
 
+class RecordSubset:
+    """Some records of a source (with its image_size and class attributes)."""
+
+    def __init__(self, source, indices):
+        self.source, self.indices = source, list(indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, index):
+        return self.source[self.indices[index]]
+
+    def image_size(self, index):
+        return self.source.image_size(self.indices[index])
+
+    def __getattr__(self, name):
+        return getattr(self.source, name)
+
+
+def test_coco_evaluator_on_a_canvas_per_orientation_equals_each_orientation_alone(capsys):
+    """config.eval.canvases: each batch on one canvas (landscape 96x128, portrait 128x96), each photo
+    on its orientation's (seen by predict), every image scored once. Reference: the same evaluator on
+    the landscape photos alone with the one landscape canvas, and on the portrait photos alone with
+    the portrait canvas; the union of their detections equals the grouped run's (an image dropped or
+    scored twice would differ; the canvas itself barely moves a detection: the padding is zeros as
+    the convolutions' own, hence the direct check). The first 12 photos of coco_val2014_43
+    (config.eval.max_images) hold 2 portraits."""
+    folder = shared_data_path("coco_val2014_43")
+    source = CocoSource(folder / "annotations.json", folder / "images")
+    config = load_config_file(ROOT / "configs" / "mask_rcnn_tiny.py")
+    config.model.num_classes = source.num_classes
+    config.input.min_size, config.input.max_size = 96, 128
+    config.test.score_threshold, config.test.detections_per_image = 0.0, 5  # random weights: keep detections
+    config.eval.batch_size, config.eval.max_images, config.eval.host_workers = 4, 12, 0
+    landscape, portrait = (96, 128), (128, 96)
+    params = random_params(build_model(config))
+
+    seen = []  # (canvas, original size) of every photo predict was given (blank rows are padding)
+
+    def results_of(records, canvases):
+        config.eval.canvases = canvases
+        evaluator = CocoEvaluator(config, records, folder / "annotations.json")
+        predict = evaluator.predict
+
+        def recording_predict(params, inputs):
+            images = np.asarray(inputs["image"])
+            seen.extend((images.shape[1:3], tuple(int(side) for side in size))
+                        for image, size in zip(images, np.asarray(inputs["original_size"])) if image.any())
+            return predict(params, inputs)
+
+        evaluator.predict = recording_predict
+        results = evaluator.evaluate(params).results
+        evaluator.close()
+        return sorted(results, key=lambda r: (r["image_id"], -r["score"], r["bbox"]))
+
+    grouped = results_of(source, (landscape, portrait))
+    assert "canvases (96, 128), (128, 96)" in capsys.readouterr().out
+    assert len(seen) == 12 + 4  # the first batch (4 photos) twice: warm-up (compile), then scored
+    assert all(canvas == (portrait if height > width else landscape) for canvas, (height, width) in seen)
+    sizes = [source.image_size(index) for index in range(12)]
+    portraits = [index for index, (height, width) in enumerate(sizes) if height > width]
+    assert len(portraits) == 2
+    alone = results_of(RecordSubset(source, [i for i in range(12) if i not in portraits]), (landscape,))
+    alone += results_of(RecordSubset(source, portraits), (portrait,))
+    alone.sort(key=lambda r: (r["image_id"], -r["score"], r["bbox"]))
+    assert {r["image_id"] for r in grouped} == {source[i]["image_id"] for i in range(12)}
+    assert len(grouped) == len(alone) == 12 * 5
+    for ours, reference in zip(grouped, alone):
+        assert (ours["image_id"], ours["category_id"]) == (reference["image_id"], reference["category_id"])
+        np.testing.assert_allclose(ours["bbox"], reference["bbox"], rtol=1e-5, atol=1e-3)
+        np.testing.assert_allclose(ours["score"], reference["score"], rtol=1e-5)
+
+
 def test_script_model_mode_agrees_with_results_mode(tmp_path):
     folder = shared_data_path("labelme_voc3")
     source = CocoSource(folder / "annotations.json", folder / "images")

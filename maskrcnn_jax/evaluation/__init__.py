@@ -2,7 +2,7 @@
 (`CocoEvaluator`: the one way the trainer, the demo and scripts/evaluate.py score a model)."""
 
 from maskrcnn_jax.evaluation.class_slots import ClassSlots, class_slots
-from maskrcnn_jax.evaluation.coco_evaluator import CocoEvaluator
+from maskrcnn_jax.evaluation.coco_evaluator import CocoEvaluator, evaluation_canvases
 from maskrcnn_jax.evaluation.coco_metrics import (
     STAT_NAMES,
     CocoScores,
@@ -34,6 +34,7 @@ __all__ = [
     "encode_mask_windows",
     "evaluate_model",
     "evaluate_results",
+    "evaluation_canvases",
     "image_detections_to_coco",
     "image_results",
     "load_coco_ground_truth",

@@ -6,8 +6,9 @@ and scripts/evaluate.py all score with it.
 It owns what every scoring needs and might otherwise assemble differently:
   the images     the source's, its first config.eval.max_images when > 0
   the batches    config.eval.batch_size rounded up to a multiple of the devices the parameters live
-                 on; the ground truth padded to the most instances of any image of the annotation
-                 file, so that none is dropped (COCOeval reads the ground truth from the file)
+                 on, each on one canvas of `evaluation_canvases` (one per orientation: grouped as
+                 training groups them); the ground truth padded to the most instances of any image of
+                 the annotation file, so that none is dropped (COCOeval reads the ground truth from the file)
   the labels     the model's class slots for the dataset's labels (`class_slots`)
   the model      predict of the config's model, its class slots named by the dataset (or the
                  caller's predict, e.g. a checkpoint's `Predictor.predict`)
@@ -24,7 +25,6 @@ import os
 import sys
 import time
 
-import grain
 import jax
 import ml_collections
 import numpy as np
@@ -42,6 +42,32 @@ def params_mesh(params):
     """The mesh the parameters are placed on (e.g. the trainer's), or None for host or single-device arrays."""
     sharding = getattr(jax.tree.leaves(params)[0], "sharding", None)
     return getattr(sharding, "mesh", None)
+
+
+def evaluation_canvases(config: ml_collections.ConfigDict) -> list[tuple[int, int]]:
+    """The canvases (Hc, Wc) evaluation batches are grouped by, one compiled predict each:
+    config.eval.canvases (e.g. one per orientation), or when empty (or absent, as in configs written
+    before it) the one config.input.canvas_size."""
+    canvases = [tuple(int(side) for side in canvas) for canvas in config.eval.get("canvases", ())]
+    return canvases or [tuple(config.input.canvas_size)]
+
+
+class _FirstRecords:
+    """The first `count` records of a source, keeping its `image_size` (grouping by canvas reads it)."""
+
+    def __init__(self, source, count: int):
+        self.source, self.count = source, min(count, len(source))
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < self.count:
+            raise IndexError(index)
+        return self.source[index]
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        return self.source.image_size(index)
 
 
 def _counting_images(batches, counts: list):
@@ -63,7 +89,8 @@ class CocoEvaluator:
         bad annotation file."""
         self.config = config
         self.slots = class_slots(config.model.num_classes, source)
-        self.source = grain.MapDataset.source(source)[: config.eval.max_images] if config.eval.max_images > 0 else source
+        self.source = _FirstRecords(source, config.eval.max_images) if config.eval.max_images > 0 else source
+        self.canvases = evaluation_canvases(config)
         self.warnings = []  # the annotation file's counted problems (`load_coco_ground_truth`)
         self.coco_gt = load_coco_ground_truth(annotation_file, self.warnings)
         self.max_instances = max([len(annotations) for annotations in self.coco_gt.imgToAnns.values()] + [1])
@@ -80,15 +107,14 @@ class CocoEvaluator:
         mesh = params_mesh(params)
         devices = mesh.size if mesh is not None else 1
         batch_size = math.ceil(config.eval.batch_size / devices) * devices
-        canvas = tuple(config.input.canvas_size)
         batches = evaluation_dataset(
-            self.source, global_batch_size=batch_size, canvas_size=canvas, min_size=config.input.min_size,
-            max_size=config.input.max_size, max_instances=self.max_instances, mask_size=config.data.mask_size,
-            shard_index=jax.process_index(), shard_count=jax.process_count())
+            self.source, global_batch_size=batch_size, canvas_size=self.canvases[0], canvases=self.canvases,
+            min_size=config.input.min_size, max_size=config.input.max_size, max_instances=self.max_instances,
+            mask_size=config.data.mask_size, shard_index=jax.process_index(), shard_count=jax.process_count())
         compile_note = ""
         if mesh not in self._compiled_for:  # compiled apart, so that the split below is the evaluation's own
             start = time.perf_counter()
-            warm_up(self.predict, params, batches, mesh)
+            warm_up(self.predict, params, batches, mesh, self.canvases)
             self._compiled_for.add(mesh)
             compile_note = f", compile + first batch {time.perf_counter() - start:.1f} s"
         timings, images = {}, []
@@ -96,7 +122,8 @@ class CocoEvaluator:
         evaluation = score_model(self.predict, params, _counting_images(batches, images), self.coco_gt,
                                  self.slots.category_ids, timings=timings, pool=self.pool, mesh=mesh,
                                  results_file=self.results_file)
-        print(f"{describe_run(devices, self.workers)}, global batch {batch_size}, canvas {canvas}{compile_note}\n"
+        print(f"{describe_run(devices, self.workers)}, global batch {batch_size}, "
+              f"canvas{'es' if len(self.canvases) > 1 else ''} {', '.join(map(str, self.canvases))}{compile_note}\n"
               f"{describe_timings(sum(images), timings, time.perf_counter() - start, self.workers)}", flush=True)
         if evaluation is not None and len(evaluation.image_ids) < len(self.source):
             print(f"warning: {len(self.source) - len(evaluation.image_ids)} of {len(self.source)} images could not "

@@ -73,14 +73,21 @@ def describe_timings(num_images: int, timings: dict, wall_seconds: float, worker
     return "\n".join(lines)
 
 
-def warm_up(predict_fn, params, batches, mesh=None) -> None:
-    """Compiles predict on the first batch (split over `mesh` as `predict_coco_results` does), so
-    that later timings are steady-state. Raises ValueError when there is no batch (no images, or
-    none could be read)."""
+def warm_up(predict_fn, params, batches, mesh=None, canvases=()) -> None:
+    """Compiles predict on the first batch (split over `mesh` as `predict_coco_results` does), and
+    on a blank batch of its shape for each other canvas (Hc, Wc) of `canvases` (the batches are
+    grouped by canvas: one compile each), so that later timings are steady-state. Raises ValueError
+    when there is no batch (no images, or none could be read)."""
     batch = next(iter(batches), None)
     if batch is None:
         raise ValueError("there is no image to evaluate: the annotation file lists none, or none could be read")
-    _predict_on_host(predict_fn, params, prediction_inputs(batch), mesh)
+    inputs = prediction_inputs(batch)
+    _predict_on_host(predict_fn, params, inputs, mesh)
+    image = inputs["image"]
+    for canvas in canvases:
+        if tuple(canvas) != image.shape[1:3]:
+            blank = np.zeros((image.shape[0], *canvas, image.shape[3]), image.dtype)
+            _predict_on_host(predict_fn, params, {**inputs, "image": blank}, mesh)
 
 
 def predict_coco_results(

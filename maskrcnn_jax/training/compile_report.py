@@ -35,6 +35,7 @@ from maskrcnn_jax.detector import make_predict_fn, pool_rois, pyramid_anchors, s
 from maskrcnn_jax.detector.losses import LOSS_NAMES, head_losses, training_proposals, training_targets
 from maskrcnn_jax.detector.pyramid import POOLED_STRIDES, flatten_rpn_outputs
 from maskrcnn_jax.detector.spec import NORM_STATISTICS
+from maskrcnn_jax.evaluation import evaluation_canvases
 from maskrcnn_jax.models import build_model, platform_config
 from maskrcnn_jax.training import mesh as mesh_lib
 from maskrcnn_jax.training.loss import loss_fn_from_config
@@ -325,8 +326,8 @@ def _train_stages(config: ml_collections.ConfigDict, program, batch: dict, mesh,
 
 def report_canvases(config: ml_collections.ConfigDict, task: str) -> list[tuple[int, int]]:
     """The canvases a task compiles for: the trainer's one step per training canvas
-    (`training_canvases`), predict's evaluation canvas (config.input.canvas_size)."""
-    return training_canvases(config) if task == "train" else [tuple(config.input.canvas_size)]
+    (`training_canvases`), predict's one per evaluation canvas (`evaluation_canvases`)."""
+    return training_canvases(config) if task == "train" else evaluation_canvases(config)
 
 
 def compile_report(config: ml_collections.ConfigDict, topology: str, per_chip_batch: int, task: str = "train",
