@@ -73,6 +73,7 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: rank.get(test_scope(item.nodeid), len(rank)))
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: unknown without it (pytest -p no:xdist)
 def pytest_xdist_make_scheduler(config, log):
     if config.getvalue("dist") != "loadscope":
         return None
