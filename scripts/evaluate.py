@@ -13,6 +13,8 @@ Compiled programs are kept in JAX's persistent cache (--compilation_cache_dir). 
 RLE-encoded in --host_workers worker processes while the model runs (default: one per core but one;
 none when JAX runs on the CPU, where the model already uses every core). It prints the processes and
 devices used and the evaluation split: data, model, paste, RLE, waiting for the workers, COCOeval.
+--checkpoint, --results and --output may be URIs (gs://bucket/run: docs/object_store.md); the
+annotations and images are read from local files.
 Score results files from any system (several are concatenated, e.g. a bbox and a segm file):
   python scripts/evaluate.py --annotations A.json --results R.json[,R2.json] --output OUT
 predict.py's detections.json is such a file: its entries' file names are matched to A.json's images.
@@ -20,10 +22,10 @@ Both files are checked before scoring: what would be scored wrongly is an error 
 what is scored but looks wrong is a counted warning.
 """
 
-import pathlib
 import sys
 
 from absl import flags
+from etils import epath
 
 from maskrcnn_jax.command_line import UsageError, run_script
 
@@ -56,15 +58,15 @@ def _check_arguments(flag_values: flags.FlagValues, positional: list[str]) -> No
         raise UsageError("give --results, or --checkpoint and --images")
     paths = [("--annotations", flag_values.annotations)] + [("--results", path) for path in flag_values.results or []]
     for flag, path in paths:
-        if not pathlib.Path(path).is_file():
+        if not epath.Path(path).is_file():
             raise UsageError(f"{flag} {path}: no such file")
-    if flag_values.images and not pathlib.Path(flag_values.images).is_dir():
+    if flag_values.images and not epath.Path(flag_values.images).is_dir():
         raise UsageError(f"--images {flag_values.images}: no such directory")
-    if pathlib.Path(flag_values.output).is_file():
+    if epath.Path(flag_values.output).is_file():
         raise UsageError(f"--output {flag_values.output} is a file; give a directory (it is created if missing)")
 
 
-def _report(scores, warnings: list, output_dir: pathlib.Path, per_category: bool) -> None:
+def _report(scores, warnings: list, output_dir: epath.Path, per_category: bool) -> None:
     from maskrcnn_jax.evaluation import write_scores
 
     for warning in warnings + scores.warnings:
@@ -91,7 +93,7 @@ def _score_results(flag_values: flags.FlagValues) -> tuple:
     return evaluate_results(coco_gt, results), warnings
 
 
-def _score_model(flag_values: flags.FlagValues, output_dir: pathlib.Path) -> tuple:
+def _score_model(flag_values: flags.FlagValues, output_dir: epath.Path) -> tuple:
     """(scores, warnings) of the checkpoint's model, on every device of this process."""
     from maskrcnn_jax.data.coco import CocoSource
     from maskrcnn_jax.evaluation import CocoEvaluator
@@ -126,7 +128,7 @@ def _score_model(flag_values: flags.FlagValues, output_dir: pathlib.Path) -> tup
 
 def evaluate(flag_values: flags.FlagValues, positional: list[str]) -> int:
     _check_arguments(flag_values, positional)
-    output_dir = pathlib.Path(flag_values.output)
+    output_dir = epath.Path(flag_values.output)
     if flag_values.results:
         scores, warnings = _score_results(flag_values)
     else:

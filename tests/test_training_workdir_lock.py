@@ -72,10 +72,11 @@ def test_the_holder_refreshes_its_heartbeat_and_leaves_a_lock_taken_over_from_it
     assert json.loads(path.read_text())["host"] == "another-host"
 
 
-def test_an_object_store_workdir_is_refused_in_one_line(tmp_path, monkeypatch):
-    """gs://bucket/run would otherwise be the local folder ./gs:/bucket/run: nothing is written there."""
+def test_a_workdir_uri_that_no_filesystem_opens_is_refused_in_one_line(tmp_path, monkeypatch):
+    """A URI is never read as a local folder (pathlib would make ./nosuch:/bucket/run): gs:// works
+    (tests/test_training_object_store.py), a scheme no installed filesystem opens stops at once."""
     monkeypatch.chdir(tmp_path)
     config = load_config_file(REPO / "configs" / "shapes_tiny.py")
-    with pytest.raises(ValueError, match="object-store workdirs are not supported yet"):
-        train_and_evaluate(config, "gs://bucket/run")
+    with pytest.raises(ValueError, match=r"^nosuch://bucket/run: no filesystem opens this scheme \(Protocol not known"):
+        train_and_evaluate(config, "nosuch://bucket/run")
     assert list(tmp_path.iterdir()) == []

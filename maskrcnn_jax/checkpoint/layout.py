@@ -7,6 +7,9 @@ import pathlib
 from typing import Sequence
 
 import ml_collections
+from etils import epath
+
+from maskrcnn_jax.storage import as_path
 
 METADATA_FILE = "metadata.json"
 # The same JSON as an Orbax CheckpointManager item named "metadata" (ocp.args.JsonSave) stores it.
@@ -20,9 +23,9 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read (damaged files, bad metadata) or does not fit the model."""
 
 
-def steps_directory(workdir: str | os.PathLike) -> pathlib.Path:
-    """WORKDIR/checkpoints, where the trainer's CheckpointManager writes its steps."""
-    return pathlib.Path(workdir).absolute() / CHECKPOINTS_DIR
+def steps_directory(workdir: str | os.PathLike) -> epath.Path:
+    """WORKDIR/checkpoints, where the trainer's CheckpointManager writes its steps (a URI stays one)."""
+    return as_path(workdir) / CHECKPOINTS_DIR
 
 
 def checkpoint_metadata(config: ml_collections.ConfigDict, class_names: Sequence[str]) -> dict:

@@ -4,13 +4,13 @@ Parameters come back as host numpy arrays, whatever mesh wrote them."""
 
 import json
 import os
-import pathlib
 import sys
 
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from maskrcnn_jax.checkpoint.layout import (
     BACKBONE_KIND,
@@ -20,7 +20,9 @@ from maskrcnn_jax.checkpoint.layout import (
     CheckpointError,
     steps_directory,
 )
+from maskrcnn_jax.storage import as_path, is_uri
 
+COMMIT_SUCCESS_FILE = "commit_success.txt"  # orbax's atomicity_types.COMMIT_SUCCESS_FILE (not public)
 TORCH_SUFFIXES = (".pth", ".pt", ".pkl", ".bin")
 
 
@@ -33,7 +35,7 @@ def _tuples(value):
     return value
 
 
-def _metadata_file(directory: pathlib.Path) -> pathlib.Path | None:
+def _metadata_file(directory: epath.Path) -> epath.Path | None:
     """The metadata JSON of a checkpoint directory (converter's or trainer's layout), None if absent."""
     for name in (METADATA_FILE, METADATA_ITEM_FILE):
         if (directory / name).is_file():
@@ -41,16 +43,23 @@ def _metadata_file(directory: pathlib.Path) -> pathlib.Path | None:
     return None
 
 
-def _step_directories(folder: pathlib.Path) -> list[pathlib.Path]:
-    """Numbered step directories of a CheckpointManager folder that have their metadata, oldest first."""
-    steps = [path for path in folder.iterdir() if path.name.isdigit() and _metadata_file(path)]
+def _complete(step: epath.Path) -> bool:
+    """A step directory whose metadata is written and, on an object store, marked complete: there
+    Orbax writes a step in place and adds commit_success.txt last (there is no rename to wait for)."""
+    return bool(_metadata_file(step)) and (not is_uri(step) or (step / COMMIT_SUCCESS_FILE).is_file())
+
+
+def _step_directories(folder: epath.Path) -> list[epath.Path]:
+    """Complete numbered step directories of a CheckpointManager folder (`_complete`), oldest first."""
+    steps = [path for path in folder.iterdir() if path.name.isdigit() and _complete(path)]
     return sorted(steps, key=lambda path: int(path.name))
 
 
-def resolve_checkpoint(path: str | os.PathLike) -> pathlib.Path:
-    """The checkpoint directory that `path` names: itself if it holds metadata.json, else the latest
-    step of `path` (a folder of numbered steps) or of `path`/checkpoints (a training workdir)."""
-    path = pathlib.Path(path).absolute()
+def resolve_checkpoint(path: str | os.PathLike) -> epath.Path:
+    """The checkpoint directory that `path` (local, or a URI such as gs://bucket/run) names: itself
+    if it holds metadata.json, else the latest step of `path` (a folder of numbered steps) or of
+    `path`/checkpoints (a training workdir)."""
+    path = as_path(path)
     if _metadata_file(path):
         return path
     for folder in (path, steps_directory(path)):
@@ -74,12 +83,12 @@ def resolve_checkpoint(path: str | os.PathLike) -> pathlib.Path:
     )
 
 
-def _damaged(metadata_file: pathlib.Path, error: Exception) -> CheckpointError:
+def _damaged(metadata_file: epath.Path, error: Exception) -> CheckpointError:
     return CheckpointError(f"{metadata_file} is damaged ({type(error).__name__}: {error}); "
                            "write or copy the checkpoint again")
 
 
-def _read_metadata(directory: pathlib.Path) -> dict:
+def _read_metadata(directory: epath.Path) -> dict:
     """The metadata JSON of a resolved checkpoint directory, as a dict."""
     metadata_file = _metadata_file(directory)
     try:

@@ -3,24 +3,24 @@ The trainer's steps are written by its CheckpointManager (`maskrcnn_jax.training
 
 import json
 import os
-import pathlib
 from typing import Sequence
 
 import ml_collections
 import orbax.checkpoint as ocp
 
 from maskrcnn_jax.checkpoint.layout import BACKBONE_KIND, METADATA_FILE, PARAMS_DIR, checkpoint_metadata
+from maskrcnn_jax.storage import as_path
 
 
 def save_metadata(directory: str | os.PathLike, config: ml_collections.ConfigDict, class_names: Sequence[str]) -> None:
     """Writes DIR/metadata.json (`checkpoint_metadata`)."""
     metadata = checkpoint_metadata(config, class_names)
-    pathlib.Path(directory, METADATA_FILE).write_text(json.dumps(metadata, indent=1) + "\n")
+    (as_path(directory) / METADATA_FILE).write_text(json.dumps(metadata, indent=1) + "\n")
 
 
 def _save_params_then(directory: str | os.PathLike, params: dict, write_metadata) -> None:
     """Writes DIR/params, then calls write_metadata(DIR); `directory` must not hold a checkpoint already."""
-    directory = pathlib.Path(directory).absolute()
+    directory = as_path(directory)
     if (directory / PARAMS_DIR).exists() or (directory / METADATA_FILE).exists():
         raise FileExistsError(f"{directory} already holds a checkpoint")
     directory.mkdir(parents=True, exist_ok=True)

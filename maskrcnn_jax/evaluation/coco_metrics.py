@@ -21,9 +21,9 @@ import io
 import json
 import math
 import os
-import pathlib
 import posixpath
 
+from etils import epath
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
@@ -305,8 +305,7 @@ def read_results_files(paths) -> list:
     results = []
     for path in paths:
         try:
-            with open(path) as f:
-                loaded = json.load(f)
+            loaded = json.loads(epath.Path(path).read_text())
         except (OSError, ValueError) as error:  # ValueError: not JSON, or not text
             raise ValueError(f"cannot read results file {path}: {error}") from error
         if not isinstance(loaded, list):
@@ -317,7 +316,7 @@ def read_results_files(paths) -> list:
 
 def write_scores(scores: CocoScores, output_dir: str | os.PathLike) -> None:
     """Writes output_dir/metrics.json ({iou_type: {stat: value}}) and per_category_ap.json."""
-    output_dir = pathlib.Path(output_dir)
+    output_dir = epath.Path(output_dir)  # a local folder or a URI (gs://)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "metrics.json").write_text(json.dumps(scores.metrics, indent=1))
     (output_dir / "per_category_ap.json").write_text(json.dumps(scores.per_category_ap, indent=1))

@@ -10,12 +10,12 @@ import dataclasses
 import functools
 import itertools
 import json
-import pathlib
 import time
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec
 
@@ -227,8 +227,9 @@ def score_model(
         if jax.process_index() != 0:
             return None
     if results_file is not None:
-        pathlib.Path(results_file).parent.mkdir(parents=True, exist_ok=True)
-        pathlib.Path(results_file).write_text(json.dumps(results))
+        results_file = epath.Path(results_file)  # a local path or a URI (gs://)
+        results_file.parent.mkdir(parents=True, exist_ok=True)
+        results_file.write_text(json.dumps(results))
     start = time.perf_counter()
     iou_types = ("bbox", "segm") if with_masks else ("bbox",)
     scores = evaluate_results(coco_gt, results, iou_types=iou_types, image_ids=image_ids)

@@ -8,8 +8,9 @@ Each step directory holds four items:
                   (`maskrcnn_jax.checkpoint.checkpoint_metadata`), so the checkpoint describes the
                   model it holds
 Orbax writes a step into a temporary directory and renames it when every item (of every process)
-is complete, and only complete steps are listed: a half-written checkpoint is never restored (its
-temporary directory is removed when the next run starts). A complete step that cannot be restored
+is complete (on gs://, where a rename is a copy, it writes the step in place and marks it complete
+with commit_success.txt), and only complete steps are listed: a half-written checkpoint is never
+restored (its temporary directory is removed when the next run starts). A complete step that cannot be restored
 (a damaged file) is moved to WORKDIR/damaged_checkpoints/ and the run resumes from the step before.
 
 This module is the trainer's save/restore pair and what resuming needs (the compatibility check,
@@ -19,7 +20,6 @@ damaged steps moved aside); reading a workdir's parameters, metadata or latest s
 
 import json
 import os
-import pathlib
 import time
 
 import grain
@@ -27,10 +27,12 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from flax.traverse_util import flatten_dict
 from jax.experimental import multihost_utils
 
 from maskrcnn_jax.checkpoint import steps_directory
+from maskrcnn_jax.storage import move
 from maskrcnn_jax.training.progress import say
 from maskrcnn_jax.training.state import TrainState
 from maskrcnn_jax.training.processes import wait_for_all_processes
@@ -134,16 +136,16 @@ def _on_every_process(ok: bool) -> bool:
     return bool(np.all(multihost_utils.process_allgather(np.asarray(ok))))
 
 
-def _move_aside(workdir: pathlib.Path, step: int) -> pathlib.Path:
+def _move_aside(workdir: epath.Path, step: int) -> epath.Path:
     """Moves WORKDIR/checkpoints/<step> into WORKDIR/damaged_checkpoints/ (process 0; data is never deleted)."""
     destination = workdir / DAMAGED_SUBDIR / f"{step}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     if jax.process_index() == 0:
         destination.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(steps_directory(workdir) / str(step), destination)
+        move(steps_directory(workdir) / str(step), destination)
     return destination
 
 
-def check_workdir_compatible(manager: ocp.CheckpointManager, workdir: pathlib.Path,
+def check_workdir_compatible(manager: ocp.CheckpointManager, workdir: epath.Path,
                              config: ml_collections.ConfigDict) -> None:
     """Raises IncompatibleCheckpointError when the newest checkpoint whose metadata reads was
     written for another model (checked before the data and model are built)."""
@@ -156,7 +158,7 @@ def check_workdir_compatible(manager: ocp.CheckpointManager, workdir: pathlib.Pa
         return
 
 
-def restore_newest_readable(manager: ocp.CheckpointManager, workdir: pathlib.Path, abstract_state: TrainState,
+def restore_newest_readable(manager: ocp.CheckpointManager, workdir: epath.Path, abstract_state: TrainState,
                             data_iterator) -> tuple[TrainState, int] | None:
     """(state, step) of the newest checkpoint that restores, or None when there is none.
 

@@ -2,7 +2,8 @@
 batches. (The model's class slots for their labels: `evaluation.class_slots`, shared with the scoring.)
 
 config.data.source picks where records come from:
-  "shapes"  synthetic shapes, written into WORKDIR/shapes/{train,eval} on first use (config.data.shapes)
+  "shapes"  synthetic shapes, written into WORKDIR/shapes/{train,eval} on first use (config.data.shapes);
+            with a gs:// workdir into a local cache instead (`shapes_directory`)
   "coco"    COCO json + image folders (train_annotations/train_images, eval_annotations/eval_images)
   "tfds"    a TFDS dataset written by scripts/build_tfds.py (tfds_data_dir, tfds_train_split); no evaluation
 """
@@ -18,6 +19,7 @@ import ml_collections
 
 from maskrcnn_jax.data import CocoSource, training_dataset
 from maskrcnn_jax.data import shapes
+from maskrcnn_jax.storage import is_uri
 from maskrcnn_jax.training.setup import training_canvases
 
 SOURCES = ("shapes", "coco", "tfds")
@@ -54,12 +56,26 @@ def ensure_shapes_dataset(directory: str | os.PathLike, *, num_images: int, seed
     return annotation_file
 
 
+def shapes_directory(workdir: str | os.PathLike, split: str, *, num_images: int, seed: int,
+                     image_size: tuple[int, int], max_shapes: int) -> pathlib.Path:
+    """Where a shapes split lives: WORKDIR/shapes/<split>, or for a URI workdir (gs://) a folder of
+    the local cache ($XDG_CACHE_HOME or ~/.cache, maskrcnn_jax/shapes/) named by every value that
+    fixes its content. The image loader reads local files, and the set is cheap to generate again
+    and the same on every host, so it is not worth uploading."""
+    if not is_uri(workdir):
+        return pathlib.Path(workdir) / "shapes" / split
+    cache = pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache")
+    size = "x".join(str(side) for side in image_size)
+    return cache / "maskrcnn_jax" / "shapes" / f"{split}-{num_images}images-seed{seed}-size{size}-max{max_shapes}"
+
+
 def _shapes_split(config: ml_collections.ConfigDict, workdir, split: str, num_images: int) -> pathlib.Path:
     options = config.data.shapes
     # Different seeds keep the evaluation images out of the training set.
     seed = options.seed if split == "train" else options.seed + 1
-    return ensure_shapes_dataset(pathlib.Path(workdir) / "shapes" / split, num_images=num_images, seed=seed,
-                                 image_size=tuple(options.image_size), max_shapes=options.max_shapes)
+    values = dict(num_images=num_images, seed=seed, image_size=tuple(options.image_size),
+                  max_shapes=options.max_shapes)
+    return ensure_shapes_dataset(shapes_directory(workdir, split, **values), **values)
 
 
 def training_source(config: ml_collections.ConfigDict, workdir: str | os.PathLike):

@@ -8,10 +8,10 @@ process on one device with the same per-device batch. The scoring is `evaluation
 """
 
 import os
-import pathlib
 from typing import Callable
 
 import ml_collections
+from etils import epath
 
 from maskrcnn_jax.evaluation import CocoEvaluator
 from maskrcnn_jax.training.data import evaluation_data
@@ -29,7 +29,7 @@ def make_coco_evaluator(config: ml_collections.ConfigDict, workdir: str | os.Pat
     data = evaluation_data(config, workdir)
     if data is None:
         return None
-    results_file = pathlib.Path(workdir) / RESULTS_FILE if config.eval.write_results else None
+    results_file = epath.Path(workdir) / RESULTS_FILE if config.eval.write_results else None
     evaluator = CocoEvaluator(config, data.source, data.annotation_file, results_file=results_file)
 
     def evaluate(params) -> dict | None:

@@ -8,18 +8,18 @@ Written from the calling thread, one small line per step: meant for debugging ru
 """
 
 import os
-import pathlib
 
 import jax
 import numpy as np
+from etils import epath
 
 from maskrcnn_jax.training.metric_writer import append_record, drop_records_after, read_records
 
 IMAGE_IDS_SUBDIR = "image_ids"
 
 
-def image_ids_file(workdir: str | os.PathLike, process_index: int, process_count: int) -> pathlib.Path:
-    return pathlib.Path(workdir) / IMAGE_IDS_SUBDIR / f"process_{process_index}-of-{process_count}.jsonl"
+def image_ids_file(workdir: str | os.PathLike, process_index: int, process_count: int) -> epath.Path:
+    return epath.Path(workdir) / IMAGE_IDS_SUBDIR / f"process_{process_index}-of-{process_count}.jsonl"
 
 
 def read_image_ids(workdir: str | os.PathLike, process_index: int, process_count: int) -> list[dict]:

@@ -13,12 +13,11 @@ when the input it expects is not what the pipeline feeds (`PIPELINE_INPUT`): tra
 weights were not trained for fails silently otherwise.
 """
 
-import pathlib
-
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from maskrcnn_jax.checkpoint import describe_backbone, describe_input, load_backbone_description, load_params
@@ -83,7 +82,7 @@ def _same_input(recorded: dict, fed: dict) -> bool:
         return False
 
 
-def check_backbone_fits(description: dict, backbone: ml_collections.ConfigDict, path: pathlib.Path) -> None:
+def check_backbone_fits(description: dict, backbone: ml_collections.ConfigDict, path: epath.Path) -> None:
     """Raises ValueError (one line, every differing field named) unless the backbone checkpoint's
     `description` fits config.model.backbone (`backbone`) and the pipeline's input."""
     stage_sizes = backbone_stage_sizes(backbone)
@@ -121,7 +120,7 @@ def missing_backbone_message(init_checkpoint: str) -> str:
 def check_init_checkpoint(init_checkpoint: str, mode: str) -> None:
     """ValueError (missing_backbone_message) when mode "backbone" names no checkpoint that exists: the
     trainer asks before it reads any data, so that a fresh run without its ImageNet weights stops at once."""
-    if mode == "backbone" and not (init_checkpoint and pathlib.Path(init_checkpoint).exists()):
+    if mode == "backbone" and not (init_checkpoint and epath.Path(init_checkpoint).exists()):
         raise ValueError(missing_backbone_message(init_checkpoint))
 
 
@@ -137,7 +136,7 @@ def initial_params(random_params, init_checkpoint: str, mode: str, backbone: ml_
     check_init_checkpoint(init_checkpoint, mode)
     if not init_checkpoint:
         raise ValueError(f"config.init.mode is {mode!r} but config.init.checkpoint is empty")
-    path = pathlib.Path(init_checkpoint)
+    path = epath.Path(init_checkpoint)  # a local path or a URI (gs://)
     description = load_backbone_description(path)
     if description is not None and mode != "backbone":
         raise ValueError(f"config.init.checkpoint {path} is a backbone checkpoint ({describe_backbone(description)}), "

@@ -9,16 +9,17 @@ evaluations, and returns the final state.
 import contextlib
 import math
 import os
-import pathlib
 from typing import Callable
 
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
 from maskrcnn_jax.checkpoint import checkpoint_metadata, latest_step, steps_directory
 from maskrcnn_jax.data import global_batch
 from maskrcnn_jax.evaluation import class_slots
+from maskrcnn_jax.storage import as_path
 from maskrcnn_jax.training import checkpoints, initialization, workdir_lock
 from maskrcnn_jax.training import data as data_lib
 from maskrcnn_jax.training import mesh as mesh_lib
@@ -33,7 +34,7 @@ from maskrcnn_jax.training.setup import LossFnFactory, abstract_training_batch, 
 from maskrcnn_jax.training.state import TrainState, create_train_state, replace_params
 from maskrcnn_jax.training.write_failures import WriteFailedError
 
-EvaluateFnFactory = Callable[[ml_collections.ConfigDict, pathlib.Path], EvaluateFn | None]
+EvaluateFnFactory = Callable[[ml_collections.ConfigDict, epath.Path], EvaluateFn | None]
 # Metrics that are not averaged over the steps between two log lines.
 LAST_VALUE_METRICS = ("learning_rate",)
 
@@ -133,7 +134,7 @@ def _compile_steps(config, mesh, train_step, state) -> dict:
 
 
 @contextlib.contextmanager
-def _naming_the_last_checkpoint(workdir: pathlib.Path):
+def _naming_the_last_checkpoint(workdir: epath.Path):
     """Adds the last complete checkpoint to a WriteFailedError. Entered before the checkpoint saver,
     so a save still in flight has ended when the workdir is looked at."""
     try:
@@ -149,7 +150,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                        evaluate_fn_factory: EvaluateFnFactory = make_coco_evaluator,
                        mesh: jax.sharding.Mesh | None = None,
                        workdir_lock_stale_seconds: float = workdir_lock.DEFAULT_STALE_AFTER_SECONDS) -> TrainState:
-    """Trains to config.train.num_steps in `workdir` and returns the final TrainState.
+    """Trains to config.train.num_steps in `workdir` (a local folder, or a URI such as
+    gs://bucket/run: docs/object_store.md) and returns the final TrainState.
 
     Holds the workdir while it runs (WORKDIR/train.lock: another run there raises
     WorkdirInUseError; a lock whose run is gone, or untouched for workdir_lock_stale_seconds, is
@@ -166,11 +168,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     process at once (process 0's metrics are logged). mesh: default every device of every process on
     the data axis.
     """
-    if "://" in str(workdir):
-        # pathlib would read gs://bucket/run as the local folder ./gs:/bucket/run and train there.
-        raise ValueError(f"workdir {workdir}: object-store workdirs are not supported yet; use a local or "
-                         "mounted path (e.g. a gcsfuse mount)")
-    workdir = pathlib.Path(workdir).absolute()
+    workdir = as_path(workdir)  # a local folder, or a URI such as gs://bucket/run (docs/object_store.md)
     train = config.train
     mesh = mesh_lib.make_mesh() if mesh is None else mesh
     if train.global_batch_size % mesh.devices.size:

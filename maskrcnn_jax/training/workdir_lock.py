@@ -9,20 +9,26 @@ filesystem, which cannot be asked; a killed process leaves its lock behind).
 
 Two runs that find the same stale lock at the same instant can both take it over (the removal and
 the creation are two steps); a requeued job meets its old copy seconds apart, not at the same instant.
+
+On gs:// the lock is an object created only if absent (google-cloud-storage's if_generation_match=0,
+after a look for it) whose heartbeat is a rewrite (its "updated" time); the local GCS emulator of the
+tests ignores the precondition, so only real GCS shows that two runs starting at once cannot both
+create it. Other object stores are refused (no create-if-absent here).
 """
 
 import contextlib
 import json
 import os
-import pathlib
 import socket
 import threading
 import time
 
 import jax
 import numpy as np
+from etils import epath
 from jax.experimental import multihost_utils
 
+from maskrcnn_jax.storage import is_uri
 from maskrcnn_jax.training.progress import say
 from maskrcnn_jax.training.write_failures import WriteFailedError, naming
 
@@ -49,7 +55,83 @@ def _pid_is_alive(pid: int) -> bool:
     return True
 
 
-def _read_holder(path: pathlib.Path) -> dict:
+class _LocalLockFile:
+    """The lock file on a local or shared POSIX filesystem: created with O_EXCL, touched with utime."""
+
+    def __init__(self, path: epath.Path):
+        self.path = path
+
+    def create(self, text: str) -> bool:
+        """Writes `text` into a new lock file; False when the file exists already."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        try:
+            with naming("the workdir lock", self.path), os.fdopen(descriptor, "w") as f:
+                f.write(text)
+        except WriteFailedError:
+            self.path.unlink()  # an empty lock would hold the workdir until it is stale
+            raise
+        return True
+
+    def heartbeat_age_seconds(self) -> float:
+        return time.time() - os.stat(self.path).st_mtime
+
+    def touch(self) -> None:
+        os.utime(self.path)
+
+
+class _GcsLockFile:
+    """The lock object on gs://: created only if absent (if_generation_match=0); the heartbeat
+    rewrites it only if it is still the object this run wrote (another run may have taken it over)."""
+
+    def __init__(self, path: epath.Path):
+        from google.cloud import storage  # comes with gcsfs (the [gcs] extra)
+
+        self.path = path
+        bucket, name = os.fspath(path).split("://", 1)[1].split("/", 1)
+        self.blob = storage.Client().bucket(bucket).blob(name)
+        self.text = None
+
+    def create(self, text: str) -> bool:
+        from google.api_core.exceptions import PreconditionFailed
+
+        if self.blob.exists():  # the usual refusal; the precondition below settles a race
+            return False
+        try:
+            with naming("the workdir lock", self.path):
+                self.blob.upload_from_string(text, if_generation_match=0)
+        except PreconditionFailed:
+            return False
+        self.text = text
+        return True
+
+    def heartbeat_age_seconds(self) -> float:
+        from google.api_core.exceptions import NotFound
+
+        try:
+            self.blob.reload()
+        except NotFound:
+            raise FileNotFoundError(self.path) from None
+        return time.time() - self.blob.updated.timestamp()
+
+    def touch(self) -> None:
+        self.blob.upload_from_string(self.text, if_generation_match=self.blob.generation)
+
+
+def _lock_file(workdir: str | os.PathLike):
+    path = epath.Path(workdir) / LOCK_FILE
+    if not is_uri(path):
+        return _LocalLockFile(path)
+    if not os.fspath(path).startswith("gs://"):
+        # Without a create-if-absent here, two runs could both hold the workdir: refused, untested.
+        raise ValueError(f"{workdir}: workdirs are local paths or gs:// URIs (no lock for other object stores)")
+    return _GcsLockFile(path)
+
+
+def _read_holder(path: epath.Path) -> dict:
     """The lock's content; {} when it cannot be parsed (a holder killed while writing it)."""
     try:
         holder = json.loads(path.read_text())
@@ -74,46 +156,42 @@ def acquire(workdir: str | os.PathLike, stale_after_seconds: float = DEFAULT_STA
 
     Raises WorkdirInUseError when a live run holds it; takes over a stale lock, saying so.
     """
-    path = pathlib.Path(workdir) / LOCK_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
+    return _acquire(_lock_file(workdir), workdir, stale_after_seconds)
+
+
+def _acquire(lock, workdir, stale_after_seconds: float) -> dict:
+    path = lock.path
     holder = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
     for _ in range(3):  # a retry follows the removal of a stale lock, or the end of its holder
+        if lock.create(json.dumps(holder) + "\n"):
+            return holder
         try:
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            try:
-                previous = _read_holder(path)
-                reason = why_stale(previous, time.time() - path.stat().st_mtime, stale_after_seconds)
-            except FileNotFoundError:  # its holder has just ended
-                continue
-            if reason is None:
-                raise WorkdirInUseError(
-                    f"{workdir} is in use by another training run: {_describe(previous)}, lock file {path}; "
-                    f"wait for it to end or stop it, or use another --workdir") from None
-            say(f"taking over {path} from {_describe(previous)}: {reason}")
-            path.unlink(missing_ok=True)
+            previous = _read_holder(path)
+            reason = why_stale(previous, lock.heartbeat_age_seconds(), stale_after_seconds)
+        except FileNotFoundError:  # its holder has just ended
             continue
-        try:
-            with naming("the workdir lock", path), os.fdopen(descriptor, "w") as f:
-                f.write(json.dumps(holder) + "\n")
-        except WriteFailedError:
-            path.unlink()  # an empty lock would hold the workdir until it is stale
-            raise
-        return holder
+        if reason is None:
+            raise WorkdirInUseError(
+                f"{workdir} is in use by another training run: {_describe(previous)}, lock file {path}; "
+                f"wait for it to end or stop it, or use another --workdir") from None
+        say(f"taking over {path} from {_describe(previous)}: {reason}")
+        path.unlink(missing_ok=True)
     raise WorkdirInUseError(f"{path} was created again by another run while this one took it over")
 
 
 def release(workdir: str | os.PathLike, holder: dict) -> None:
     """Removes WORKDIR/train.lock if it still names `holder` (another run may have taken it over)."""
-    path = pathlib.Path(workdir) / LOCK_FILE
+    path = epath.Path(workdir) / LOCK_FILE
     if path.is_file() and _read_holder(path) == holder:
         path.unlink()
 
 
-def _keep_touching(path: pathlib.Path, interval_seconds: float, stop: threading.Event) -> None:
+def _keep_touching(lock, interval_seconds: float, stop: threading.Event) -> None:
     while not stop.wait(interval_seconds):
-        with contextlib.suppress(OSError):  # a missed heartbeat only makes the lock look older
-            os.utime(path)
+        # A missed heartbeat only makes the lock look older; one refused on gs:// (the lock was
+        # taken over) leaves the other run's lock alone.
+        with contextlib.suppress(Exception):
+            lock.touch()
 
 
 @contextlib.contextmanager
@@ -123,23 +201,24 @@ def held(workdir: str | os.PathLike, stale_after_seconds: float = DEFAULT_STALE_
     Every process raises WorkdirInUseError when process 0 could not take it, so that no process of
     a multi-process job goes on alone.
     """
+    lock = _lock_file(workdir)  # on every process: a workdir that cannot be locked is refused by all
     holder, error = None, None
     if jax.process_index() == 0:
         try:
-            holder = acquire(workdir, stale_after_seconds)
+            holder = _acquire(lock, workdir, stale_after_seconds)
         except WorkdirInUseError as refusal:
             error = refusal
     if jax.process_count() > 1:
         taken = multihost_utils.broadcast_one_to_all(np.int32(error is None))
         if error is None and not taken:
-            error = WorkdirInUseError(f"process 0 could not take {pathlib.Path(workdir) / LOCK_FILE} (its error says why)")
+            error = WorkdirInUseError(f"process 0 could not take {epath.Path(workdir) / LOCK_FILE} (its error says why)")
     if error is not None:
         raise error
     stop = threading.Event()
     heartbeat = None
     if holder is not None:
         heartbeat = threading.Thread(target=_keep_touching, daemon=True, name="workdir lock heartbeat",
-                                     args=(pathlib.Path(workdir) / LOCK_FILE, stale_after_seconds / 4, stop))
+                                     args=(lock, stale_after_seconds / 4, stop))
         heartbeat.start()
     try:
         yield
