@@ -34,6 +34,7 @@ from google.cloud import storage  # noqa: E402  (comes with gcsfs)
 from maskrcnn_jax.checkpoint import latest_step, load_checkpoint  # noqa: E402
 from maskrcnn_jax.command_line import load_config_file  # noqa: E402
 from maskrcnn_jax.inference.detector import Detector  # noqa: E402
+from maskrcnn_jax.storage import move  # noqa: E402
 from maskrcnn_jax.training import train_and_evaluate, workdir_lock  # noqa: E402
 from maskrcnn_jax.training.metric_writer import read_metrics  # noqa: E402
 
@@ -200,6 +201,19 @@ def test_a_live_lock_refuses_and_a_dead_holders_lock_is_taken_over(bucket, capsy
         assert blob.generation != generation  # rewritten by the heartbeat
         assert json.loads(lock.read_text())["pid"] == os.getpid()
     assert not lock.exists()  # released
+
+
+def test_a_step_moves_aside_into_a_folder_that_holds_nothing_yet(bucket):
+    """training/checkpoints._move_aside on gs://: an empty folder is no object there, so a rename
+    into it needs the filesystem's recursive move."""
+    step = epath.Path(f"{bucket}/moved/checkpoints/7")
+    for name in ("params/a", "params/b/c", "metadata/metadata"):
+        (step / name).write_text(name)
+    destination = epath.Path(f"{bucket}/moved/damaged_checkpoints/7-now")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    move(step, destination)
+    assert not step.exists()
+    assert all((destination / name).read_text() == name for name in ("params/a", "params/b/c", "metadata/metadata"))
 
 
 def test_the_detector_reads_the_bucket_as_its_local_copy(run, local_copy):
