@@ -39,6 +39,14 @@ def shared_data_path(*parts: str) -> pathlib.Path:
     return path
 
 
+def cpu_devices_flags(count: int) -> str:
+    """XLA_FLAGS for a subprocess with `count` CPU devices. XLA:CPU ends the process when a device
+    thread reaches a collective 40 s after the first (its default): on two cores shared with the
+    loss-parity fixtures, one of eight device threads was that late (the fresh-clone CI of stop 33)."""
+    return (f"--xla_force_host_platform_device_count={count} "
+            "--xla_cpu_collective_call_terminate_timeout_seconds=900")
+
+
 # Modules whose module fixture is parametrized by architecture: one scope per architecture.
 SPLIT_BY_ARCHITECTURE = ("tests/test_loss_parity_torchvision.py",)
 
@@ -53,6 +61,7 @@ SLOWEST_SCOPES = (
     "tests/test_model_v2_parity_torchvision.py",  # ~90
     "tests/test_compile_report.py",  # ~80
     "tests/test_model_remat.py",  # ~65
+    "tests/test_training_object_store.py",  # ~60: a GCS emulator, two trainer runs
 )
 
 

@@ -104,7 +104,9 @@ ENTRY %main {
                                                          "collective-permute"]))
 
 
-def test_the_trainer_is_reported_on_each_training_canvas_and_predict_on_the_evaluation_canvas():
+def test_the_trainer_is_reported_on_each_training_canvas_and_predict_on_each_evaluation_canvas():
     config = load_config_file(COCO_CONFIG)
     assert report_canvases(config, "train") == [(800, 1344), (1344, 800)]  # one compiled step per orientation
-    assert report_canvases(config, "predict") == [(1344, 1344)]
+    assert report_canvases(config, "predict") == [(800, 1344), (1344, 800)]  # evaluation groups batches alike
+    config.eval.canvases = ()
+    assert report_canvases(config, "predict") == [(1344, 1344)]  # no evaluation canvases: input.canvas_size

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import cpu_devices_flags
 from maskrcnn_jax.data.sharding import global_batch
 
 SINGLE_PROCESS = textwrap.dedent("""
@@ -81,7 +82,7 @@ def run_python(code, *arguments, env_extra=None):
 
 
 def test_global_batch_on_eight_fake_devices():
-    process = run_python(SINGLE_PROCESS, env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    process = run_python(SINGLE_PROCESS, env_extra={"XLA_FLAGS": cpu_devices_flags(8)})
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 0 and stdout.strip().splitlines()[-1:] == ["ok"], stderr[-3000:]
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from conftest import shared_data_path
+from conftest import cpu_devices_flags, shared_data_path
 from maskrcnn_jax.checkpoint import save_checkpoint
 from maskrcnn_jax.command_line import load_config_file
 from maskrcnn_jax.data.coco import CocoSource
@@ -160,7 +160,7 @@ def test_label_mapping_for_torchvision_coco_head():
 
 def run_evaluate_script(*args: str, devices: int = 1) -> str:
     environment = {**os.environ, "JAX_PLATFORMS": "cpu",
-                   "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+                   "XLA_FLAGS": cpu_devices_flags(devices)}
     result = subprocess.run([sys.executable, "scripts/evaluate.py", *args], cwd=ROOT, capture_output=True, text=True,
                             timeout=600, env=environment)
     assert result.returncode == 0, result.stderr[-3000:]

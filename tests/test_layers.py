@@ -13,9 +13,10 @@ PACKAGE = pathlib.Path(maskrcnn_jax.__file__).parent
 # modules not named here (demo, the converters, ...) are the top layer. Host-side prediction
 # (inference) shares a layer with evaluation, which pastes and encodes its mask windows, with the
 # drawing that `Detector.draw` calls and that tints those windows, and with export, whose
-# ExportedDetector is what `Detector.from_exported` returns.
+# ExportedDetector is what `Detector.from_exported` returns. storage.py (local or gs:// paths)
+# imports no room, so it sits at the bottom, under checkpoint and training, which write through it.
 LAYERS = (
-    ("ops",),
+    ("ops", "storage"),
     ("data",),
     ("detector",),
     ("models",),

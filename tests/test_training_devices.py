@@ -18,6 +18,8 @@ import textwrap
 import numpy as np
 import pytest
 
+from conftest import cpu_devices_flags
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 SCRIPT = textwrap.dedent("""
@@ -109,7 +111,7 @@ SCRIPT = textwrap.dedent("""
 def device_run(request, tmp_path_factory):
     directory = tmp_path_factory.mktemp("devices")
     output = directory / "results.npz"
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "XLA_FLAGS": cpu_devices_flags(8), "JAX_PLATFORMS": "cpu"}
     process = subprocess.run([sys.executable, "-c", SCRIPT, str(directory / "workdir"), str(output), request.param],
                              cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert process.returncode == 0 and process.stdout.strip().endswith("ok"), process.stderr[-4000:]

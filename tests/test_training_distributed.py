@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import cpu_devices_flags
 from maskrcnn_jax.checkpoint import latest_params, latest_step, load_metadata
 from maskrcnn_jax.evaluation import STAT_NAMES, class_slots
 from maskrcnn_jax.models import platform_config
@@ -63,7 +64,7 @@ def train_both(workdir, num_steps: int, environment) -> list[subprocess.Complete
 
 @pytest.fixture(scope="module")
 def environment(tmp_path_factory):
-    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": cpu_devices_flags(4),
             "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache"))}
 
 
