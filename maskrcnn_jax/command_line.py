@@ -32,6 +32,8 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from maskrcnn_jax.xla_cpu_flags import add_xla_cpu_flags
+
 CHECKPOINT_CONFIG_FILE = pathlib.Path(__file__).parent / "checkpoint" / "config_file.py"
 USAGE_EXIT_CODE = 2
 FAILURE_EXIT_CODE = 1
@@ -220,6 +222,7 @@ def run_script(
     `--compilation_cache_dir` and turns the cache on (`enable_compilation_cache`). `--help` prints
     doc and the flags. Problems end as one `error:` line (module docstring).
     """
+    add_xla_cpu_flags()  # before the script starts JAX
     argv = list(sys.argv if argv is None else argv)
     verbose = _wants_verbose(argv)
     if not flags.FLAGS.is_parsed():

@@ -20,6 +20,10 @@ import tempfile
 import jax
 import pytest
 
+from maskrcnn_jax.xla_cpu_flags import XLA_CPU_FLAGS, add_xla_cpu_flags
+
+add_xla_cpu_flags()  # before any test starts JAX's CPU backend; subprocesses inherit XLA_FLAGS
+
 if "PYTEST_XDIST_TESTRUNUID" in os.environ:
     SESSION_CACHE = os.path.join(tempfile.gettempdir(), "maskrcnn_jax_test_xla_cache_" + os.environ["PYTEST_XDIST_TESTRUNUID"])
     os.makedirs(SESSION_CACHE, exist_ok=True)
@@ -40,11 +44,8 @@ def shared_data_path(*parts: str) -> pathlib.Path:
 
 
 def cpu_devices_flags(count: int) -> str:
-    """XLA_FLAGS for a subprocess with `count` CPU devices. XLA:CPU ends the process when a device
-    thread reaches a collective 40 s after the first (its default): on two cores shared with the
-    loss-parity fixtures, one of eight device threads was that late (the fresh-clone CI of stop 33)."""
-    return (f"--xla_force_host_platform_device_count={count} "
-            "--xla_cpu_collective_call_terminate_timeout_seconds=900")
+    """XLA_FLAGS for a subprocess with `count` CPU devices, with the project's XLA:CPU flags."""
+    return " ".join((f"--xla_force_host_platform_device_count={count}", *XLA_CPU_FLAGS))
 
 
 # Modules whose module fixture is parametrized by architecture: one scope per architecture.

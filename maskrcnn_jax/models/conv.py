@@ -53,29 +53,31 @@ def conv_1x1_matmul(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
 
 
 def kernel_grad_taps(x: jax.Array, output_grad: jax.Array, kernel_size: int, stride: int, padding: int) -> jax.Array:
-    """Weight gradient of conv_plain as one matmul per kernel tap, the taps in a loop.
+    """Weight gradient of conv_plain as one matmul per kernel tap.
 
     dW[i, j] = sum over b, h, w of x_padded[b, i + s h, j + s w, :]^T dy[b, h, w, :].
     x [B, H, W, Ci], output_grad dy [B, Ho, Wo, Co] -> [k, k, Ci, Co] in x's dtype (summed in float32).
     Each tap's window is reshaped to a [B Ho Wo, Ci] matrix first: XLA:CPU ran the same contraction
-    over three axes of the strided window up to 2x slower. XLA's cost analysis counts the loop's
-    body (one tap) once.
+    over three axes of the strided window up to 2x slower.
     """
     x_padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     batch, out_height, out_width, out_channels = output_grad.shape
     in_channels = x.shape[-1]
     output_grad = output_grad.reshape(-1, out_channels)
-    span = (batch, stride * (out_height - 1) + 1, stride * (out_width - 1) + 1, in_channels)
-
-    def tap(index):
-        window = lax.dynamic_slice(x_padded, (0, index // kernel_size, index % kernel_size, 0), span)
-        window = window[:, ::stride, ::stride].reshape(-1, in_channels)
-        return lax.dot_general(window, output_grad, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
-
-    # One tap after the other (a loop): unrolled, XLA:CPU cut every window first and held all k*k
-    # copies of the input at once (v2's mask head on 384 RoIs: 9 x 77 MB per convolution).
-    taps = lax.map(tap, jnp.arange(kernel_size * kernel_size))
-    return taps.reshape(kernel_size, kernel_size, in_channels, out_channels).astype(x.dtype)
+    rows = []
+    for i in range(kernel_size):
+        row = []
+        for j in range(kernel_size):
+            window = lax.slice(
+                x_padded,
+                (0, i, j, 0),
+                (batch, i + stride * (out_height - 1) + 1, j + stride * (out_width - 1) + 1, in_channels),
+                (1, stride, stride, 1),
+            )
+            row.append(lax.dot_general(window.reshape(-1, in_channels), output_grad, (((0,), (0,)), ((), ())),
+                                       preferred_element_type=jnp.float32))
+        rows.append(jnp.stack(row))
+    return jnp.stack(rows).astype(x.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
