@@ -12,6 +12,10 @@ Mask targets: torchvision's own `roi_align` of the full-image masks, fed to both
 come from box crops; their distance is measured in docs/training_targets.md). Last, real training steps
 from there (our train step with our COCO configs' optimizer against torch.optim.SGD with torchvision's
 recipe and warm-up), on the fixture's compiled loss and gradient.
+
+The module fixture `parity` is parametrized by architecture; tests/conftest.py makes its v1 and v2
+halves two pytest-xdist scopes, so that `make test` builds the two slowest fixtures of the suite on
+two workers at once.
 """
 
 import copy
@@ -33,20 +37,25 @@ from maskrcnn_jax.command_line import load_config_file  # noqa: E402
 from maskrcnn_jax.convert.torchvision import convert_state_dict  # noqa: E402
 from maskrcnn_jax.data.coco import CocoSource  # noqa: E402
 from maskrcnn_jax.data.transforms import crop_masks_to_boxes, resize_image, resized_shape  # noqa: E402
-from maskrcnn_jax.detector import DetectorSpec, pyramid_anchors  # noqa: E402
-from maskrcnn_jax.detector.losses import LOSS_NAMES, detector_losses  # noqa: E402
+from maskrcnn_jax.detector import pyramid_anchors, spec_from_config  # noqa: E402
+from maskrcnn_jax.detector.losses import LOSS_NAMES, crop_mask_targets_batch, detector_losses  # noqa: E402
 from maskrcnn_jax.detector.spec import NORM_STATISTICS  # noqa: E402
-from maskrcnn_jax.detector.targets import anchors_inside  # noqa: E402
-from maskrcnn_jax.models import MaskRCNN, frozen_parameter_mask  # noqa: E402
-from maskrcnn_jax.ops import box_iou, match_boxes  # noqa: E402
+from maskrcnn_jax.detector.targets import roi_labels, rpn_labels  # noqa: E402
+from maskrcnn_jax.models import MaskRCNN, build_model, frozen_parameter_mask  # noqa: E402
 from maskrcnn_jax.training.setup import optimizer_from_config  # noqa: E402
 from maskrcnn_jax.training.state import TrainState  # noqa: E402
 from maskrcnn_jax.training.step import train_step_fn  # noqa: E402
 from torchvision_reference import trainable_torchvision_maskrcnn  # noqa: E402
 
-MIN_SIZE, MAX_SIZE = 320, 512
-MAX_INSTANCES = 12
-IMAGE_INDICES = (0, 10, 31)  # 8 objects, 8 objects, none
+# Three photos of different sizes on one square canvas, as a padded COCO batch holds them: resized
+# to 256x383 (landscape, 38 objects: more RoI foreground than the RoI sampler's 128 positives),
+# 393x256 (portrait, 18 objects) and 256x341 (landscape, no objects).
+MIN_SIZE, MAX_SIZE = 256, 416
+CANVAS = (416, 416)
+MAX_INSTANCES = 38
+IMAGE_INDICES = (38, 19, 31)
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+OUR_RECIPES = {"v1": "mask_rcnn_r50_fpn_coco.py", "v2": "mask_rcnn_r50_fpn_v2_coco.py"}
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
 
@@ -93,8 +102,9 @@ def our_batch(examples, canvas):
     return {key: jnp.asarray(value) for key, value in batch.items()}
 
 
-def torchvision_mask_targets(examples, slots, size):
-    """torchvision's mask targets (roi_align of the full-image masks, adaptive sampling) for our mask slots."""
+def torchvision_mask_targets(examples, slots, size, aligned=False):
+    """torchvision's mask targets (roi_align of the full-image masks, adaptive sampling) for our mask
+    slots; aligned=True: detectron2's half-pixel convention for the same targets."""
     targets = []
     for example, boxes, matched in zip(examples, np.asarray(slots["boxes"]), np.asarray(slots["matched_gt"])):
         masks = torch.from_numpy(example["masks"]).float()
@@ -102,7 +112,7 @@ def torchvision_mask_targets(examples, slots, size):
             targets.append(np.zeros((len(boxes), size, size), np.float32))
             continue
         rois = torch.cat([torch.zeros(len(boxes), 1), torch.from_numpy(np.array(boxes))], dim=1)
-        pooled = [torchvision.ops.roi_align(masks[int(m)][None, None], roi[None], (size, size), 1.0)[0, 0]
+        pooled = [torchvision.ops.roi_align(masks[int(m)][None, None], roi[None], (size, size), 1.0, aligned=aligned)[0, 0]
                   for m, roi in zip(matched, rois)]
         targets.append(torch.stack(pooled).numpy())
     return jnp.asarray(np.stack(targets))
@@ -161,23 +171,33 @@ def parity_frozen_mask(model: MaskRCNN, params) -> dict:
 
 @pytest.fixture(scope="module", params=["v1", "v2"])
 def parity(request):
+    return compute_parity(request.param)
+
+
+def compute_parity(architecture: str) -> dict:
     """Everything the parity tests compare, computed once per architecture (the slowest setup of the
     suite: about 55 s for v1 and 125 s for v2 on the idle 2-core machine). Why it takes that long:
     one compile of our R50-FPN loss and gradient (30-40 s), torchvision's training step in float32,
-    and for v2 twice more, in float64 (the gradient reference) and channels-last float32 (the second
-    noise measurement), on 3 real photos at 320x512, where every image still fills its 2000
-    training proposals, so the top-2000 cut and NMS are exercised as on COCO photos."""
-    architecture = request.param
+    and for v2 once more in float64 (the gradient reference), on 3 real photos on a 416x416 canvas,
+    where every image still fills its 2000 training proposals, so the top-2000 cut and NMS are
+    exercised as on COCO photos."""
     examples = real_examples()
     torch_model = trainable_torchvision_maskrcnn(seed=0, min_size=MIN_SIZE, max_size=MAX_SIZE, architecture=architecture)
-    spec = DetectorSpec(num_classes=91)
-    model = MaskRCNN(num_classes=91, bn_eps=1e-5, architecture=architecture)
+    # torchvision pads its batch to a multiple of size_divisible: the canvas's side pads it to our
+    # canvas. The same canvas on both sides, not torchvision's natural padding, because v2's
+    # train-mode BatchNorm takes its statistics over the padding too, and both RPNs rank the anchors
+    # of the padding among their per-level top 2000: the features and proposals are equal only so.
+    torch_model.transform.size_divisible = CANVAS[0]
+    # Our side is our recipe: the spec (targets, samplers, v1's chunked mask head) and model of the
+    # COCO config; torchvision's side keeps its own defaults.
+    config = load_config_file(CONFIGS / OUR_RECIPES[architecture])
+    spec = spec_from_config(config)
+    model = build_model(config)
     state_dict = {key: value.detach().numpy() for key, value in torch_model.state_dict().items()}
     expected = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))["params"]
     params = jax.tree_util.tree_map(jnp.asarray, convert_state_dict(state_dict, expected))
 
-    heights, widths = zip(*(example["image"].shape[:2] for example in examples))
-    canvas = (-(-max(heights) // 32) * 32, -(-max(widths) // 32) * 32)
+    canvas = CANVAS
     batch = our_batch(examples, canvas)
     key = jax.random.key(7)
 
@@ -191,6 +211,10 @@ def parity(request):
         return jax.value_and_grad(total_loss, has_aux=True)(p)
 
     (our_loss, (our_losses, aux)), our_grads = our_training_pass(losses_and_grads, params, examples, spec)
+    # The same samples with our own mask targets (the pipeline's box crops, the training default):
+    # one more pass of the same compile.
+    crop_targets = crop_mask_targets_batch(batch, aux["mask_slots"], spec.mask_target_size)
+    (_, (crop_losses, _)), crop_grads = losses_and_grads(params, crop_targets)
     feature_shapes = jax.eval_shape(lambda p, x: model.apply({"params": p}, x, method="features"), params,
                                     batch["image"])
     our_anchors, _ = pyramid_anchors(spec, canvas, [level.shape[1:3] for level in feature_shapes])
@@ -218,28 +242,25 @@ def parity(request):
     # torchvision's training forward and backward with our samples, drawn from our proposals (given
     # to its RoI heads in place of its own: proposals are detached in both, and a near-tie in the
     # proposals' sort or NMS can come out either way on another CPU kind, issue 26); for v2 also in
-    # float64, the reference its gradients are measured against, and in float32 with channels-last
-    # convolutions, a second float32 formulation whose distance from float64 measures the noise too.
+    # float64, the reference its gradients are measured against.
     # torchvision's own samplers (before torch_training_step replaces them): their caps are its recipe's.
     their_samplers = {"rpn": torch_model.rpn.fg_bg_sampler, "roi": torch_model.roi_heads.fg_bg_sampler}
-    variants = {}
-    if architecture == "v2":
-        variants = {"float64": copy.deepcopy(torch_model).double(),
-                    "channels_last": copy.deepcopy(torch_model).to(memory_format=torch.channels_last)}
+    float64_model = copy.deepcopy(torch_model).double() if architecture == "v2" else None
     torch_losses, torch_grads, rpn_sampler, roi_sampler = torch_training_step(torch_model, examples, samples, expected,
                                                                               our_proposals)
     state_after = convert_state_dict({key: value.detach().numpy() for key, value in torch_model.state_dict().items()},
                                      expected)
-    variant_grads = {name: torch_training_step(variant, examples, samples, expected, our_proposals)[1]
-                     for name, variant in variants.items()}
+    float64_grads = (torch_training_step(float64_model, examples, samples, expected, our_proposals)[1]
+                     if float64_model is not None else None)
     return dict(model=model, spec=spec, architecture=architecture, examples=examples, batch=batch, aux=aux,
                 their_proposals=their_proposals, our_anchors=our_anchors, their_anchors=their_anchors,
                 their_samplers=their_samplers, torch_rpn=torch_model.rpn,
                 rpn_sampler=rpn_sampler, roi_sampler=roi_sampler, roi_index=roi_index, our_losses=our_losses,
                 torch_losses=torch_losses, our_grads=our_grads, torch_grads=torch_grads, params=params,
-                torch_params_after_step=state_after, variant_grads=variant_grads, our_proposals=our_proposals,
+                torch_params_after_step=state_after, float64_grads=float64_grads, our_proposals=our_proposals,
                 num_trainable=sum(p.requires_grad for p in torch_model.parameters()),
-                losses_and_grads=losses_and_grads, our_loss=our_loss, torch_model=torch_model)
+                losses_and_grads=losses_and_grads, our_loss=our_loss, torch_model=torch_model,
+                crop_targets=crop_targets, crop_losses=crop_losses, crop_grads=crop_grads)
 
 
 def our_training_pass(losses_and_grads, params, examples, spec):
@@ -312,12 +333,12 @@ def test_parity_matcher_labels_of_our_samples_equal_torchvision(parity):
     rpn_positive, rpn_negative = split_samples(aux["rpn"]["index"], aux["rpn"]["positive"], aux["rpn"]["valid"])
     roi_positive, roi_negative = split_samples(parity["roi_index"], aux["rois"]["positive"], aux["rois"]["valid"])
     for b in range(len(parity["examples"])):
-        rpn_labels = parity["rpn_sampler"].labels[b].numpy()
-        assert (rpn_labels[rpn_positive[b]] == 1).all() and (rpn_labels[rpn_negative[b]] == 0).all()
-        roi_labels = parity["roi_sampler"].labels[b].numpy()
-        assert (roi_labels[roi_positive[b]] > 0).all() and (roi_labels[roi_negative[b]] == 0).all()
+        their_rpn = parity["rpn_sampler"].labels[b].numpy()
+        assert (their_rpn[rpn_positive[b]] == 1).all() and (their_rpn[rpn_negative[b]] == 0).all()
+        their_roi = parity["roi_sampler"].labels[b].numpy()
+        assert (their_roi[roi_positive[b]] > 0).all() and (their_roi[roi_negative[b]] == 0).all()
         positive_classes = np.asarray(aux["rois"]["classes"][b])[np.asarray(aux["rois"]["positive"][b])]
-        np.testing.assert_array_equal(np.sort(roi_labels[roi_positive[b]]), np.sort(positive_classes))
+        np.testing.assert_array_equal(np.sort(their_roi[roi_positive[b]]), np.sort(positive_classes))
     # The image without objects: every sample negative, no mask slot used.
     assert len(rpn_positive[2]) == 0 and len(rpn_negative[2]) == 256 and len(roi_positive[2]) == 0
     assert len(roi_positive[0]) > 0 and len(rpn_positive[0]) > 0
@@ -350,29 +371,6 @@ def torchvision_rpn_labels(rpn, anchors: np.ndarray, boxes: np.ndarray, image_si
     return labels[0].masked_fill(outside, -1.0).numpy().astype(np.int64)
 
 
-def our_rpn_labels(spec: DetectorSpec, anchors: np.ndarray, gt_boxes, gt_valid, image_size) -> np.ndarray:
-    """Our full RPN labels of every anchor [A] (1 / 0 / -1), from the functions `rpn_targets` samples
-    them with: IoU of the anchors centred on the photo, `match_boxes` with spec.rpn_sampler, the
-    others ignored."""
-    sampler = spec.rpn_sampler
-    inside = anchors_inside(jnp.asarray(anchors), image_size)
-    iou = jnp.where(inside[None, :], box_iou(gt_boxes, jnp.asarray(anchors)), -1.0)
-    _, labels = match_boxes(iou, gt_valid, sampler.foreground_iou, sampler.background_iou,
-                            sampler.allow_low_quality_matches)
-    return np.asarray(jnp.where(inside, labels, -1))
-
-
-def our_roi_labels(spec: DetectorSpec, proposals, proposal_valid, gt_boxes, gt_classes, gt_valid) -> np.ndarray:
-    """Our full RoI labels [P + M] of every candidate (proposal slots, then the GT as `roi_targets`
-    appends them): the matched GT's class for a foreground, 0 background, -1 ignored or padding."""
-    sampler = spec.roi_sampler
-    candidates = jnp.concatenate([proposals, gt_boxes])
-    matched, labels = match_boxes(box_iou(gt_boxes, candidates), gt_valid, sampler.foreground_iou,
-                                  sampler.background_iou, sampler.allow_low_quality_matches)
-    labels = jnp.where(labels == 1, gt_classes[matched], labels)
-    return np.asarray(jnp.where(jnp.concatenate([proposal_valid, gt_valid]), labels, -1))
-
-
 def expected_counts(labels: np.ndarray, sampler) -> tuple[int, int]:
     """(positives, negatives) torchvision's BalancedPositiveNegativeSampler `sampler` draws from full
     labels (> 0 positive, 0 negative): min(cap, available) each."""
@@ -397,15 +395,18 @@ def test_parity_full_matcher_labels_and_sample_counts_equal_torchvision(parity):
     spec, aux, batch = parity["spec"], parity["aux"], parity["batch"]
     samplers = parity["their_samplers"]
     proposal_valid = np.asarray(aux["proposal_valid"])
+    foreground = []  # per image: (anchors, RoI candidates) torchvision labels foreground
     for b, example in enumerate(parity["examples"]):
         image_size = np.asarray(batch["image_size"][b])
         # RPN: every anchor.
         theirs = torchvision_rpn_labels(parity["torch_rpn"], parity["their_anchors"][b], example["boxes"], image_size)
-        ours = our_rpn_labels(spec, parity["our_anchors"], batch["gt_boxes"][b], batch["gt_valid"][b], image_size)
+        ours = np.asarray(rpn_labels(jnp.asarray(parity["our_anchors"]), batch["gt_boxes"][b], batch["gt_valid"][b],
+                                     image_size, spec.rpn_sampler)[1])
         positions = anchor_positions(parity["our_anchors"], parity["their_anchors"][b])
         print(f"{parity['architecture']} image {b} RPN labels (1 / 0 / -1): torchvision "
               f"{[int(np.sum(theirs == v)) for v in (1, 0, -1)]}, ours {[int(np.sum(ours == v)) for v in (1, 0, -1)]}")
         np.testing.assert_array_equal(ours[positions], theirs)
+        foreground.append([int(np.sum(theirs == 1))])
         assert (np.delete(ours, positions) == -1).all()  # anchors beyond torchvision's batch: in our padding
         rpn = {key: np.asarray(aux["rpn"][key][b]) for key in ("index", "positive", "valid")}
         sampled = ours[rpn["index"][rpn["valid"]]]
@@ -415,19 +416,25 @@ def test_parity_full_matcher_labels_and_sample_counts_equal_torchvision(parity):
 
         # RoI heads: every valid proposal and GT candidate.
         theirs = parity["roi_sampler"].labels[b].numpy()
-        ours = our_roi_labels(spec, aux["proposals"][b], aux["proposal_valid"][b], batch["gt_boxes"][b],
-                              batch["gt_classes"][b], batch["gt_valid"][b])
+        matched, ours, _ = roi_labels(aux["proposals"][b], aux["proposal_valid"][b], batch["gt_boxes"][b],
+                                      batch["gt_valid"][b], spec.roi_sampler)
+        ours = np.asarray(jnp.where(ours == 1, batch["gt_classes"][b][matched], ours))  # torchvision labels by class
         candidates = np.nonzero(np.concatenate([proposal_valid[b], np.asarray(batch["gt_valid"][b])]))[0]
         assert len(candidates) == len(theirs)
         np.testing.assert_array_equal(torchvision_candidate_index(candidates, proposal_valid[b]),
                                       np.arange(len(theirs)))
         np.testing.assert_array_equal(ours[candidates], theirs)
+        foreground[b].append(int(np.sum(theirs > 0)))
         rois = {key: np.asarray(aux["rois"][key][b]) for key in ("positive", "valid")}
         counts = (int(np.sum(rois["positive"])), int(np.sum(rois["valid"] & ~rois["positive"])))
         print(f"{parity['architecture']} image {b} samples (positive, negative): RPN "
               f"{int(np.sum(rpn['positive']))}, {int(np.sum(rpn['valid'] & ~rpn['positive']))}; RoI {counts}; "
               f"RoI candidates {len(theirs)}, foreground {int(np.sum(theirs > 0))}")
         assert counts == expected_counts(theirs, samplers["roi"]), (b, counts)
+    # The crowded photo has more foreground than either sampler's positive cap, so that a wrong
+    # positive fraction (e.g. 0.3) changes its counts.
+    caps = [int(sampler.batch_size_per_image * sampler.positive_fraction) for sampler in samplers.values()]
+    assert all(available > cap for available, cap in zip(foreground[0], caps)), (foreground, caps)
 
 
 @pytest.mark.parametrize("name", LOSS_NAMES)
@@ -436,6 +443,53 @@ def test_parity_loss_equals_torchvision(parity, name):
     theirs = float(parity["torch_losses"][name].detach())
     assert np.isfinite(ours) and theirs > 0
     assert abs(ours - theirs) <= 1e-4 * abs(theirs), (name, ours, theirs)
+
+
+# Our crop mask targets against torchvision's on the same samples (docs/training_targets.md, "What
+# our mask targets change in training"): loss_mask within MASK_LOSS_BOUND, relative, and the mask
+# head's and FPN's gradients no farther from torchvision's than detectron2's half-pixel convention
+# for the same targets (roi_align aligned=True) puts them, times CONVENTION_FACTOR.
+MASK_LOSS_BOUND = 0.02
+CONVENTION_FACTOR = 2
+
+
+def test_our_crop_mask_targets_change_loss_mask_and_gradients_by_at_most_the_bound(parity):
+    """Our default mask targets (the pipeline's 112x112 box crops resampled per slot by
+    `crop_mask_targets`) against torchvision's (`roi_align` of its full-image masks), same model, same
+    samples: loss_mask moves by at most MASK_LOSS_BOUND relative, and each gradient leaf of the mask
+    head and of the FPN (which the mask loss reaches through RoIAlign) by at most CONVENTION_FACTOR x
+    what torchvision's targets in detectron2's convention (aligned=True: the RoI not shifted by half a
+    pixel) move it, or 1e-3. Both are resamplings of one polygon; where they disagree, at mask edges,
+    the annotation itself is uncertain by a pixel or more. Measured (Intel Xeon, 2026-12-05): loss_mask
+    1.8e-3 (v1) and 9.3e-4 (v2) relative; gradient leaves up to 1.1e-2 (v1) and 1.1e-1 (v2, whose
+    mask head normalises with BatchNorm), at most 1.1x (v1) and 1.3x (v2) the convention's."""
+    losses_and_grads, aux, spec = parity["losses_and_grads"], parity["aux"], parity["spec"]
+    valid = np.asarray(aux["mask_slots"]["valid"])
+    convention_targets = torchvision_mask_targets(parity["examples"], aux["mask_slots"], spec.mask_target_size,
+                                                  aligned=True)
+    (_, (convention_losses, _)), convention_grads = losses_and_grads(parity["params"], convention_targets)
+    frozen = parity_frozen_mask(parity["model"], parity["params"])
+    compared = ("['mask_convs']", "['mask_predictor']", "['fpn']")
+    rows = {}
+    for name, targets, losses, grads in (("ours", parity["crop_targets"], parity["crop_losses"], parity["crop_grads"]),
+                                         ("aligned", convention_targets, convention_losses, convention_grads)):
+        errors = {leaf: error for leaf, error in relative_errors(grads, parity["our_grads"], frozen).items()
+                  if leaf.startswith(compared)}
+        for loss_name in LOSS_NAMES:  # the targets reach no other loss
+            if loss_name != "loss_mask":
+                assert float(losses[loss_name]) == float(parity["our_losses"][loss_name]), (name, loss_name)
+        rows[name] = dict(target=float(np.mean(np.abs(np.asarray(targets) - np.asarray(aux["mask_targets"]))[valid])),
+                          loss=abs(float(losses["loss_mask"]) / float(parity["our_losses"]["loss_mask"]) - 1),
+                          errors=errors)
+        print(f"{parity['architecture']} {name} mask targets vs torchvision's, {int(valid.sum())} slots: mean |target "
+              f"difference| {rows[name]['target']:.4f}, loss_mask {rows[name]['loss']:.2e}, {len(errors)} mask-head "
+              f"and FPN gradient leaves: median {np.median(list(errors.values())):.2e}, max {max(errors.values()):.2e}")
+    ours, aligned = rows["ours"]["errors"], rows["aligned"]["errors"]
+    allowed = {leaf: max(1e-3, CONVENTION_FACTOR * aligned[leaf]) for leaf in ours}
+    worst = max(ours, key=lambda leaf: ours[leaf] / allowed[leaf])
+    print(f"worst leaf {worst}: ours {ours[worst]:.2e}, aligned {aligned[worst]:.2e}")
+    assert 0 < rows["ours"]["target"] and rows["ours"]["loss"] <= MASK_LOSS_BOUND, rows["ours"]["loss"]
+    assert ours[worst] <= allowed[worst], (worst, ours[worst], aligned[worst])
 
 
 def relative_errors(ours, theirs, frozen) -> dict:
@@ -450,25 +504,27 @@ def relative_errors(ours, theirs, frozen) -> dict:
     return errors
 
 
-# v2's bound against float64, per leaf: NOISE_FACTOR x the float32 noise (the larger distance from
-# float64 of torchvision's two float32 formulations), at least 1e-3, and never above BUG_SCALE.
-NOISE_FACTOR = 2
+# v2's bound against float64, per leaf: NOISE_FACTOR x torchvision's float32 distance from its
+# float64 (the noise), at least 1e-3, and never above BUG_SCALE.
+NOISE_FACTOR = 4
 BUG_SCALE = 0.5
 
 
 def test_parity_grad_of_every_trainable_parameter_equals_torchvision(parity):
-    """v1: every trainable leaf's gradient within 1e-3 of torchvision's (norm of the difference / norm).
+    """v1: every trainable leaf's gradient within 2e-3 of torchvision's (norm of the difference / norm).
+    Measured (Intel Xeon, 2026-12-05): worst leaf 7.0e-4 (layer3's kernels, the float32 rounding of
+    two summation orders through a loss of ~100 on 38 objects).
 
     v2: training-mode BatchNorm makes the gradients ill-conditioned (each BatchNorm's backward
     subtracts the mean and the projection on its normalised input, and the float32 rounding of the
     forward grows layer by layer towards the input), so any float32 gradient is percents from the
-    float64 one deep in the backbone, by an amount that depends on the formulation. The reference is
-    torchvision in float64; the float32 noise of a leaf is measured on two formulations,
-    torchvision's default and its channels-last convolutions (other kernels, other rounding), as the
-    larger of their distances from float64; ours must be within NOISE_FACTOR x that (at least 1e-3).
-    Measured (Intel Xeon, 2026-12-04): noise up to 1.6e-2 (default) and 7.4e-2 (channels-last),
-    ours at most 2.1e-2, 0.2-0.4 of the larger noise; one AMD EPYC put ours at 2.1x the default's
-    error alone (issue 26), which is why the larger of two formulations is the yardstick.
+    float64 one deep in the backbone. The reference is torchvision in float64; the float32 noise of a
+    leaf is torchvision's own float32 distance from it; ours must be within NOISE_FACTOR x that (at
+    least 1e-3). Measured (Intel Xeon, 2026-12-05): torchvision's noise up to 1.4e-2, ours up to
+    1.6e-2, at most 1.6x torchvision's on a leaf; one AMD EPYC put ours at 2.1x (issue 26), hence
+    4x. (torchvision's channels-last float32, once a second noise yardstick, is 10-33% from float64
+    on every backbone and FPN leaf of this padded batch, even where the default is 1e-7 from it: a
+    different computation, not rounding, so it is not used.)
     A bug is of another order: a BatchNorm backward without the mean term (the batch mean under
     stop_gradient) put 0.67-57 relative on the worst leaves, against allowed 0.06-0.29. So the
     bound may never exceed BUG_SCALE (0.5): a reference noisier than that fails as unusable.
@@ -476,16 +532,15 @@ def test_parity_grad_of_every_trainable_parameter_equals_torchvision(parity):
     frozen = parity_frozen_mask(parity["model"], parity["params"])
     if parity["architecture"] == "v1":
         errors = relative_errors(parity["our_grads"], parity["torch_grads"], frozen)
-        allowed = dict.fromkeys(errors, 1e-3)
+        allowed = dict.fromkeys(errors, 2e-3)
     else:
-        reference = parity["variant_grads"]["float64"]
+        reference = parity["float64_grads"]
         errors = relative_errors(parity["our_grads"], reference, frozen)
-        noise = {name: relative_errors(grads, reference, frozen)
-                 for name, grads in (("default", parity["torch_grads"]), ("channels_last", parity["variant_grads"]["channels_last"]))}
-        allowed = {leaf: max(1e-3, NOISE_FACTOR * max(noise["default"][leaf], noise["channels_last"][leaf])) for leaf in errors}
+        noise = relative_errors(parity["torch_grads"], reference, frozen)
+        allowed = {leaf: max(1e-3, NOISE_FACTOR * noise[leaf]) for leaf in errors}
         for leaf in sorted(errors, key=lambda n: errors[n] / allowed[n])[-5:]:
-            print(f"v2 {leaf}: ours {errors[leaf]:.2e} from float64; torchvision float32 {noise['default'][leaf]:.2e}, "
-                  f"channels-last {noise['channels_last'][leaf]:.2e}; allowed {allowed[leaf]:.2e}")
+            print(f"v2 {leaf}: ours {errors[leaf]:.2e} from float64; torchvision float32 {noise[leaf]:.2e}; "
+                  f"allowed {allowed[leaf]:.2e}")
         assert max(allowed.values()) <= BUG_SCALE, max(allowed.items(), key=lambda item: item[1])
     assert len(errors) == parity["num_trainable"]  # the same parameters are frozen in both
     worst = max(errors, key=lambda n: errors[n] / allowed[n])
@@ -509,8 +564,6 @@ def test_parity_batch_norm_running_statistics_equal_torchvision_after_the_step(p
         np.testing.assert_allclose(value, theirs[path], rtol=1e-4, atol=1e-5, err_msg=str(path))
 
 
-CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
-OUR_RECIPES = {"v1": "mask_rcnn_r50_fpn_coco.py", "v2": "mask_rcnn_r50_fpn_v2_coco.py"}
 # torchvision's own recipes (references/detection: train.py's defaults and README.md's commands), never read
 # from our configs, so that our recipe drifting from torchvision's fails: SGD's base rate, momentum and
 # weight decay on every trainable parameter (no --norm-weight-decay); train_one_epoch's warm-up in epoch 0,
@@ -518,8 +571,11 @@ OUR_RECIPES = {"v1": "mask_rcnn_r50_fpn_coco.py", "v2": "mask_rcnn_r50_fpn_v2_co
 TORCHVISION_RECIPES = {"v1": dict(lr=0.02, momentum=0.9, weight_decay=1e-4),  # maskrcnn_resnet50_fpn
                        "v2": dict(lr=0.1, momentum=0.9, weight_decay=4e-5)}  # maskrcnn_resnet50_fpn_v2, PR 5773
 TORCHVISION_WARMUP_FACTOR, TORCHVISION_WARMUP_ITERS = 1.0 / 1000, 1000
-# Steps: each after the first costs two passes of ours and a torchvision step (about 30 s on the loaded
-# 2-core machine); v2 takes its first step only, which reuses the fixture's pass.
+# Steps: the first reuses the fixture's pass; each later one costs two passes of ours and a torchvision
+# step (30-60 s on the loaded 2-core machine). v2 takes one: at its second step the worst leaves are
+# 0.13-0.14 from torchvision's update so far (backbone conv1 and BatchNorm biases; 1e-2 after the
+# first), beyond UPDATE_TOLERANCE, and without a float64 reference of that step it is not known to
+# be noise (issue 20, left open).
 NUM_STEPS = {"v1": 3, "v2": 1}
 # Per trainable leaf after each step: |ours - torchvision's| less the float32 rounding of both sides (one
 # spacing of the leaf per step), relative to torchvision's update so far. The recipes' own warm-up rates
