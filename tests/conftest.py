@@ -52,7 +52,8 @@ def cpu_devices_flags(count: int) -> str:
 SPLIT_BY_ARCHITECTURE = ("tests/test_loss_parity_torchvision.py",)
 
 # The slowest scopes, slowest first (seconds on one worker in the fresh-clone CI of 2026-12-05, both
-# workers busy; the loss-parity halves measured 2026-12-06, the two at once): they are handed out before the rest so no worker is left alone with one at the end.
+# workers busy; the loss-parity halves measured 2026-12-06, the two at once): they are handed out
+# before the rest so no worker is left alone with one at the end.
 SLOWEST_SCOPES = (
     "tests/test_loss_parity_torchvision.py[v1]",  # ~840: fixture 283, three training steps 346
     "tests/test_loss_parity_torchvision.py[v2]",  # ~800: fixture 581 (torchvision in float32 and float64)
